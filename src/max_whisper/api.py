@@ -1,0 +1,92 @@
+"""The Python API: `load_model(name, backend=...)` and `WhisperModel.transcribe(audio)`."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .audio import load_audio, log_mel_spectrogram, pad_or_trim
+from .backends import DEFAULT_BACKEND, create_backend
+from .decoding import DecodingOptions, DecodingResult, decode, detect_language
+from .dims import DEFAULT_MODEL, N_FRAMES, NAMED_MODELS
+from .tokenizer import Tokenizer, TokenizerError, get_tokenizer
+from .weights import ModelWeights, load_model_weights
+
+
+class WhisperModel:
+    """One model (weights + tokenizer) running on one backend."""
+
+    def __init__(self, weights: ModelWeights, backend: str = DEFAULT_BACKEND, device: str = "auto"):
+        self.weights = weights
+        self.name = weights.name
+        self.dims = weights.dims
+        self.tokenizer: Tokenizer = get_tokenizer(
+            str(_tokenizer_path(weights)), self.dims.is_multilingual, self.dims.num_languages)
+        self.backend = create_backend(backend, weights, device)
+        self.backend_name = backend
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.dims.is_multilingual
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def alignment_heads(self) -> np.ndarray:
+        """(layer, head) pairs whose cross-attention follows the speech; default: the upper half."""
+        if self.weights.alignment_heads is not None:
+            return np.asarray(self.weights.alignment_heads)
+        layers, heads = self.dims.n_text_layer, self.dims.n_text_head
+        return np.array([(l, h) for l in range(layers // 2, layers) for h in range(heads)])
+
+    def transcribe(self, audio: str | os.PathLike | np.ndarray, **options) -> dict:
+        """Transcribe a file or 16 kHz mono float32 samples: {"text", "segments", "language"}."""
+        from .transcribe import transcribe
+
+        if not isinstance(audio, np.ndarray):
+            audio = load_audio(audio)
+        return transcribe(self, audio, **options)
+
+    def embed_audio(self, mel: np.ndarray) -> np.ndarray:
+        return self.backend.encode(np.ascontiguousarray(mel, dtype=np.float32))
+
+    def decode(self, mel_or_features: np.ndarray, options: DecodingOptions = DecodingOptions(),
+               **overrides) -> list[DecodingResult]:
+        """Decode 30-s windows given as mel [n, n_mels, 3000] or encoder features [n, ctx, d]."""
+        return decode(self.backend, self.tokenizer, self._features(mel_or_features), options, **overrides)
+
+    def detect_language(self, audio: str | os.PathLike | np.ndarray) -> tuple[str, dict[str, float]]:
+        """Language of the first 30 s: (code, {code: probability})."""
+        if not isinstance(audio, np.ndarray):
+            audio = load_audio(audio)
+        mel = pad_or_trim(log_mel_spectrogram(audio, self.dims.n_mels), N_FRAMES)
+        _, probs = detect_language(self.backend, self.tokenizer, self.embed_audio(mel[None]))
+        return max(probs[0], key=probs[0].get), probs[0]
+
+    def _features(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 2:
+            x = x[None]
+        if x.shape[-2:] == (self.dims.n_audio_ctx, self.dims.n_audio_state):
+            return x
+        return self.embed_audio(x)
+
+
+def _tokenizer_path(weights: ModelWeights) -> Path:
+    """The model's own tokenizer.json, else the bundled one of the same kind (English or multilingual)."""
+    if weights.tokenizer_path is not None:
+        return Path(weights.tokenizer_path)
+    fallback = "base" if weights.dims.is_multilingual else "tiny.en"
+    try:
+        return NAMED_MODELS[fallback].locate()[0].parent / "tokenizer.json"
+    except Exception as exc:
+        raise TokenizerError(f"no tokenizer.json beside the weights and none bundled: {exc}") from None
+
+
+def load_model(name: str | os.PathLike = DEFAULT_MODEL, backend: str = DEFAULT_BACKEND,
+               device: str = "auto") -> WhisperModel:
+    """Load a named model ("tiny.en", "base") or a path (CTranslate2, OpenAI .pt, HF safetensors)."""
+    return WhisperModel(load_model_weights(name), backend=backend, device=device)

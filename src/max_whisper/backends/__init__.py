@@ -1,0 +1,29 @@
+"""Backends: each supplies `encode(mel)` and a decoder session; see base.py."""
+from __future__ import annotations
+
+from ..weights import ModelWeights
+
+BACKENDS = ("max", "hybrid", "reference")
+DEFAULT_BACKEND = "reference"
+
+
+class UnknownBackend(ValueError):
+    pass
+
+
+def create_backend(name: str, weights: ModelWeights, device: str = "auto"):
+    if device not in ("auto", "cpu", "gpu"):
+        raise UnknownBackend(f"unknown device '{device}' (auto, cpu or gpu)")
+    if name == "reference":
+        from .reference import ReferenceBackend
+
+        return ReferenceBackend(weights, device)
+    if name == "hybrid":
+        from .hybrid import HybridBackend
+
+        return HybridBackend(weights, device)
+    if name == "max":
+        from .max import MaxBackend
+
+        return MaxBackend(weights, device)
+    raise UnknownBackend(f"unknown backend '{name}' (choose from {', '.join(BACKENDS)})")

@@ -1,0 +1,19 @@
+"""Pick the MAX device a backend runs on."""
+from __future__ import annotations
+
+from max.driver import CPU, Accelerator, Device, accelerator_count
+from max.graph import DeviceRef
+
+DEVICE_CHOICES = ("auto", "cpu", "gpu")
+
+
+def select_device(device: str = "auto") -> tuple[Device, DeviceRef, str]:
+    """Return (driver device, graph DeviceRef, label "cpu" or "gpu") for "auto", "cpu" or "gpu"."""
+    if device not in DEVICE_CHOICES:
+        raise ValueError(f"unknown device {device!r}: choose one of {', '.join(DEVICE_CHOICES)}")
+    if device == "gpu" and accelerator_count() == 0:
+        raise RuntimeError("device 'gpu' was requested but MAX sees no accelerator; use --device cpu")
+    if device == "cpu" or accelerator_count() == 0:
+        return CPU(), DeviceRef.CPU(), "cpu"
+    accelerator = Accelerator()
+    return accelerator, DeviceRef.from_device(accelerator), "gpu"

@@ -1,0 +1,206 @@
+"""The `max-whisper` command: transcribe | compare | doctor | bench | demo | serve."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .backends import BACKENDS, DEFAULT_BACKEND
+from .dims import DEFAULT_MODEL
+from .tokenizer import normalize_language
+
+OUTPUT_FORMATS = ("txt", "vtt", "srt", "tsv", "json", "all")
+
+
+class UsageError(ValueError):
+    pass
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line, like every other error of this command."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """User-facing errors: printed as one line, no traceback."""
+    from .audio import AudioError
+    from .backends import UnknownBackend
+    from .backends.reference import BackendUnavailable
+    from .decoding import DecodingError
+    from .dims import ModelNotFoundError
+    from .tokenizer import TokenizerError
+    from .weights import WeightsError
+
+    return (AudioError, UnknownBackend, BackendUnavailable, DecodingError, ModelNotFoundError,
+            TokenizerError, WeightsError, UsageError, FileNotFoundError, PermissionError, IsADirectoryError)
+
+
+def add_model_options(p: argparse.ArgumentParser, backend_default: str | None = DEFAULT_BACKEND) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="tiny.en, base, or a path to CTranslate2 / OpenAI .pt / HF safetensors weights")
+    if backend_default is not None:
+        p.add_argument("--backend", default=backend_default, choices=BACKENDS)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+
+
+def _optional_float(value: str) -> float | None:
+    return None if value.lower() == "none" else float(value)
+
+
+def _str2bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got '{value}'")
+
+
+def add_transcribe_parser(sub) -> None:
+    p = sub.add_parser("transcribe", help="transcribe audio files", description="Transcribe audio files.")
+    p.add_argument("audio", nargs="+", help="audio files (wav, flac, mp3, ogg, m4a, ...)")
+    add_model_options(p)
+    p.add_argument("-f", "--output-format", "--output_format", choices=OUTPUT_FORMATS, default=None,
+                   help="write transcripts in this format (default: print text only)")
+    p.add_argument("-o", "--output-dir", "--output_dir", default=None, help="folder for the written files")
+    p.add_argument("--language", default=None, help="language code or name (default: detect)")
+    p.add_argument("--task", default="transcribe", choices=("transcribe", "translate"))
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--temperature-increment-on-fallback", "--temperature_increment_on_fallback",
+                   type=_optional_float, default=0.2)
+    p.add_argument("--best-of", "--best_of", type=int, default=5)
+    p.add_argument("--beam-size", "--beam_size", type=int, default=None)
+    p.add_argument("--patience", type=float, default=None)
+    p.add_argument("--length-penalty", "--length_penalty", type=float, default=None)
+    p.add_argument("--suppress-tokens", "--suppress_tokens", default="-1")
+    p.add_argument("--initial-prompt", "--initial_prompt", default=None)
+    p.add_argument("--condition-on-previous-text", "--condition_on_previous_text", type=_str2bool, default=True)
+    p.add_argument("--compression-ratio-threshold", "--compression_ratio_threshold", type=_optional_float, default=2.4)
+    p.add_argument("--logprob-threshold", "--logprob_threshold", type=_optional_float, default=-1.0)
+    p.add_argument("--no-speech-threshold", "--no_speech_threshold", type=_optional_float, default=0.6)
+    p.add_argument("--word-timestamps", "--word_timestamps", type=_str2bool, default=False)
+    p.add_argument("--clip-timestamps", "--clip_timestamps", default="0")
+    p.add_argument("--hallucination-silence-threshold", "--hallucination_silence_threshold",
+                   type=_optional_float, default=None)
+    p.add_argument("--max-line-width", "--max_line_width", type=int, default=None)
+    p.add_argument("--max-line-count", "--max_line_count", type=int, default=None)
+    p.add_argument("--highlight-words", "--highlight_words", type=_str2bool, default=False)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="print each segment with its times as it is decoded")
+    p.set_defaults(func=cmd_transcribe)
+
+
+def _temperatures(args) -> tuple[float, ...] | float:
+    if args.temperature_increment_on_fallback is None:
+        return args.temperature
+    steps = []
+    t = args.temperature
+    while t <= 1.0 + 1e-6:
+        steps.append(round(t, 6))
+        t += args.temperature_increment_on_fallback
+    return tuple(steps) or (args.temperature,)
+
+
+def transcribe_options(args) -> dict:
+    if args.beam_size is not None and args.beam_size < 1:
+        raise UsageError("--beam-size must be at least 1")
+    if args.best_of is not None and args.best_of < 1:
+        raise UsageError("--best-of must be at least 1")
+    if args.temperature < 0:
+        raise UsageError("--temperature must not be negative")
+    language = normalize_language(args.language)
+    return dict(
+        task=args.task, language=language, temperature=_temperatures(args), best_of=args.best_of,
+        beam_size=args.beam_size, patience=args.patience, length_penalty=args.length_penalty,
+        suppress_tokens=args.suppress_tokens, initial_prompt=args.initial_prompt,
+        condition_on_previous_text=args.condition_on_previous_text,
+        compression_ratio_threshold=args.compression_ratio_threshold,
+        logprob_threshold=args.logprob_threshold, no_speech_threshold=args.no_speech_threshold,
+        word_timestamps=args.word_timestamps, clip_timestamps=args.clip_timestamps,
+        hallucination_silence_threshold=args.hallucination_silence_threshold,
+    )
+
+
+def cmd_transcribe(args) -> int:
+    from . import load_model
+    from .audio import audio_duration, load_audio
+    from .progress import ProgressBar
+    from .writers import get_writer
+
+    options = transcribe_options(args)
+    for path in args.audio:  # fail fast on a missing file, before the model loads
+        if not Path(path).is_file():
+            raise UsageError(f"no such file: {path}")
+    model = load_model(args.model, backend=args.backend, device=args.device)
+    if options["language"] is None and not model.is_multilingual:
+        options["language"] = "en"
+    writer = None
+    if args.output_format or args.output_dir:
+        output_dir = args.output_dir or "."
+        os.makedirs(output_dir, exist_ok=True)
+        writer = get_writer(args.output_format or "all", output_dir)
+    writer_options = {"max_line_width": args.max_line_width, "max_line_count": args.max_line_count,
+                      "highlight_words": args.highlight_words}
+
+    status = 0
+    for path in args.audio:
+        audio = load_audio(path)
+        show = not args.no_progress and sys.stderr.isatty() and len(audio) > 30 * 16000
+        with ProgressBar(total=audio_duration(path), enabled=show, desc=Path(path).name) as bar:
+            on_segment = _print_segment if args.verbose else None
+            result = model.transcribe(audio, on_progress=bar.update_to, on_segment=on_segment, **options)
+        if not args.verbose:
+            text = result["text"].strip()
+            print(f"{path}: {text}" if len(args.audio) > 1 else text, flush=True)
+        if writer is not None:
+            writer(result, path, writer_options)
+    return status
+
+
+def _print_segment(segment: dict) -> None:
+    from .writers import format_timestamp
+
+    print(f"[{format_timestamp(segment['start'])} --> {format_timestamp(segment['end'])}] {segment['text']}",
+          flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="max-whisper", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    sub.required = True
+    add_transcribe_parser(sub)
+    for module in ("diagnostics", "bench", "demo", "server"):
+        try:
+            mod = __import__(f"max_whisper.{module}", fromlist=["add_parsers"])
+        except ImportError:
+            continue
+        mod.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("max-whisper: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # one line for the user; --debug for the traceback
+        if args.debug:
+            traceback.print_exc()
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, _known_errors()):
+            message = f"{type(exc).__name__}: {message} (run with --debug for details)"
+        print(f"max-whisper: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

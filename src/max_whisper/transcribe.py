@@ -1,0 +1,251 @@
+"""Long-form transcription: a 30-s window that slides by the predicted timestamps.
+
+Mirrors openai-whisper's transcribe(): prompt conditioning, temperature fallback, no-speech skipping,
+clip_timestamps and (optionally) word timestamps, on any backend.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from .audio import log_mel_spectrogram, pad_or_trim
+from .decoding import DecodingOptions, DecodingResult, decode, detect_language
+from .dims import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from .api import WhisperModel
+
+DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+
+
+def parse_clip_timestamps(clip_timestamps: str | list[float], content_frames: int) -> list[tuple[int, int]]:
+    if isinstance(clip_timestamps, str):
+        clip_timestamps = [float(ts) for ts in clip_timestamps.split(",") if ts.strip()] if clip_timestamps else []
+    seek_points = [round(ts * FRAMES_PER_SECOND) for ts in clip_timestamps] or [0]
+    if len(seek_points) % 2 == 1:
+        seek_points.append(content_frames)
+    return list(zip(seek_points[::2], seek_points[1::2]))
+
+
+def transcribe(
+    model: "WhisperModel",
+    audio: np.ndarray,
+    *,
+    temperature: float | tuple[float, ...] = DEFAULT_TEMPERATURES,
+    compression_ratio_threshold: float | None = 2.4,
+    logprob_threshold: float | None = -1.0,
+    no_speech_threshold: float | None = 0.6,
+    condition_on_previous_text: bool = True,
+    initial_prompt: str | None = None,
+    carry_initial_prompt: bool = False,
+    word_timestamps: bool = False,
+    prepend_punctuations: str = PREPEND_PUNCTUATIONS,
+    append_punctuations: str = APPEND_PUNCTUATIONS,
+    clip_timestamps: str | list[float] = "0",
+    hallucination_silence_threshold: float | None = None,
+    on_progress: Callable[[float, float], None] | None = None,
+    on_segment: Callable[[dict], None] | None = None,
+    **decode_options,
+) -> dict:
+    """Transcribe 16 kHz mono float32 `audio`. Returns {"text", "segments", "language"}.
+
+    on_progress(seconds_done, seconds_total) and on_segment(segment) let callers show progress.
+    """
+    dims = model.dims
+    # 30 s of silence after the content, for slicing the last window
+    mel = log_mel_spectrogram(audio, dims.n_mels, padding=N_SAMPLES)
+    content_frames = mel.shape[-1] - N_FRAMES
+    content_duration = float(content_frames * HOP_LENGTH / SAMPLE_RATE)
+
+    if decode_options.get("language") is None:
+        if not model.is_multilingual:
+            decode_options["language"] = "en"
+        else:
+            features = model.backend.encode(pad_or_trim(mel, N_FRAMES)[None])
+            _, probs = detect_language(model.backend, model.tokenizer, features)
+            decode_options["language"] = max(probs[0], key=probs[0].get)
+    language: str = decode_options["language"]
+    task: str = decode_options.get("task", "transcribe")
+    tokenizer = model.tokenizer.with_options(language=language, task=task)
+    option_names = {f.name for f in dataclasses.fields(DecodingOptions)}
+    unknown = set(decode_options) - option_names
+    if unknown:
+        raise TypeError(f"unknown decoding option(s): {', '.join(sorted(unknown))}")
+
+    seek_clips = parse_clip_timestamps(clip_timestamps, content_frames)
+    punctuation = PREPEND_PUNCTUATIONS + APPEND_PUNCTUATIONS
+
+    def decode_with_fallback(features: np.ndarray) -> DecodingResult:
+        temperatures = [temperature] if isinstance(temperature, (int, float)) else temperature
+        result = None
+        for t in temperatures:
+            kwargs = {**decode_options}
+            if t > 0:  # sampling: no beam search
+                kwargs.pop("beam_size", None)
+                kwargs.pop("patience", None)
+            else:  # greedy or beam: no best_of
+                kwargs.pop("best_of", None)
+            result = decode(model.backend, tokenizer, features, DecodingOptions(**kwargs, temperature=t))[0]
+            needs_fallback = False
+            if compression_ratio_threshold is not None and result.compression_ratio > compression_ratio_threshold:
+                needs_fallback = True  # too repetitive
+            if logprob_threshold is not None and result.avg_logprob < logprob_threshold:
+                needs_fallback = True  # too improbable
+            if (no_speech_threshold is not None and result.no_speech_prob > no_speech_threshold
+                    and logprob_threshold is not None and result.avg_logprob < logprob_threshold):
+                needs_fallback = False  # silence: nothing better to find
+            if not needs_fallback:
+                break
+        return result
+
+    input_stride = N_FRAMES // dims.n_audio_ctx  # mel frames per audio position: 2
+    time_precision = input_stride * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp step: 0.02
+
+    all_tokens: list[int] = []
+    all_segments: list[dict] = []
+    prompt_reset_since = 0
+    remaining_prompt_length = dims.n_text_ctx // 2 - 1
+    initial_prompt_tokens: list[int] = []
+    if initial_prompt is not None:
+        initial_prompt_tokens = tokenizer.encode(" " + initial_prompt.strip())
+        all_tokens.extend(initial_prompt_tokens)
+        remaining_prompt_length -= len(initial_prompt_tokens)
+
+    def new_segment(*, seek: int, start: float, end: float, tokens: list[int], result: DecodingResult) -> dict:
+        text_tokens = [t for t in tokens if t < tokenizer.eot]
+        return {
+            "seek": seek,
+            "start": start,
+            "end": end,
+            "text": tokenizer.decode(text_tokens),
+            "tokens": tokens,
+            "temperature": result.temperature,
+            "avg_logprob": result.avg_logprob,
+            "compression_ratio": result.compression_ratio,
+            "no_speech_prob": result.no_speech_prob,
+        }
+
+    clip_idx = 0
+    seek = seek_clips[0][0]
+    last_speech_timestamp = 0.0
+    while clip_idx < len(seek_clips):
+        seek_clip_start, seek_clip_end = seek_clips[clip_idx]
+        seek = max(seek, seek_clip_start)
+        if seek >= seek_clip_end:
+            clip_idx += 1
+            if clip_idx < len(seek_clips):
+                seek = seek_clips[clip_idx][0]
+            continue
+        time_offset = float(seek * HOP_LENGTH / SAMPLE_RATE)
+        window_end_time = float((seek + N_FRAMES) * HOP_LENGTH / SAMPLE_RATE)
+        segment_size = min(N_FRAMES, content_frames - seek, seek_clip_end - seek)
+        mel_segment = pad_or_trim(mel[:, seek: seek + segment_size], N_FRAMES)
+        segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
+
+        if carry_initial_prompt:
+            n_ignored = max(len(initial_prompt_tokens), prompt_reset_since)
+            remaining_prompt = all_tokens[n_ignored:][-remaining_prompt_length:]
+            decode_options["prompt"] = initial_prompt_tokens + remaining_prompt
+        else:
+            decode_options["prompt"] = all_tokens[prompt_reset_since:]
+
+        features = model.backend.encode(mel_segment[None])
+        result = decode_with_fallback(features)
+        tokens = np.array(result.tokens, dtype=np.int64)
+
+        if no_speech_threshold is not None:
+            should_skip = result.no_speech_prob > no_speech_threshold
+            if logprob_threshold is not None and result.avg_logprob > logprob_threshold:
+                should_skip = False  # confident text despite the no-speech probability
+            if should_skip:
+                seek += segment_size
+                if on_progress:
+                    on_progress(min(seek, content_frames) / FRAMES_PER_SECOND, content_duration)
+                continue
+
+        previous_seek = seek
+        current_segments: list[dict] = []
+        is_timestamp = tokens >= tokenizer.timestamp_begin
+        single_timestamp_ending = is_timestamp[-2:].tolist() == [False, True]
+        consecutive = np.nonzero(is_timestamp[:-1] & is_timestamp[1:])[0] + 1
+        if len(consecutive) > 0:
+            # two consecutive timestamps close a segment
+            slices = consecutive.tolist()
+            if single_timestamp_ending:
+                slices.append(len(tokens))
+            last_slice = 0
+            for current_slice in slices:
+                sliced = tokens[last_slice:current_slice]
+                start_pos = int(sliced[0]) - tokenizer.timestamp_begin
+                end_pos = int(sliced[-1]) - tokenizer.timestamp_begin
+                current_segments.append(new_segment(
+                    seek=seek, start=time_offset + start_pos * time_precision,
+                    end=time_offset + end_pos * time_precision, tokens=sliced.tolist(), result=result))
+                last_slice = current_slice
+            if single_timestamp_ending:
+                seek += segment_size  # no speech after the last timestamp
+            else:
+                # the last segment is unfinished: resume from its start
+                last_timestamp_pos = int(tokens[last_slice - 1]) - tokenizer.timestamp_begin
+                seek += last_timestamp_pos * input_stride
+        else:
+            duration = segment_duration
+            timestamps = tokens[is_timestamp]
+            if len(timestamps) > 0 and int(timestamps[-1]) != tokenizer.timestamp_begin:
+                duration = (int(timestamps[-1]) - tokenizer.timestamp_begin) * time_precision
+            current_segments.append(new_segment(
+                seek=seek, start=time_offset, end=time_offset + duration, tokens=tokens.tolist(), result=result))
+            seek += segment_size
+
+        if word_timestamps:
+            from .timing import add_word_timestamps, get_end, skip_hallucinations
+
+            add_word_timestamps(
+                segments=current_segments, model=model, tokenizer=tokenizer, features=features,
+                num_frames=segment_size, prepend_punctuations=prepend_punctuations,
+                append_punctuations=append_punctuations, last_speech_timestamp=last_speech_timestamp)
+            if not single_timestamp_ending:
+                last_word_end = get_end(current_segments)
+                if last_word_end is not None and last_word_end > time_offset:
+                    seek = round(last_word_end * FRAMES_PER_SECOND)
+            if hallucination_silence_threshold is not None:
+                new_seek, restart = skip_hallucinations(
+                    current_segments, threshold=hallucination_silence_threshold,
+                    single_timestamp_ending=single_timestamp_ending, time_offset=time_offset,
+                    window_end_time=window_end_time, segment_duration=segment_duration,
+                    previous_seek=previous_seek, segment_size=segment_size, seek=seek,
+                    last_speech_timestamp=last_speech_timestamp, content_duration=content_duration,
+                    content_frames=content_frames, punctuation=punctuation)
+                seek = new_seek
+                if restart:
+                    continue
+            last_word_end = get_end(current_segments)
+            if last_word_end is not None:
+                last_speech_timestamp = last_word_end
+
+        # an instantaneous or empty segment keeps its times but no text
+        for segment in current_segments:
+            if segment["start"] == segment["end"] or segment["text"].strip() == "":
+                segment["text"] = ""
+                segment["tokens"] = []
+                segment["words"] = []
+
+        for i, segment in enumerate(current_segments, start=len(all_segments)):
+            all_segments.append({"id": i, **segment})
+            if on_segment:
+                on_segment(all_segments[-1])
+        all_tokens.extend(t for segment in current_segments for t in segment["tokens"])
+        if not condition_on_previous_text or result.temperature > 0.5:
+            prompt_reset_since = len(all_tokens)  # high temperature: don't feed the prompt on
+        if on_progress:
+            on_progress(min(seek, content_frames) / FRAMES_PER_SECOND, content_duration)
+
+    return {
+        "text": tokenizer.decode(all_tokens[len(initial_prompt_tokens):]),
+        "segments": all_segments,
+        "language": language,
+    }

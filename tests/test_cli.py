@@ -1,0 +1,70 @@
+"""The command line: a transcript on stdout, and one-line errors (no traceback) on bad input."""
+import os
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, requires_reference
+
+SAMPLE = REPO_ROOT / "samples" / "sample.wav"
+
+
+def run_cli(*args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    return subprocess.run([sys.executable, "-m", "max_whisper.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def _zero_sample_wav(path: Path) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["missing", "text-as-wav", "empty", "zero-samples", "directory"])
+def test_bad_audio_gives_one_line_error(tmp_path, kind):
+    path = tmp_path / "input.wav"
+    if kind == "text-as-wav":
+        path.write_text("this is not audio\n" * 50)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "zero-samples":
+        _zero_sample_wav(path)
+    elif kind == "directory":
+        path.mkdir()
+    proc = run_cli("transcribe", str(path), "--backend", "reference")
+    assert_one_line_error(proc, "input.wav")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--model", "huge-v9"], "huge-v9"),
+    (["--backend", "quantum"], "quantum"),
+    (["--beam-size", "0"], "beam"),
+    (["--language", "klingon"], "klingon"),
+    (["--model", "/nonexistent/model.bin"], "model.bin"),
+])
+def test_bad_options_give_one_line_error(args, fragment):
+    proc = run_cli("transcribe", str(SAMPLE), *args)
+    assert_one_line_error(proc, fragment)
+
+
+@requires_reference
+def test_transcribe_sample_prints_text():
+    proc = run_cli("transcribe", str(SAMPLE), "--backend", "reference")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout.strip().lower()
+    assert "whisper" in text and "speech" in text, text

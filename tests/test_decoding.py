@@ -1,0 +1,54 @@
+"""The shared decoding module, driven through the PyTorch reference backend, against openai-whisper's
+own decode(): the same tokens, greedy and beam search, with and without timestamps."""
+import numpy as np
+import pytest
+
+from conftest import get_model, get_torch_model, requires_base, requires_reference, requires_shared_audio
+from max_whisper.audio import load_audio, log_mel_spectrogram, pad_or_trim
+from max_whisper.decoding import DecodingError, DecodingOptions
+
+pytestmark = [requires_reference, requires_shared_audio]
+
+
+def _mel(path, n_mels):
+    return pad_or_trim(log_mel_spectrogram(load_audio(path), n_mels), 3000)
+
+
+def _reference_tokens(name, mel, **options):
+    import torch
+    import whisper
+
+    result = whisper.decode(get_torch_model(name), torch.from_numpy(mel), whisper.DecodingOptions(fp16=False, **options))
+    return result.tokens
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"without_timestamps": True}, {"beam_size": 5}, {"beam_size": 3, "patience": 2.0, "length_penalty": 0.5},
+    {"prompt": "Sense and Sensibility, by Jane Austen."}, {"prefix": "And"},
+], ids=["greedy", "no-timestamps", "beam5", "beam3-patience", "prompt", "prefix"])
+def test_decode_matches_openai_whisper(clips, options):
+    model = get_model("tiny.en", "reference")
+    for clip in [c for c in clips if c.name.startswith(("librivox-0870", "2412", "common_voice"))]:
+        mel = _mel(clip, model.dims.n_mels)
+        ours = model.decode(mel[None], DecodingOptions(**options))[0]
+        assert ours.tokens == _reference_tokens("tiny.en", mel, **options), clip.name
+        assert ours.text and np.isfinite(ours.avg_logprob) and 0 <= ours.no_speech_prob <= 1
+
+
+@requires_base
+@pytest.mark.base
+def test_decode_multilingual_detects_language(clips):
+    model = get_model("base", "reference")
+    clip = next(c for c in clips if c.name.startswith("librivox-0870"))
+    mel = _mel(clip, model.dims.n_mels)
+    ours = model.decode(mel[None], DecodingOptions(language=None))[0]
+    assert ours.language == "en"
+    assert ours.tokens == _reference_tokens("base", mel, language=None)
+
+
+def test_bad_options_are_rejected():
+    model = get_model("tiny.en", "reference")
+    mel = np.zeros((1, model.dims.n_mels, 3000), dtype=np.float32)
+    for bad in ({"beam_size": 2, "best_of": 2}, {"patience": 1.5}, {"length_penalty": 3.0}, {"task": "summarise"}):
+        with pytest.raises(DecodingError):
+            model.decode(mel, DecodingOptions(**bad))
