@@ -10,6 +10,7 @@ TEXTS = [
     "naïve café – ♪ la la ♪ [MUSIC] 日本語のテキスト",
     "  multiple   spaces\n and a newline",
     " Mr. Dashwood had then leisure to consider",
+    " Der schnelle braune Fuchs springt über den faulen Hund. Où est la bibliothèque? Привет, как дела?",
 ]
 
 

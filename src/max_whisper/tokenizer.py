@@ -6,6 +6,8 @@ one token per language, <|translate|>, <|transcribe|>, <|startoflm|>, <|startofp
 """
 from __future__ import annotations
 
+import bisect
+import json
 import string
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -68,10 +70,8 @@ class Tokenizer:
 
     def __init__(self, tokenizer_json: str | Path, multilingual: bool, num_languages: int = 99,
                  language: str | None = None, task: str | None = None):
-        from tokenizers import Tokenizer as HFTokenizer
-
         self.path = Path(tokenizer_json)
-        self._hf = HFTokenizer.from_file(str(self.path))
+        self._hf = _load_bpe(self.path)
         self.multilingual = multilingual
         self.num_languages = num_languages
         if multilingual:
@@ -207,6 +207,40 @@ class Tokenizer:
                 words[-1] += subword
                 word_tokens[-1].extend(subword_tokens)
         return words, word_tokens
+
+
+def _load_bpe(path: Path):
+    """The HF tokenizer, with any BPE merge that the file lost put back.
+
+    Some converted tokenizer.json files drop merges (the multilingual base package lacks "Ġ t", so
+    " the" and " to" split into two tokens). In Whisper's BPE a merge's priority is the rank (id) of the
+    token it makes, so every text token above the 256 byte tokens must come from some merge; for one
+    that no merge makes, add the merge of its two parts at the place its rank gives it.
+    """
+    from tokenizers import Tokenizer as HFTokenizer
+
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        model = spec["model"]
+        vocab: dict[str, int] = model["vocab"]
+        merges = [m.split(" ") if isinstance(m, str) else list(m) for m in model["merges"]]
+    except (OSError, ValueError, KeyError) as exc:
+        raise TokenizerError(f"cannot read tokenizer {path}: {exc}") from None
+    produced = {a + b for a, b in merges}
+    missing = [tok for tok, rank in vocab.items() if rank >= 256 and len(tok) > 1 and tok not in produced]
+    if missing:
+        ranks = [vocab.get(a + b, len(vocab)) for a, b in merges]
+        for tok in sorted(missing, key=vocab.get):
+            splits = [(tok[:i], tok[i:]) for i in range(1, len(tok))
+                      if tok[:i] in vocab and tok[i:] in vocab and max(vocab[tok[:i]], vocab[tok[i:]]) < vocab[tok]]
+            if not splits:
+                continue
+            pair = min(splits, key=lambda ab: (vocab[ab[0]], vocab[ab[1]]))
+            at = bisect.bisect_right(ranks, vocab[tok])
+            merges.insert(at, list(pair))
+            ranks.insert(at, vocab[tok])
+        model["merges"] = merges
+    return HFTokenizer.from_str(json.dumps(spec))
 
 
 @lru_cache(maxsize=None)
