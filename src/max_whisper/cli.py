@@ -8,14 +8,11 @@ import traceback
 from pathlib import Path
 
 from .backends import BACKENDS, DEFAULT_BACKEND
+from .errors import UsageError
 from .dims import DEFAULT_MODEL
 from .tokenizer import normalize_language
 
 OUTPUT_FORMATS = ("txt", "vtt", "srt", "tsv", "json", "all")
-
-
-class UsageError(ValueError):
-    pass
 
 
 class ArgumentParser(argparse.ArgumentParser):

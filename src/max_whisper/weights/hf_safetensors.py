@@ -83,11 +83,11 @@ def read_hf_safetensors(paths: Sequence[Path]) -> tuple[dict[str, np.ndarray], M
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     """Every tensor of a .safetensors file, as arrays that view one buffer of the file."""
     buf = read_files([path])
-    size = int.from_bytes(buf[:8], "little") if len(buf) >= 8 else len(buf)
+    size = int.from_bytes(buf[:8].tobytes(), "little") if len(buf) >= 8 else len(buf)
     try:
         if 8 + size > len(buf):
             raise ValueError("truncated header")
-        header = json.loads(bytes(buf[8: 8 + size]))
+        header = json.loads(buf[8: 8 + size].tobytes())
         tensors = {}
         for name, info in header.items():
             if name == "__metadata__":
@@ -98,7 +98,7 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def _tensor(buf: bytearray, data_start: int, info: dict) -> np.ndarray:
+def _tensor(buf: np.ndarray, data_start: int, info: dict) -> np.ndarray:
     dtype = np.dtype(_DTYPES[info["dtype"]])
     shape = tuple(int(d) for d in info["shape"])
     begin, end = (data_start + int(o) for o in info["data_offsets"])

@@ -1,0 +1,388 @@
+"""Whisper's text decoder as MAX graphs (float32), with a KV cache that stays on the device.
+
+Graphs (all with symbolic batch / sequence / cache lengths, so one compiled model serves prefill and
+single-token steps, greedy and beam search):
+  - cross K/V: encoder features [n_audio, n_audio_ctx, d] -> one layer's cross-attention K and V,
+    run once per 30-s window for every layer (one compiled graph, loaded once per layer);
+  - embed: tokens [batch, n] + positions [n] -> token + positional embedding [batch, n, d];
+  - block: one residual block (causal self-attention over past + new K/V, cross-attention, MLP),
+    compiled once and loaded once per layer with that layer's weights; returns the new hidden
+    state and the concatenated self-attention K/V, which the next step takes back as inputs;
+  - head: final LayerNorm and the tied output projection (a pre-transposed [d, vocab] copy).
+  - block_scores (lazy, word timestamps only): the block that also returns the cross-attention
+    scores q.k / sqrt(head_dim) before the softmax.
+`build_step_graph` builds the alternative design (the whole decoder step in one graph), kept for the
+comparison in bench/decoder_bench.py.
+
+Layouts: weights pre-transposed to [in, out] (MAX's matmul against a contiguous [in, out] weight is
+~2x faster than against transpose(W)); q, k, v fused in one [d, 3d] projection with the 1/sqrt(hd)
+softmax scale folded into q; self K cached as [batch, heads, hd, len] and V as [batch, heads, len, hd]
+(the concat is the only copy per step); cross K as [n_audio, heads, hd, ctx], V as
+[n_audio, heads, ctx, hd], shared by the `group` rows (beams) of each audio: the queries of one
+audio's rows are folded into one [group * n, hd] matrix per head, so K/V are read once, not per beam.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from max.driver import CPU, Buffer, Device
+from max.dtype import DType
+from max.engine import InferenceSession, Model
+from max.graph import DeviceRef, Graph, TensorType, TensorValue, Weight, ops
+
+from ...dims import ModelDimensions
+
+LN_EPS = 1e-5
+N_AUDIO = "n_audio"
+GROUP = "group"  # token rows per audio (beams); a batch of rows is laid out [n_audio, group, ...]
+N_NEW = "n_new"  # tokens fed in this call
+N_PAST = "n_past"  # cached positions
+N_TOTAL = "n_total"  # n_past + n_new (the mask's width)
+
+
+# --- graph pieces ------------------------------------------------------------------------------
+
+
+def _weight(name: str, shape: list[int], device: DeviceRef) -> TensorValue:
+    return Weight(name, DType.float32, shape, device).tensor  # type: ignore[attr-defined]
+
+
+def _layer_norm(x: TensorValue, name: str, d: int, device: DeviceRef) -> TensorValue:
+    return ops.layer_norm(x, _weight(f"{name}.weight", [d], device), _weight(f"{name}.bias", [d], device), LN_EPS)
+
+
+def _linear(x: TensorValue, name: str, d_in: int, d_out: int, device: DeviceRef, bias: bool = True) -> TensorValue:
+    y = x @ _weight(f"{name}.weight", [d_in, d_out], device)
+    return y + _weight(f"{name}.bias", [d_out], device) if bias else y
+
+
+def _block(x: TensorValue, mask: TensorValue, past_k: TensorValue, past_v: TensorValue,
+           cross_k: TensorValue, cross_v: TensorValue, dims: ModelDimensions, device: DeviceRef,
+           prefix: str = "") -> tuple[TensorValue, TensorValue, TensorValue, TensorValue]:
+    """One residual block on x [A, G, n, d]. Returns (x, k_all, v_all, cross scores before softmax)."""
+    d, heads = dims.n_text_state, dims.n_text_head
+    hd = d // heads
+    n_audio, group, n_new = x.shape[0], x.shape[1], x.shape[2]
+
+    # causal self-attention over the cached and the new positions
+    h = _layer_norm(x, f"{prefix}attn_ln", d, device)
+    qkv = _linear(h, f"{prefix}attn.qkv", d, 3 * d, device)  # q carries the 1/sqrt(hd) scale
+    qkv = ops.reshape(qkv, [n_audio, group, n_new, 3, heads, hd])
+    qkv = ops.permute(qkv, [3, 0, 1, 4, 2, 5])  # [3, A, G, H, n, hd]
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    k_all = ops.concat([past_k, ops.permute(k, [0, 1, 2, 4, 3])], axis=4)  # [A, G, H, hd, past + n]
+    v_all = ops.concat([past_v, v], axis=3)  # [A, G, H, past + n, hd]
+    scores = q @ k_all + ops.rebind(mask, [n_new, k_all.shape[4]])
+    attn = ops.softmax(scores) @ v_all  # [A, G, H, n, hd]
+    attn = ops.reshape(ops.permute(attn, [0, 1, 3, 2, 4]), [n_audio, group, n_new, d])
+    x = x + _linear(attn, f"{prefix}attn.out", d, d, device)
+
+    # cross-attention: the G rows (beams) of one audio share its K/V: one [G * n, hd] query matrix
+    # per head, so K/V are read once per audio rather than once per row
+    h = _layer_norm(x, f"{prefix}cross_attn_ln", d, device)
+    q = _linear(h, f"{prefix}cross_attn.query", d, d, device)  # scaled by 1/sqrt(hd)
+    q = ops.permute(ops.reshape(q, [n_audio, group * n_new, heads, hd]), [0, 2, 1, 3])  # [A, H, G*n, hd]
+    cross_scores = q @ cross_k  # [A, H, G*n, ctx]
+    attn = ops.softmax(cross_scores) @ cross_v  # [A, H, G*n, hd]
+    attn = ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [n_audio, group, n_new, d])
+    x = x + _linear(attn, f"{prefix}cross_attn.out", d, d, device)
+
+    h = _layer_norm(x, f"{prefix}mlp_ln", d, device)
+    h = ops.gelu(_linear(h, f"{prefix}mlp.0", d, 4 * d, device), approximate="none")
+    x = x + _linear(h, f"{prefix}mlp.2", 4 * d, d, device)
+    return x, k_all, v_all, cross_scores
+
+
+def _embed(tokens: TensorValue, positions: TensorValue, dims: ModelDimensions, device: DeviceRef) -> TensorValue:
+    d = dims.n_text_state
+    tok = ops.gather(_weight("token_embedding", [dims.n_vocab, d], device), tokens, axis=0)  # [A, G, n, d]
+    pos = ops.gather(_weight("positional_embedding", [dims.n_text_ctx, d], device), positions, axis=0)  # [n, d]
+    return tok + pos
+
+
+def _head(x: TensorValue, dims: ModelDimensions, device: DeviceRef) -> TensorValue:
+    d = dims.n_text_state
+    x = _layer_norm(x, "ln", d, device)
+    return x @ _weight("token_embedding_t", [d, dims.n_vocab], device)  # [A, G, n, vocab]
+
+
+# --- input types -------------------------------------------------------------------------------
+
+
+def _types(dims: ModelDimensions, device: DeviceRef) -> dict[str, TensorType]:
+    d, heads, ctx = dims.n_text_state, dims.n_text_head, dims.n_audio_ctx
+    hd = d // heads
+    f32 = DType.float32
+    return {
+        "tokens": TensorType(DType.int64, [N_AUDIO, GROUP, N_NEW], device=device),
+        "positions": TensorType(DType.int64, [N_NEW], device=device),
+        "x": TensorType(f32, [N_AUDIO, GROUP, N_NEW, d], device=device),
+        "mask": TensorType(f32, [N_NEW, N_TOTAL], device=device),
+        "past_k": TensorType(f32, [N_AUDIO, GROUP, heads, hd, N_PAST], device=device),
+        "past_v": TensorType(f32, [N_AUDIO, GROUP, heads, N_PAST, hd], device=device),
+        "cross_k": TensorType(f32, [N_AUDIO, heads, hd, ctx], device=device),
+        "cross_v": TensorType(f32, [N_AUDIO, heads, ctx, hd], device=device),
+        "features": TensorType(f32, [N_AUDIO, ctx, dims.n_audio_state], device=device),
+    }
+
+
+def build_cross_kv_graph(dims: ModelDimensions, device: DeviceRef) -> Graph:
+    """features [A, ctx, d] -> one layer's cross K [A, H, hd, ctx] and V [A, H, ctx, hd]."""
+    t = _types(dims, device)
+    d, heads, ctx = dims.n_text_state, dims.n_text_head, dims.n_audio_ctx
+    hd = d // heads
+    with Graph("whisper_decoder_cross_kv", input_types=[t["features"]]) as graph:
+        f = graph.inputs[0].tensor
+        n_audio = f.shape[0]
+        k = _linear(f, "cross_attn.key", dims.n_audio_state, d, device, bias=False)
+        v = _linear(f, "cross_attn.value", dims.n_audio_state, d, device)
+        k = ops.permute(ops.reshape(k, [n_audio, ctx, heads, hd]), [0, 2, 3, 1])
+        v = ops.permute(ops.reshape(v, [n_audio, ctx, heads, hd]), [0, 2, 1, 3])
+        graph.output(k, v)
+    return graph
+
+
+def build_embed_graph(dims: ModelDimensions, device: DeviceRef) -> Graph:
+    t = _types(dims, device)
+    with Graph("whisper_decoder_embed", input_types=[t["tokens"], t["positions"]]) as graph:
+        graph.output(_embed(graph.inputs[0].tensor, graph.inputs[1].tensor, dims, device))
+    return graph
+
+
+def build_block_graph(dims: ModelDimensions, device: DeviceRef, with_scores: bool = False) -> Graph:
+    """(x, mask, past_k, past_v, cross_k, cross_v) -> (x, k_all, v_all[, cross scores])."""
+    t = _types(dims, device)
+    names = ("x", "mask", "past_k", "past_v", "cross_k", "cross_v")
+    name = "whisper_decoder_block_scores" if with_scores else "whisper_decoder_block"
+    with Graph(name, input_types=[t[n] for n in names]) as graph:
+        x, k, v, scores = _block(*(i.tensor for i in graph.inputs), dims, device)
+        graph.output(x, k, v, scores) if with_scores else graph.output(x, k, v)
+    return graph
+
+
+def build_head_graph(dims: ModelDimensions, device: DeviceRef) -> Graph:
+    t = _types(dims, device)
+    with Graph("whisper_decoder_head", input_types=[t["x"]]) as graph:
+        graph.output(_head(graph.inputs[0].tensor, dims, device))
+    return graph
+
+
+def build_step_graph(dims: ModelDimensions, device: DeviceRef) -> Graph:
+    """The whole decoder step in one graph (the alternative design, for comparison).
+
+    Inputs: tokens, positions, mask, then cross_k, cross_v per layer, then past_k, past_v per layer.
+    Outputs: logits [B, n, vocab], then k_all, v_all per layer.
+    """
+    t = _types(dims, device)
+    n_layer = dims.n_text_layer
+    types = [t["tokens"], t["positions"], t["mask"]]
+    types += [t["cross_k"], t["cross_v"]] * n_layer + [t["past_k"], t["past_v"]] * n_layer
+    with Graph("whisper_decoder_step", input_types=types) as graph:
+        tokens, positions, mask, *rest = (i.tensor for i in graph.inputs)
+        cross, past = rest[: 2 * n_layer], rest[2 * n_layer:]
+        x = _embed(tokens, positions, dims, device)
+        caches = []
+        for i in range(n_layer):
+            x, k, v, _ = _block(x, mask, past[2 * i], past[2 * i + 1], cross[2 * i], cross[2 * i + 1],
+                                dims, device, f"blocks.{i}.")
+            caches += [k, v]
+        graph.output(_head(x, dims, device), *caches)
+    return graph
+
+
+# --- weights: openai-whisper names -> registry arrays laid out for these graphs --------------------
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def embed_registry(dims: ModelDimensions, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"token_embedding": _f32(params["decoder.token_embedding.weight"]),
+            "positional_embedding": _f32(params["decoder.positional_embedding"])}
+
+
+def head_registry(dims: ModelDimensions, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"ln.weight": _f32(params["decoder.ln.weight"]), "ln.bias": _f32(params["decoder.ln.bias"]),
+            "token_embedding_t": _f32(params["decoder.token_embedding.weight"].T)}
+
+
+def block_registry(dims: ModelDimensions, params: dict[str, np.ndarray], layer: int,
+                   prefix: str = "") -> dict[str, np.ndarray]:
+    src = f"decoder.blocks.{layer}."
+    d = dims.n_text_state
+    scale = np.float32(1.0 / math.sqrt(d // dims.n_text_head))  # openai scales q and k by hd**-0.25 each
+    p = {name[len(src):]: np.asarray(a, dtype=np.float32) for name, a in params.items() if name.startswith(src)}
+    qkv_w = np.concatenate([p["attn.query.weight"] * scale, p["attn.key.weight"], p["attn.value.weight"]])
+    qkv_b = np.concatenate([p["attn.query.bias"] * scale, np.zeros(d, np.float32), p["attn.value.bias"]])
+    registry = {"attn.qkv.weight": _f32(qkv_w.T), "attn.qkv.bias": _f32(qkv_b),
+                "cross_attn.query.weight": _f32((p["cross_attn.query.weight"] * scale).T),
+                "cross_attn.query.bias": _f32(p["cross_attn.query.bias"] * scale)}
+    for name in ("attn.out", "cross_attn.out", "mlp.0", "mlp.2"):
+        registry[f"{name}.weight"] = _f32(p[f"{name}.weight"].T)
+        registry[f"{name}.bias"] = _f32(p[f"{name}.bias"])
+    for name in ("attn_ln", "cross_attn_ln", "mlp_ln"):
+        registry[f"{name}.weight"] = _f32(p[f"{name}.weight"])
+        registry[f"{name}.bias"] = _f32(p[f"{name}.bias"])
+    return {prefix + name: a for name, a in registry.items()}
+
+
+def cross_kv_registry(dims: ModelDimensions, params: dict[str, np.ndarray], layer: int) -> dict[str, np.ndarray]:
+    src = f"decoder.blocks.{layer}.cross_attn."
+    return {"cross_attn.key.weight": _f32(params[src + "key.weight"].T),
+            "cross_attn.value.weight": _f32(params[src + "value.weight"].T),
+            "cross_attn.value.bias": _f32(params[src + "value.bias"])}
+
+
+def step_registry(dims: ModelDimensions, params: dict[str, np.ndarray],
+                  blocks: Sequence[dict[str, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
+    registry = embed_registry(dims, params) | head_registry(dims, params)
+    for i in range(dims.n_text_layer):
+        block = blocks[i] if blocks is not None else block_registry(dims, params, i)
+        registry |= {f"blocks.{i}.{name}": a for name, a in block.items()}
+    return registry
+
+
+# --- runtime -------------------------------------------------------------------------------------
+
+
+def _compile(session: InferenceSession, graph: Graph):
+    return session.compile(graph)
+
+
+class MaxDecoder:
+    """The compiled decoder graphs of one model, with its weights bound; sessions share it.
+
+    design "blocks" (default): embed, one block graph loaded per layer, head; "whole": one step graph.
+    """
+
+    def __init__(self, dims: ModelDimensions, params: dict[str, np.ndarray], device: Device,
+                 device_ref: DeviceRef, session: InferenceSession | None = None, design: str = "blocks"):
+        if design not in ("blocks", "whole"):
+            raise ValueError(f"unknown decoder design {design!r} (blocks or whole)")
+        self.dims, self.device, self.device_ref, self.design = dims, device, device_ref, design
+        self.session = session or InferenceSession(devices=[device])
+        n_layer = dims.n_text_layer
+        self._block_registries = [block_registry(dims, params, i) for i in range(n_layer)]
+        self._embed_registry = embed_registry(dims, params)
+        self._head_registry = head_registry(dims, params)
+
+        compiled = _compile(self.session, build_cross_kv_graph(dims, device_ref))
+        self._cross_kv = [self.session.init(compiled, weights_registry=cross_kv_registry(dims, params, i))
+                          for i in range(n_layer)]
+        if design == "blocks":
+            self._embed = self.session.init(_compile(self.session, build_embed_graph(dims, device_ref)),
+                                            weights_registry=self._embed_registry)
+            compiled = _compile(self.session, build_block_graph(dims, device_ref))
+            self._blocks = [self.session.init(compiled, weights_registry=r) for r in self._block_registries]
+            self._head = self.session.init(_compile(self.session, build_head_graph(dims, device_ref)),
+                                           weights_registry=self._head_registry)
+        else:
+            registry = step_registry(dims, params, self._block_registries)
+            self._step = self.session.init(_compile(self.session, build_step_graph(dims, device_ref)),
+                                           weights_registry=registry)
+        self._score_blocks: list[Model] | None = None
+        d, heads = dims.n_text_state, dims.n_text_head
+        self._cache_shapes = ((heads, d // heads, 0), (heads, 0, d // heads))
+        self._zero_mask = np.zeros((1, dims.n_text_ctx), np.float32)
+
+    # host <-> device
+    def _to_device(self, a: np.ndarray) -> Buffer:
+        return Buffer.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    @staticmethod
+    def _to_numpy(b: Buffer) -> np.ndarray:
+        return b.to_numpy() if b.is_host else b.to(CPU()).to_numpy()
+
+    def cross_kv(self, audio_features: np.ndarray) -> list[Buffer]:
+        """[n_audio, ctx, d] features -> [k_0, v_0, k_1, v_1, ...] on the device."""
+        f = self._to_device(np.asarray(audio_features, dtype=np.float32))
+        out: list[Buffer] = []
+        for model in self._cross_kv:
+            out += model.execute(f)
+        return out
+
+    def empty_cache(self, batch: int) -> list[Buffer]:
+        k_shape, v_shape = self._cache_shapes
+        return [self._to_device(np.zeros((batch, *shape), np.float32))
+                for _ in range(self.dims.n_text_layer) for shape in (k_shape, v_shape)]
+
+    def _mask(self, n_past: int, n_new: int) -> np.ndarray:
+        total = n_past + n_new
+        if n_new == 1:
+            return self._zero_mask[:, :total]
+        cols = np.arange(total)[None, :]
+        rows = np.arange(n_past, total)[:, None]
+        mask = np.where(cols > rows, np.float32(-np.inf), np.float32(0)).astype(np.float32)
+        return mask
+
+    def step(self, tokens: np.ndarray, n_past: int, cross: list[Buffer], cache: list[Buffer]):
+        """tokens [B, n] (new ones only) -> (logits Buffer [B, n, vocab], new cache)."""
+        n_new = tokens.shape[1]
+        if n_past + n_new > self.dims.n_text_ctx:
+            raise ValueError(f"{n_past + n_new} tokens exceed the text context ({self.dims.n_text_ctx})")
+        tokens_b = self._to_device(np.asarray(tokens, dtype=np.int64))
+        positions = self._to_device(np.arange(n_past, n_past + n_new, dtype=np.int64))
+        mask = self._to_device(self._mask(n_past, n_new))
+        if self.design == "whole":
+            logits, *new_cache = self._step.execute(tokens_b, positions, mask, *cross, *cache)
+            return logits, new_cache
+        x = self._embed.execute(tokens_b, positions)[0]
+        new_cache = []
+        for i, block in enumerate(self._blocks):
+            x, k, v = block.execute(x, mask, cache[2 * i], cache[2 * i + 1], cross[2 * i], cross[2 * i + 1])
+            new_cache += [k, v]
+        return self._head.execute(x)[0], new_cache
+
+    def cross_attention_scores(self, audio_features: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Pre-softmax cross-attention scores [n_layer, heads, T, ctx] for one window and one token row."""
+        if self._score_blocks is None:  # compiled only when word timestamps are asked for
+            compiled = _compile(self.session, build_block_graph(self.dims, self.device_ref, with_scores=True))
+            self._score_blocks = [self.session.init(compiled, weights_registry=r) for r in self._block_registries]
+            if self.design == "whole":
+                self._embed = self.session.init(_compile(self.session, build_embed_graph(self.dims, self.device_ref)),
+                                                weights_registry=self._embed_registry)
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(1, -1)
+        n = tokens.shape[1]
+        cross = self.cross_kv(np.asarray(audio_features, dtype=np.float32)[:1])
+        cache = self.empty_cache(1)
+        mask = self._to_device(self._mask(0, n))
+        x = self._embed.execute(self._to_device(tokens), self._to_device(np.arange(n, dtype=np.int64)))[0]
+        scores = []
+        for i, block in enumerate(self._score_blocks):
+            x, _, _, s = block.execute(x, mask, cache[2 * i], cache[2 * i + 1], cross[2 * i], cross[2 * i + 1])
+            scores.append(self._to_numpy(s)[0])
+        return np.stack(scores)
+
+    def new_session(self, audio_features: np.ndarray) -> "MaxDecoderSession":
+        return MaxDecoderSession(self, audio_features)
+
+
+class MaxDecoderSession:
+    """One decoding pass over a batch of windows (base.DecoderSession); the KV cache stays on the device."""
+
+    def __init__(self, decoder: MaxDecoder, audio_features: np.ndarray):
+        self.decoder = decoder
+        self.n_audio = audio_features.shape[0]
+        self.cross = decoder.cross_kv(audio_features)
+        self.cache: list[Buffer] | None = None
+        self.n_cached = 0
+
+    def logits(self, tokens: np.ndarray) -> np.ndarray:
+        tokens = np.asarray(tokens)
+        batch = tokens.shape[0]
+        if batch % self.n_audio:
+            raise ValueError(f"{batch} token rows do not split evenly over {self.n_audio} audio windows")
+        if self.cache is None:
+            self.cache = self.decoder.empty_cache(batch)
+        logits, self.cache = self.decoder.step(tokens[:, self.n_cached:], self.n_cached, self.cross, self.cache)
+        self.n_cached = tokens.shape[1]
+        return self.decoder._to_numpy(logits)
+
+    def rearrange(self, source_indices: list[int]) -> None:
+        if self.cache is None:
+            return
+        index = np.asarray(source_indices, dtype=np.int64)
+        self.cache = [self.decoder._to_device(np.take(self.decoder._to_numpy(b), index, axis=0)) for b in self.cache]

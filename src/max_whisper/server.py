@@ -1,0 +1,322 @@
+"""`max-whisper serve`: an OpenAI-compatible transcription server (FastAPI + uvicorn).
+
+Routes: POST /v1/audio/transcriptions, POST /v1/audio/translations, GET /v1/models, GET /health.
+
+One model is loaded per process, before the server accepts requests. Requests reach it one at a
+time: each admitted request waits on an asyncio lock (FIFO), then its job (write the upload to a
+temp file, decode, transcribe) runs on the one worker thread, which alone ever touches the model.
+At most `max_queue` requests wait behind the running one; more are answered 503 with Retry-After
+before their upload is read. While waiting, a request listens for its client's disconnect and
+leaves the line unrun if it goes; a job already on the model runs to completion (decoding cannot
+be interrupted) and its result is discarded. Uploads over `max_upload_bytes` get 413, by
+Content-Length before the body is read, else by counting bytes as they arrive.
+"""
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import math
+import os
+import re
+import socket
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from .dims import SAMPLE_RATE
+from .transcribe import DEFAULT_TEMPERATURES
+
+FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+SEGMENT_KEYS = ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
+                "compression_ratio", "no_speech_prob")
+DEFAULT_MAX_QUEUE = 64
+DEFAULT_MAX_UPLOAD_MB = 25.0  # OpenAI's own limit
+
+
+def add_parsers(sub) -> None:
+    from .cli import add_model_options
+
+    p = sub.add_parser("serve", help="serve an OpenAI-compatible transcription API over HTTP")
+    add_model_options(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("MAX_WHISPER_API_KEY") or None,
+                   help="require 'Authorization: Bearer KEY' on every route but /health "
+                        "(default: $MAX_WHISPER_API_KEY)")
+    p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                   help="requests that may wait behind the running one; more get 503")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                   help="largest accepted upload; larger ones get 413")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from .errors import UsageError
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise UsageError("serve needs the serve extra: pip install 'max-whisper[serve]'") from None
+    if args.max_queue < 0 or args.max_upload_mb <= 0:
+        raise UsageError("--max-queue must be >= 0 and --max-upload-mb > 0")
+    from . import load_model
+
+    # bind first (a taken port fails fast), load the model, then accept connections
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    with sock:
+        model = load_model(args.model, backend=args.backend, device=args.device)
+        app = create_app(model, api_key=args.api_key, max_queue=args.max_queue,
+                         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+        print(f"max-whisper: serving {model.name} ({model.backend_name}, {model.device}) "
+              f"on http://{args.host}:{args.port}/v1", flush=True)
+        uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port)).run(sockets=[sock])
+    return 0
+
+
+def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
+               max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024)):
+    """The FastAPI app serving `model` (already loaded)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException
+
+    class ApiError(HTTPException):
+        def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                     kind: str = "invalid_request_error", headers: dict | None = None):
+            super().__init__(status, message, headers)
+            self.param, self.code, self.kind = param, code, kind
+
+    def error_response(status: int, message: str, param=None, code=None, kind="invalid_request_error",
+                       headers=None) -> JSONResponse:
+        body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+        return JSONResponse(body, status, headers=headers)
+
+    state = {"active": 0, "running": 0, "seconds": 1.0}  # admitted requests, on the model, avg job time
+    lock = asyncio.Lock()
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="max-whisper-model")
+    model_id = str(model.name)
+    log = logging.getLogger("uvicorn.error")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        worker.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="max-whisper", docs_url=None, redoc_url=None, lifespan=lifespan)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, exc: HTTPException):
+        if isinstance(exc, ApiError):
+            return error_response(exc.status_code, exc.detail, exc.param, exc.code, exc.kind, exc.headers)
+        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request, exc: Exception):
+        return error_response(500, f"{type(exc).__name__}: {exc}", kind="server_error")
+
+    class Guard:
+        """API key on every route but /health; uploads over the limit by Content-Length or by count."""
+
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                return await self.app(scope, receive, send)
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            if api_key and scope["path"] != "/health":
+                auth = headers.get("authorization", "")
+                given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+                if not hmac.compare_digest(given.encode(), api_key.encode()):
+                    return await error_response(401, "invalid or missing API key: send 'Authorization: Bearer "
+                                                "<key>'", code="invalid_api_key")(scope, receive, send)
+            length = headers.get("content-length", "")
+            if length.isdigit() and int(length) > max_body:
+                return await too_large()(scope, receive, send)
+            seen = 0
+
+            async def counted():
+                nonlocal seen
+                message = await receive()
+                seen += len(message.get("body", b""))
+                if seen > max_body:
+                    raise ApiError(413, too_large_message, "file", "file_too_large")
+                return message
+
+            await self.app(scope, counted, send)
+
+    too_large_message = f"upload larger than the server's limit of {max_upload_bytes} bytes"
+    max_body = max_upload_bytes + 64 * 1024  # room for the multipart envelope and the other fields
+
+    def too_large():
+        return error_response(413, too_large_message, "file", "file_too_large")
+
+    app.add_middleware(Guard)
+
+    def field(form, name: str) -> str | None:
+        value = form.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ApiError(400, f"'{name}' must be a plain form field, not a file", name)
+        return value or None
+
+    def options_from(form, task: str) -> tuple[dict, str, bool]:
+        from .tokenizer import TokenizerError, normalize_language
+
+        fmt = field(form, "response_format") or "json"
+        if fmt not in FORMATS:
+            raise ApiError(400, f"response_format must be one of {', '.join(FORMATS)}", "response_format")
+        granularities = form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")
+        if set(granularities) - {"word", "segment"}:
+            raise ApiError(400, "timestamp_granularities must be 'word' and/or 'segment'", "timestamp_granularities")
+        if granularities and fmt != "verbose_json":
+            raise ApiError(400, "timestamp_granularities requires response_format=verbose_json",
+                           "timestamp_granularities")
+        if task == "translate" and not model.is_multilingual:
+            raise ApiError(400, f"model {model_id} is English-only: it cannot translate", "model",
+                           "model_not_multilingual")
+        options = {"task": task, "word_timestamps": "word" in granularities, "temperature": DEFAULT_TEMPERATURES}
+        if field(form, "language"):
+            try:
+                options["language"] = normalize_language(form["language"])
+            except TokenizerError as exc:
+                raise ApiError(400, str(exc), "language") from None
+            if not model.is_multilingual and options["language"] != "en":
+                raise ApiError(400, f"model {model_id} is English-only: language must be 'en'", "language")
+        if field(form, "prompt"):
+            options["initial_prompt"] = form["prompt"]
+        if field(form, "temperature"):
+            try:
+                options["temperature"] = float(form["temperature"])
+            except ValueError:
+                options["temperature"] = math.nan
+            if not 0 <= options["temperature"] <= 1:
+                raise ApiError(400, "temperature must be a number between 0 and 1", "temperature")
+        return options, fmt, "word" in granularities
+
+    def run_job(upload: UploadFile, options: dict) -> tuple[dict, float]:
+        """On the worker thread: the upload to a temp file (always deleted), decode, transcribe."""
+        from .audio import load_audio
+        from .cli import _known_errors
+
+        suffix = os.path.splitext(upload.filename or "")[1]
+        fd, path = tempfile.mkstemp(suffix=suffix if re.fullmatch(r"\.\w{1,8}", suffix) else ".bin")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                upload.file.seek(0)
+                while chunk := upload.file.read(1 << 20):
+                    f.write(chunk)
+            audio = load_audio(path)
+            return model.transcribe(audio, **options), len(audio) / SAMPLE_RATE
+        except _known_errors() as exc:
+            message = str(exc).replace(path, upload.filename or "upload").strip().splitlines()
+            raise ApiError(400, message[0] if message else type(exc).__name__, "file") from None
+        finally:
+            os.unlink(path)
+
+    async def client_gone(request: Request) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    async def wait_turn(request: Request) -> bool:
+        """Take the model lock (True), or leave the line as soon as the client disconnects (False).
+
+        Listening for the disconnect while waiting (not one is_disconnected() poll at the front of the
+        line) matters: uvicorn may not have read the client's EOF yet when the turn comes."""
+        turn = asyncio.ensure_future(lock.acquire())
+        gone = asyncio.ensure_future(client_gone(request))
+        try:
+            await asyncio.wait({turn, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                lock.release()
+            raise
+        finally:
+            gone.cancel()
+            turn.cancel()  # a no-op once acquired
+        held = turn.done() and not turn.cancelled()
+        if held and gone.done() and not gone.cancelled():
+            lock.release()
+            return False
+        return held
+
+    async def handle(request: Request, task: str):
+        if state["active"] > max_queue:  # one running + max_queue waiting
+            retry = max(1, math.ceil(state["seconds"] * state["active"]))
+            raise ApiError(503, f"the server is busy ({state['active']} requests queued or running); retry later",
+                           code="queue_full", kind="server_error", headers={"Retry-After": str(retry)})
+        state["active"] += 1
+        try:
+            async with request.form(max_files=1, max_fields=32) as form:
+                options, fmt, words = options_from(form, task)
+                upload = form.get("file")
+                if not isinstance(upload, UploadFile):
+                    raise ApiError(400, "'file' is required: the audio to transcribe, as a multipart upload", "file")
+                if upload.size and upload.size > max_upload_bytes:
+                    raise ApiError(413, too_large_message, "file", "file_too_large")
+                if upload.size == 0:
+                    raise ApiError(400, f"the uploaded file '{upload.filename}' is empty", "file")
+                if not await wait_turn(request):  # nobody is listening: drop the job unrun
+                    log.info("client of %s went away before its turn: job dropped", upload.filename)
+                    return Response(status_code=499)
+                state["running"], started = 1, time.monotonic()
+                try:
+                    result, duration = await asyncio.wrap_future(worker.submit(run_job, upload, options))
+                finally:
+                    lock.release()
+                    state["running"] = 0
+                    state["seconds"] = 0.7 * state["seconds"] + 0.3 * (time.monotonic() - started)
+        finally:
+            state["active"] -= 1
+        text = result["text"].strip()
+        if fmt == "json":
+            return JSONResponse({"text": text})
+        if fmt == "text":
+            return PlainTextResponse(text)
+        if fmt in ("srt", "vtt"):
+            from .writers import render
+
+            return PlainTextResponse(render(result, fmt), media_type="text/vtt" if fmt == "vtt" else "text/plain")
+        return JSONResponse(verbose_json(result, task, duration, text, words))
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request):
+        return await handle(request, "transcribe")
+
+    @app.post("/v1/audio/translations")
+    async def translations(request: Request):
+        return await handle(request, "translate")
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "max-whisper"}]}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_id, "backend": model.backend_name, "device": model.device,
+                "queue_depth": state["active"] - state["running"], "running": state["running"],
+                "max_queue": max_queue}
+
+    return app
+
+
+def verbose_json(result: dict, task: str, duration: float, text: str, words: bool) -> dict:
+    from .tokenizer import LANGUAGES
+
+    def plain(value):  # numpy scalars -> JSON numbers
+        return [int(t) for t in value] if isinstance(value, list) else value.item() if hasattr(value, "item") else value
+
+    body = {"task": task, "language": LANGUAGES.get(result["language"], result["language"]),
+            "duration": round(duration, 3), "text": text,
+            "segments": [{k: plain(s[k]) for k in SEGMENT_KEYS if k in s} for s in result["segments"]]}
+    if words:
+        body["words"] = [{"word": w["word"].strip(), "start": float(w["start"]), "end": float(w["end"])}
+                         for s in result["segments"] for w in s.get("words", [])]
+    return body

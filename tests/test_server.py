@@ -1,0 +1,297 @@
+"""`max-whisper serve`: the OpenAI-compatible API, driven by the official `openai` client.
+
+The main server is the real CLI in a subprocess; the queue and disconnect tests run the app in-process
+on the session's shared model, behind a gate that holds the model busy for as long as a test needs.
+"""
+import io
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import REPO_ROOT, SHARED_AUDIO, get_model, has_module, requires_reference, requires_shared_audio
+
+pytestmark = [requires_reference, requires_shared_audio,
+              pytest.mark.skipif(not all(map(has_module, ("fastapi", "uvicorn", "multipart", "openai", "httpx"))),
+                                 reason="the serve and test extras are not installed")]
+
+CLIP = SHARED_AUDIO / "librivox-0880.wav"
+KEY = "test-key"
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc=None, log=None, timeout: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the server exited ({proc.returncode}):\n{open(log).read()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"no /health from {url} within {timeout} s")
+
+
+def client(url: str, key: str | None = KEY):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{url}/v1", api_key=key or "none", max_retries=0, timeout=120)
+
+
+def audio(path=CLIP, name=None):
+    return (name or path.name, path.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def cli_proc():
+    """`max-whisper transcribe` on the clip, started first so that it runs while the server starts."""
+    return subprocess.Popen([sys.executable, "-m", "max_whisper.cli", "transcribe", str(CLIP), "--backend",
+                             "reference", "--model", "tiny.en", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def cli_text(cli_proc) -> str:
+    out, err = cli_proc.communicate(timeout=300)
+    assert cli_proc.returncode == 0, err
+    return out.strip()
+
+
+@pytest.fixture(scope="module")
+def server(cli_proc):
+    """The real CLI: `python -m max_whisper.cli serve` with an API key and a 1 MB upload limit."""
+    port = free_port()
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-m", "max_whisper.cli", "serve", "--backend", "reference",
+                             "--model", "tiny.en", "--device", "cpu", "--port", str(port), "--api-key", KEY,
+                             "--max-upload-mb", "1"], stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, log.name)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        os.unlink(log.name)
+
+
+def test_transcription_equals_cli(server, cli_text):
+    api = client(server)
+    assert api.audio.transcriptions.create(model="whisper-1", file=audio()).text == cli_text
+    text = api.audio.transcriptions.create(model="anything", file=audio(), response_format="text", language="en")
+    assert text.strip() == cli_text
+
+
+def test_verbose_json(server, cli_text):
+    result = client(server).audio.transcriptions.create(
+        model="whisper-1", file=audio(), response_format="verbose_json", timestamp_granularities=["word", "segment"])
+    assert (result.task, result.language, result.text) == ("transcribe", "english", cli_text)
+    assert 2.5 < result.duration < 3.5
+    assert result.segments and result.words
+    for seg in result.segments:
+        assert 0 <= seg.start < seg.end <= result.duration + 0.5
+        assert seg.tokens and seg.avg_logprob < 0 and 0 <= seg.no_speech_prob <= 1
+    assert all(0 <= w.start <= w.end <= result.duration + 0.5 for w in result.words)
+    assert "".join(w.word for w in result.words) == cli_text.replace(" ", "")
+
+
+def test_subtitles_parse(server, cli_text):
+    import srt
+    import webvtt
+
+    api = client(server)
+    cues = list(srt.parse(api.audio.transcriptions.create(model="whisper-1", file=audio(), response_format="srt")))
+    assert cues and " ".join(c.content for c in cues) == cli_text
+    assert all(c.start < c.end for c in cues)
+    vtt = api.audio.transcriptions.create(model="whisper-1", file=audio(), response_format="vtt")
+    captions = webvtt.from_buffer(io.StringIO(vtt)).captions
+    assert captions and " ".join(c.text for c in captions) == cli_text
+
+
+def test_models_and_health(server):
+    import httpx
+
+    assert [m.id for m in client(server).models.list().data] == ["tiny.en"]
+    health = httpx.get(f"{server}/health").json()
+    assert health["status"] == "ok" and health["model"] == "tiny.en" and health["backend"] == "reference"
+    assert health["device"] == "cpu" and health["queue_depth"] == 0
+
+
+def test_api_key_is_required(server):
+    import httpx
+    import openai
+
+    with pytest.raises(openai.AuthenticationError) as err:
+        client(server, key="wrong").audio.transcriptions.create(model="whisper-1", file=audio())
+    assert err.value.status_code == 401 and err.value.code == "invalid_api_key"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        reply = httpx.get(f"{server}/v1/models", headers=headers)
+        assert reply.status_code == 401 and set(reply.json()["error"]) == {"message", "type", "param", "code"}
+    assert httpx.get(f"{server}/health").status_code == 200
+
+
+def test_bad_requests_get_4xx_and_server_keeps_serving(server, cli_text, tmp_path):
+    import httpx
+    import openai
+
+    api = client(server)
+    bad = {
+        "not audio": dict(file=("x.wav", b"this is not audio\n" * 100)),
+        "empty": dict(file=("x.wav", b"")),
+        "bad format": dict(file=audio(), response_format="docx"),
+        "words need verbose_json": dict(file=audio(), timestamp_granularities=["word"]),
+        "bad temperature": dict(file=audio(), temperature=3),
+        "bad language": dict(file=audio(), language="klingon"),
+    }
+    for what, kwargs in bad.items():
+        with pytest.raises(openai.BadRequestError) as err:
+            api.audio.transcriptions.create(model="whisper-1", **kwargs)
+        assert err.value.status_code == 400 and err.value.message, what
+    with pytest.raises(openai.BadRequestError, match="cannot translate"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the client marks translations deprecated
+        api.audio.translations.create(model="whisper-1", file=audio())
+
+    big = ("big.wav", os.urandom(1536 * 1024))
+    with pytest.raises(openai.APIStatusError) as err:
+        api.audio.transcriptions.create(model="whisper-1", file=big)
+    assert err.value.status_code == 413
+
+    def chunks():  # no Content-Length: the server must count the bytes itself
+        yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.wav\"\r\n\r\n"
+        for _ in range(24):
+            yield os.urandom(64 * 1024)
+        yield b"\r\n--b--\r\n"
+
+    reply = httpx.post(f"{server}/v1/audio/transcriptions", content=chunks(),
+                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "multipart/form-data; boundary=b"})
+    assert reply.status_code == 413 and reply.json()["error"]["code"] == "file_too_large"
+
+    assert api.audio.transcriptions.create(model="whisper-1", file=audio()).text == cli_text
+
+
+def test_twenty_concurrent_requests(server, cli_text):
+    api = client(server)
+    with ThreadPoolExecutor(20) as pool:
+        texts = list(pool.map(lambda _: api.audio.transcriptions.create(model="whisper-1", file=audio()).text,
+                              range(20)))
+    assert texts == [cli_text] * 20
+
+
+class GatedModel:
+    """The shared model, held busy while `gate` is clear; counts runs and concurrent use."""
+
+    def __init__(self, model):
+        self.model, self.gate, self.lock = model, threading.Event(), threading.Lock()
+        self.runs = self.inside = self.max_inside = 0
+        self.gate.set()
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def transcribe(self, audio, **options):
+        with self.lock:
+            self.runs += 1
+            self.inside += 1
+            self.max_inside = max(self.max_inside, self.inside)
+        try:
+            self.gate.wait(60)
+            return self.model.transcribe(audio, **options)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+@pytest.fixture(scope="module")
+def gated():
+    """The app in-process (uvicorn in a thread) with --max-queue 1, on the session's shared model."""
+    import uvicorn
+
+    from max_whisper.server import create_app
+
+    model = GatedModel(get_model("tiny.en", "reference"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    srv = uvicorn.Server(uvicorn.Config(create_app(model, max_queue=1), log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_healthy(url, timeout=30)
+        yield url, model
+    finally:
+        model.gate.set()
+        srv.should_exit = True
+        thread.join(20)
+        sock.close()
+
+
+def wait_for(predicate, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_full_queue_gets_503(gated, cli_text):
+    import openai
+
+    url, model = gated
+    api = client(url)
+
+    def call(_):
+        try:
+            return api.audio.transcriptions.create(model="whisper-1", file=audio()).text
+        except openai.APIStatusError as exc:
+            return exc.status_code, exc.response.headers.get("retry-after")
+
+    model.gate.clear()  # the first request holds the model until the others have had their answer
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(call, i) for i in range(6)]
+        wait_for(lambda: sum(f.done() for f in futures) >= 4)
+        model.gate.set()
+        results = [f.result() for f in futures]
+    busy = [r for r in results if isinstance(r, tuple)]
+    assert busy and all(status == 503 and int(retry) >= 1 for status, retry in busy)
+    assert [r for r in results if not isinstance(r, tuple)] == [cli_text] * (6 - len(busy))
+    assert len(busy) == 4  # one on the model, one waiting (--max-queue 1)
+    assert model.max_inside == 1
+
+
+def test_disconnected_client_is_dropped_unrun(gated, cli_text):
+    import httpx
+
+    url, model = gated
+    runs = model.runs
+    model.gate.clear()
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(lambda: client(url).audio.transcriptions.create(model="whisper-1", file=audio()).text)
+        wait_for(lambda: httpx.get(f"{url}/health").json()["running"] == 1)
+        with pytest.raises(httpx.ReadTimeout):  # waits behind the first, then gives up
+            httpx.post(f"{url}/v1/audio/transcriptions", files={"file": audio()}, timeout=1)
+        wait_for(lambda: httpx.get(f"{url}/health").json()["queue_depth"] == 0)
+        model.gate.set()
+        assert first.result() == cli_text
+    assert model.runs == runs + 1  # the abandoned job never reached the model
+    assert httpx.get(f"{url}/health").json() | {"device": None} == {
+        "status": "ok", "model": "tiny.en", "backend": "reference", "device": None, "queue_depth": 0,
+        "running": 0, "max_queue": 1}
