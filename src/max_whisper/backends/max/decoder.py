@@ -285,7 +285,7 @@ class MaxDecoder:
                                            weights_registry=registry)
         self._score_blocks: list[Model] | None = None
         d, heads = dims.n_text_state, dims.n_text_head
-        self._cache_shapes = ((heads, d // heads, 0), (heads, 0, d // heads))
+        self._cache_shapes = ((heads, d // heads, 0), (heads, 0, d // heads))  # after [A, G]
         self._zero_mask = np.zeros((1, dims.n_text_ctx), np.float32)
 
     # host <-> device
@@ -304,9 +304,9 @@ class MaxDecoder:
             out += model.execute(f)
         return out
 
-    def empty_cache(self, batch: int) -> list[Buffer]:
+    def empty_cache(self, n_audio: int, group: int) -> list[Buffer]:
         k_shape, v_shape = self._cache_shapes
-        return [self._to_device(np.zeros((batch, *shape), np.float32))
+        return [self._to_device(np.zeros((n_audio, group, *shape), np.float32))
                 for _ in range(self.dims.n_text_layer) for shape in (k_shape, v_shape)]
 
     def _mask(self, n_past: int, n_new: int) -> np.ndarray:
@@ -319,8 +319,8 @@ class MaxDecoder:
         return mask
 
     def step(self, tokens: np.ndarray, n_past: int, cross: list[Buffer], cache: list[Buffer]):
-        """tokens [B, n] (new ones only) -> (logits Buffer [B, n, vocab], new cache)."""
-        n_new = tokens.shape[1]
+        """tokens [A, G, n] (the new ones only) -> (logits Buffer [A, G, n, vocab], new cache)."""
+        n_new = tokens.shape[2]
         if n_past + n_new > self.dims.n_text_ctx:
             raise ValueError(f"{n_past + n_new} tokens exceed the text context ({self.dims.n_text_ctx})")
         tokens_b = self._to_device(np.asarray(tokens, dtype=np.int64))
@@ -344,10 +344,10 @@ class MaxDecoder:
             if self.design == "whole":
                 self._embed = self.session.init(_compile(self.session, build_embed_graph(self.dims, self.device_ref)),
                                                 weights_registry=self._embed_registry)
-        tokens = np.asarray(tokens, dtype=np.int64).reshape(1, -1)
-        n = tokens.shape[1]
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(1, 1, -1)
+        n = tokens.shape[2]
         cross = self.cross_kv(np.asarray(audio_features, dtype=np.float32)[:1])
-        cache = self.empty_cache(1)
+        cache = self.empty_cache(1, 1)
         mask = self._to_device(self._mask(0, n))
         x = self._embed.execute(self._to_device(tokens), self._to_device(np.arange(n, dtype=np.int64)))[0]
         scores = []
@@ -372,17 +372,27 @@ class MaxDecoderSession:
 
     def logits(self, tokens: np.ndarray) -> np.ndarray:
         tokens = np.asarray(tokens)
-        batch = tokens.shape[0]
+        batch, n_tokens = tokens.shape
         if batch % self.n_audio:
             raise ValueError(f"{batch} token rows do not split evenly over {self.n_audio} audio windows")
+        group = batch // self.n_audio
         if self.cache is None:
-            self.cache = self.decoder.empty_cache(batch)
-        logits, self.cache = self.decoder.step(tokens[:, self.n_cached:], self.n_cached, self.cross, self.cache)
-        self.n_cached = tokens.shape[1]
-        return self.decoder._to_numpy(logits)
+            self.cache = self.decoder.empty_cache(self.n_audio, group)
+        new = tokens[:, self.n_cached:].reshape(self.n_audio, group, -1)
+        logits, self.cache = self.decoder.step(new, self.n_cached, self.cross, self.cache)
+        self.n_cached = n_tokens
+        logits = self.decoder._to_numpy(logits)
+        return logits.reshape(batch, -1, logits.shape[-1])
 
     def rearrange(self, source_indices: list[int]) -> None:
         if self.cache is None:
             return
         index = np.asarray(source_indices, dtype=np.int64)
-        self.cache = [self.decoder._to_device(np.take(self.decoder._to_numpy(b), index, axis=0)) for b in self.cache]
+        if len(index) % self.n_audio:
+            raise ValueError(f"{len(index)} rows do not split evenly over {self.n_audio} audio windows")
+        cache = []
+        for b in self.cache:
+            rows = self.decoder._to_numpy(b)
+            rows = rows.reshape(-1, *rows.shape[2:])[index]
+            cache.append(self.decoder._to_device(rows.reshape(self.n_audio, -1, *rows.shape[1:])))
+        self.cache = cache

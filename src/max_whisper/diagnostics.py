@@ -1,0 +1,169 @@
+"""`max-whisper compare` (MAX vs reference encoder, layer by layer) and `max-whisper doctor`."""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .dims import N_FRAMES, NAMED_MODELS
+
+
+def add_parsers(sub) -> None:
+    from .cli import add_model_options
+
+    p = sub.add_parser("compare", help="run the reference and MAX encoders side by side, layer by layer")
+    p.add_argument("audio", help="an audio file (its first 30 s are compared)")
+    add_model_options(p, backend_default=None)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("doctor", help="report MAX, devices, CPU, cache, models and optional packages")
+    p.set_defaults(func=cmd_doctor)
+
+
+# -- compare --------------------------------------------------------------------------------------
+def tensor_stats(x: np.ndarray) -> dict[str, float]:
+    return {"mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max())}
+
+
+def difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    cosine = float(a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64) + 1e-30))
+    return {"max_abs": float(np.max(np.abs(a64 - b64))), "cosine": cosine}
+
+
+def reference_intermediates(torch_model, mel: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The PyTorch encoder's stem output, each block's output and ln_post, in the MAX encoder's names."""
+    import torch
+
+    encoder = torch_model.encoder
+    captured: list[tuple[str, np.ndarray]] = []
+    hooks = [encoder.blocks[0].register_forward_pre_hook(
+        lambda _m, args: captured.append(("stem", args[0].detach().numpy().copy())))]
+    for i, block in enumerate(encoder.blocks):
+        hooks.append(block.register_forward_hook(
+            lambda _m, _i, out, i=i: captured.append((f"block.{i}", out.detach().numpy().copy()))))
+    try:
+        with torch.no_grad():
+            features = encoder(torch.from_numpy(mel))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return captured + [("ln_post", features.numpy())]
+
+
+def compare_encoders(model_name: str, audio_path: str, device: str = "auto") -> list[dict]:
+    from .audio import load_audio, log_mel_spectrogram, pad_or_trim
+    from .backends.max.encoder import MaxEncoder
+    from .backends.reference import build_torch_model
+    from .weights import load_model_weights
+
+    weights = load_model_weights(model_name)
+    mel = pad_or_trim(log_mel_spectrogram(load_audio(audio_path), weights.dims.n_mels), N_FRAMES)[None]
+    ours = dict(MaxEncoder(weights.dims, weights.params, device=device).run_with_intermediates(mel))
+    rows = []
+    for name, ref in reference_intermediates(build_torch_model(weights, "cpu"), mel):
+        rows.append({"tensor": name, **{f"ref_{k}": v for k, v in tensor_stats(ref).items()},
+                     **{f"max_{k}": v for k, v in tensor_stats(ours[name]).items()},
+                     **difference(ours[name], ref)})
+    return rows
+
+
+def cmd_compare(args) -> int:
+    rows = compare_encoders(args.model, args.audio, args.device)
+    header = f"{'tensor':<9} {'ref mean':>9} {'ref std':>8} {'ref min':>8} {'ref max':>8} " \
+             f"{'max mean':>9} {'max std':>8} {'max min':>8} {'max max':>8} {'max|diff|':>10} {'cosine':>10}"
+    print(header)
+    for r in rows:
+        print(f"{r['tensor']:<9} {r['ref_mean']:>9.4f} {r['ref_std']:>8.4f} {r['ref_min']:>8.3f} {r['ref_max']:>8.3f} "
+              f"{r['max_mean']:>9.4f} {r['max_std']:>8.4f} {r['max_min']:>8.3f} {r['max_max']:>8.3f} "
+              f"{r['max_abs']:>10.2e} {r['cosine']:>10.7f}")
+    worst = rows[-1]["max_abs"]
+    verdict = "OK" if worst <= 1e-3 else "MISMATCH"
+    print(f"{verdict}: final features max |diff| {worst:.2e} (tolerance 1e-3)")
+    return 0 if worst <= 1e-3 else 1
+
+
+# -- doctor ---------------------------------------------------------------------------------------
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_info() -> dict[str, object]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine()):
+                model = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    interesting = ["avx", "avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx_vnni", "amx_tile", "neon", "asimd"]
+    import os
+
+    return {"model": model, "cores": os.cpu_count(), "features": [f for f in interesting if f in flags]}
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def doctor_report() -> dict[str, object]:
+    report: dict[str, object] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    report["max"] = _version("max")
+    try:
+        from max.driver import accelerator_count
+
+        report["accelerators"] = accelerator_count()
+    except Exception as exc:  # MAX missing or broken: say so, don't crash the doctor
+        report["accelerators"] = f"unavailable ({exc})"
+    report["cpu"] = cpu_info()
+    try:
+        from .backends.max.compile_cache import cache_dir
+
+        cache = cache_dir()
+        report["graph_cache"] = {"path": str(cache), "files": len(list(cache.glob("*.mef"))) if cache.is_dir() else 0,
+                                 "mb": round(_dir_size(cache) / 1e6, 1)}
+    except Exception as exc:
+        report["graph_cache"] = f"unavailable ({exc})"
+    models = {}
+    for name, named in NAMED_MODELS.items():
+        try:
+            models[name] = ", ".join(str(p) for p in named.locate())
+        except Exception as exc:
+            models[name] = f"not installed ({exc})"
+    report["models"] = models
+    # find_spec, not import: the doctor must not pull torch into the process
+    report["optional"] = {name: (_version(dist) if importlib.util.find_spec(mod) else None)
+                          for name, mod, dist in [("torch", "torch", "torch"),
+                                                  ("openai-whisper", "whisper", "openai-whisper"),
+                                                  ("faster-whisper", "faster_whisper", "faster-whisper"),
+                                                  ("fastapi", "fastapi", "fastapi")]}
+    return report
+
+
+def cmd_doctor(args) -> int:
+    report = doctor_report()
+    print(f"python          {report['python']} on {report['platform']}")
+    print(f"MAX             {report['max'] or 'NOT INSTALLED'}")
+    print(f"accelerators    {report['accelerators']}")
+    cpu = report["cpu"]
+    print(f"CPU             {cpu['model']}, {cpu['cores']} cores, features: {' '.join(cpu['features']) or 'none'}")
+    cache = report["graph_cache"]
+    if isinstance(cache, dict):
+        print(f"graph cache     {cache['path']} ({cache['files']} compiled graphs, {cache['mb']} MB)")
+    else:
+        print(f"graph cache     {cache}")
+    for name, where in report["models"].items():
+        print(f"{'model ' + name:<16}{where}")
+    for name, version in report["optional"].items():
+        print(f"{name:<16}{version or 'not installed'}")
+    return 0 if report["max"] else 1
