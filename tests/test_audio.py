@@ -26,7 +26,8 @@ clip_params = pytest.mark.parametrize(
     "clip", CLIPS or [pytest.param(None, marks=pytest.mark.skip(reason="../shared/audio is absent"))],
     ids=lambda p: p.name if p else "no-clips",
 )
-requires_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="no ffmpeg CLI for whisper.audio.load_audio")
+requires_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None,
+                                     reason="no ffmpeg CLI for whisper.audio.load_audio")
 
 
 def _whisper_mel(audio: np.ndarray, n_mels: int, padding: int) -> np.ndarray:
@@ -156,7 +157,7 @@ def test_load_audio_other_containers(tmp_path, suffix, codec):
     audio = load_audio(path)
     assert abs(len(audio) / SAMPLE_RATE - 2.0) < 0.06  # AAC adds some priming samples
     middle = audio[4000:-4000]  # away from encoder delay and padding
-    assert abs(np.sqrt(np.mean(middle ** 2)) - 0.3 / np.sqrt(2)) < 0.01
+    assert abs(np.sqrt(np.mean(middle ** 2)) - 0.3 / np.sqrt(2)) < 0.02  # lossy codecs: ~5% off
 
 
 @clip_params

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import get_weights, requires_base, requires_reference
+from conftest import get_torch_model, get_weights, requires_base, requires_reference
 from max_whisper import dims as dims_module
 from max_whisper.dims import NAMED_MODELS, ModelDimensions, NamedModel
 from max_whisper.weights import (
@@ -36,8 +36,7 @@ def tiny() -> ModelWeights:
 
 def assert_same_params(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert [k for k in a if not np.array_equal(a[k], b[k])] == []
 
 
 def assert_one_line_error(info, *words: str) -> None:
@@ -73,13 +72,13 @@ def test_base_from_split_files():
 @requires_reference
 @pytest.mark.parametrize("name", ["tiny.en", pytest.param("base", marks=requires_base)])
 def test_loads_strictly_into_openai_whisper(name):
-    import torch
     import whisper
-    from whisper.model import ModelDimensions as WhisperDims, Whisper
 
     weights = get_weights(name)
-    model = Whisper(WhisperDims(**weights.dims.to_dict()))
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.params.items()}, strict=True)
+    # the session's reference model: Whisper(dims).load_state_dict(params, strict=True)
+    model = get_torch_model(name)
+    np.testing.assert_array_equal(model.encoder.blocks[0].attn.key.weight.detach().numpy(),
+                                  weights.params["encoder.blocks.0.attn.key.weight"])
     # alignment heads from config.json are openai-whisper's own for this model
     mask = np.frombuffer(gzip.decompress(base64.b85decode(whisper._ALIGNMENT_HEADS[name])), dtype=bool)
     expected = np.argwhere(mask.reshape(weights.dims.n_text_layer, weights.dims.n_text_head))
@@ -340,11 +339,12 @@ def test_bfloat16_conversion():
 
 
 def test_positional_embedding_computed_when_absent(tmp_path, tiny):
-    tensors = {hf_name(k): v for k, v in tiny.params.items() if k != "encoder.positional_embedding"}
+    tensors = {hf_name(k): v.astype(np.float16) for k, v in tiny.params.items() if k != "encoder.positional_embedding"}
     write_safetensors(tmp_path / "model.safetensors", tensors)
     loaded = load_model_weights(tmp_path)
-    np.testing.assert_allclose(loaded.params["encoder.positional_embedding"], sinusoids(1500, 384))
-    assert np.abs(loaded.params["encoder.positional_embedding"] - tiny.params["encoder.positional_embedding"]).max() < 1e-3
+    computed = loaded.params["encoder.positional_embedding"]
+    np.testing.assert_allclose(computed, sinusoids(1500, 384))
+    assert np.abs(computed - tiny.params["encoder.positional_embedding"]).max() < 1e-3
 
 
 def test_copied_folder_keeps_tokenizer_and_alignment_heads(tmp_path, tiny):
@@ -354,3 +354,7 @@ def test_copied_folder_keeps_tokenizer_and_alignment_heads(tmp_path, tiny):
     loaded = load_model_weights(str(tmp_path))
     assert loaded.name == str(tmp_path) and loaded.tokenizer_path == tmp_path / "tokenizer.json"
     np.testing.assert_array_equal(loaded.alignment_heads, tiny.alignment_heads)
+    (tmp_path / "config.json").write_text(json.dumps({"alignment_heads": [[4, 0]]}))  # tiny.en has 4 layers
+    with pytest.raises(WeightsError) as info:
+        load_model_weights(tmp_path)
+    assert_one_line_error(info, "alignment_heads")

@@ -2,6 +2,8 @@
 
 `load_audio` gives what openai-whisper's ffmpeg-based loader gives: the same libswresample
 conversion to 16-bit mono at the target rate (`ffmpeg -ac 1 -ar 16000 -f s16le`), then / 32768.
+Bit-exact against the FFmpeg 9 CLI on WAV (16-bit, float), FLAC, MP3 and Ogg/Opus; from MP4/AAC we
+also keep the codec's end padding of the last frame (< 1024 samples), which that CLI trims.
 `log_mel_spectrogram` reproduces whisper.audio.log_mel_spectrogram without torch or librosa.
 """
 from __future__ import annotations

@@ -211,7 +211,9 @@ class WeightAdapter:
                 continue
             targets = (target,) if isinstance(target, str) else target
             if value.ndim == 0 or value.shape[0] % len(targets):
-                raise CorruptWeightsError(f"tensor '{name}' has shape {value.shape}, not {len(targets)} equal row blocks")
+                raise CorruptWeightsError(
+                    f"tensor '{name}' has shape {value.shape}, not {len(targets)} equal blocks of rows"
+                )
             for dst, part in zip(targets, np.split(value, len(targets), axis=0)):
                 if dst is not None:
                     params[prefix + dst] = as_float32(part)
@@ -288,7 +290,10 @@ def expected_shapes(dims: ModelDimensions) -> dict[str, tuple[int, ...]]:
         "decoder.ln.weight": (d_t,),
         "decoder.ln.bias": (d_t,),
     }
-    sides = (("encoder", dims.n_audio_layer, d_a, ("attn",)), ("decoder", dims.n_text_layer, d_t, ("attn", "cross_attn")))
+    sides = (
+        ("encoder", dims.n_audio_layer, d_a, ("attn",)),
+        ("decoder", dims.n_text_layer, d_t, ("attn", "cross_attn")),
+    )
     for side, n_layer, d, attentions in sides:
         for i in range(n_layer):
             p = f"{side}.blocks.{i}."
@@ -318,7 +323,9 @@ def _assemble(
     shapes = expected_shapes(dims)
     missing = [k for k in shapes if k not in params]
     if missing:
-        raise CorruptWeightsError(f"{len(missing)} tensors are missing (e.g. '{missing[0]}'): not a complete Whisper model")
+        raise CorruptWeightsError(
+            f"{len(missing)} tensors are missing (e.g. '{missing[0]}'): not a complete Whisper model"
+        )
     for key, shape in shapes.items():
         if params[key].shape != shape:
             raise CorruptWeightsError(f"tensor '{key}' has shape {params[key].shape}, expected {shape} for {dims}")
@@ -338,10 +345,14 @@ def _alignment_heads(folder: Path, dims: ModelDimensions) -> Optional[np.ndarray
     for filename in ("config.json", "generation_config.json"):
         config = read_json(folder / filename) or {}
         if config.get("alignment_heads"):
-            heads = np.asarray(config["alignment_heads"], dtype=np.int64)
-            if heads.ndim != 2 or heads.shape[1] != 2 or not (
-                (heads >= 0).all() and (heads[:, 0] < dims.n_text_layer).all() and (heads[:, 1] < dims.n_text_head).all()
-            ):
-                raise CorruptWeightsError(f"'{folder / filename}' has invalid alignment_heads (need [layer, head] pairs)")
+            try:
+                heads = np.asarray(config["alignment_heads"], dtype=np.int64)
+            except (TypeError, ValueError):
+                heads = np.zeros(0)
+            valid = heads.ndim == 2 and heads.shape[1] == 2 and (heads >= 0).all()
+            if not (valid and (heads < [dims.n_text_layer, dims.n_text_head]).all()):
+                raise CorruptWeightsError(
+                    f"'{folder / filename}' has invalid alignment_heads (need [text layer, head] pairs)"
+                )
             return heads
     return None

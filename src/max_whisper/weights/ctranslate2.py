@@ -92,7 +92,8 @@ def read_variables(paths: Sequence[Path]) -> dict[str, np.ndarray]:
         )
     if version > MAX_BINARY_VERSION:
         raise CorruptWeightsError(
-            f"'{reader.source}' uses CTranslate2 binary version {version}; this reader knows versions 1-{MAX_BINARY_VERSION}"
+            f"'{reader.source}' uses CTranslate2 binary version {version}; "
+            f"this reader knows versions 1-{MAX_BINARY_VERSION}"
         )
     if version >= 2:
         spec = reader.string()

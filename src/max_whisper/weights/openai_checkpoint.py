@@ -21,7 +21,8 @@ def read_openai_checkpoint(paths: Sequence[Path]) -> tuple[dict[str, np.ndarray]
         import torch
     except ImportError:
         raise WeightsError(
-            f"reading '{path}' needs PyTorch: pip install 'max-whisper[reference]' (or use a CTranslate2 or safetensors model)"
+            f"reading '{path}' needs PyTorch: pip install 'max-whisper[reference]' "
+            "(or use a CTranslate2 or safetensors model)"
         ) from None
     try:
         # weights_only: a checkpoint is plain dicts and tensors, so never run pickled code.
