@@ -49,7 +49,7 @@ def median_filter(x: np.ndarray, filter_width: int) -> np.ndarray:
         return x
     padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
     windows = np.lib.stride_tricks.sliding_window_view(padded, filter_width, axis=-1)
-    return np.sort(windows, axis=-1)[..., pad]
+    return np.partition(windows, pad, axis=-1)[..., pad]  # NaN sorts last, as in torch.sort
 
 
 def backtrace(trace: np.ndarray) -> np.ndarray:

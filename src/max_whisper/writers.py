@@ -15,7 +15,6 @@ from typing import Callable, Iterator, TextIO
 
 from .timing import get_start
 
-WordOptions = dict  # {"max_line_width", "max_line_count", "max_words_per_line", "highlight_words"}
 WORD_OPTIONS = ("max_line_width", "max_line_count", "max_words_per_line", "highlight_words")
 
 

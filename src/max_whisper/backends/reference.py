@@ -42,6 +42,10 @@ def build_torch_model(weights: ModelWeights, device: str = "cpu"):
     model = wm.Whisper(wm.ModelDimensions(**weights.dims.to_dict()))
     state = {name: torch.from_numpy(array) for name, array in weights.params.items()}
     model.load_state_dict(state, strict=True)
+    if weights.alignment_heads is not None:  # the model's own heads, not openai's default upper half
+        mask = torch.zeros(model.dims.n_text_layer, model.dims.n_text_head, dtype=torch.bool)
+        mask[tuple(torch.as_tensor(weights.alignment_heads, dtype=torch.long).T)] = True
+        model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
     return model.to(device).eval()
 
 
