@@ -16,17 +16,6 @@ TIME_TOLERANCE = 0.02 + 1e-9  # one audio position
 PROBABILITY_TOLERANCE = 1e-3
 
 
-def with_alignment_heads(torch_model, heads):
-    """openai-whisper's model with our weights' alignment heads (build_torch_model leaves its default)."""
-    import torch
-
-    mask = torch.zeros(torch_model.dims.n_text_layer, torch_model.dims.n_text_head, dtype=torch.bool)
-    for layer, head in np.asarray(heads).reshape(-1, 2):
-        mask[layer, head] = True
-    torch_model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
-    return torch_model
-
-
 def test_timing_and_writers_do_not_import_torch():
     code = "import sys, max_whisper.timing, max_whisper.writers; assert 'torch' not in sys.modules, 'torch'"
     env = {"PYTHONPATH": str(REPO_ROOT / "src"), "PATH": "/usr/bin:/bin"}
@@ -166,7 +155,7 @@ def test_word_timestamps_match_openai_whisper(clip):
     from max_whisper.timing import add_word_timestamps
 
     model = get_model("tiny.en", "reference")
-    torch_model = with_alignment_heads(get_torch_model("tiny.en"), model.alignment_heads)
+    torch_model = get_torch_model("tiny.en")
     audio = load_audio(SHARED_AUDIO / clip)
     segments = model.transcribe(audio, temperature=0.0)["segments"]
     assert segments and all(s["seek"] == 0 for s in segments), "one window expected"

@@ -82,6 +82,8 @@ def add_transcribe_parser(sub) -> None:
     p.add_argument("--clip-timestamps", "--clip_timestamps", default="0")
     p.add_argument("--hallucination-silence-threshold", "--hallucination_silence_threshold",
                    type=_optional_float, default=None)
+    p.add_argument("--silence-threshold", "--silence_threshold", type=_optional_float, default=-60.0,
+                   help="skip 30-s windows whose peak level (dBFS) stays below this; None: off")
     p.add_argument("--max-line-width", "--max_line_width", type=int, default=None)
     p.add_argument("--max-line-count", "--max_line_count", type=int, default=None)
     p.add_argument("--highlight-words", "--highlight_words", type=_str2bool, default=False)
@@ -118,6 +120,7 @@ def transcribe_options(args) -> dict:
         logprob_threshold=args.logprob_threshold, no_speech_threshold=args.no_speech_threshold,
         word_timestamps=args.word_timestamps, clip_timestamps=args.clip_timestamps,
         hallucination_silence_threshold=args.hallucination_silence_threshold,
+        silence_threshold=args.silence_threshold,
     )
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .api import WhisperModel
 
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+DEFAULT_SILENCE_THRESHOLD = -60.0  # dBFS: a window whose peak stays below this holds no speech
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 
@@ -29,6 +30,11 @@ def parse_clip_timestamps(clip_timestamps: str | list[float], content_frames: in
     if len(seek_points) % 2 == 1:
         seek_points.append(content_frames)
     return list(zip(seek_points[::2], seek_points[1::2]))
+
+
+def is_silent(samples: np.ndarray, threshold_dbfs: float) -> bool:
+    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    return peak <= 10 ** (threshold_dbfs / 20)
 
 
 def transcribe(
@@ -47,12 +53,16 @@ def transcribe(
     append_punctuations: str = APPEND_PUNCTUATIONS,
     clip_timestamps: str | list[float] = "0",
     hallucination_silence_threshold: float | None = None,
+    silence_threshold: float | None = DEFAULT_SILENCE_THRESHOLD,
     on_progress: Callable[[float, float], None] | None = None,
     on_segment: Callable[[dict], None] | None = None,
     **decode_options,
 ) -> dict:
     """Transcribe 16 kHz mono float32 `audio`. Returns {"text", "segments", "language"}.
 
+    silence_threshold (dBFS, None: off) skips windows whose peak level stays below it without
+    decoding them: over digital silence Whisper tends to invent a word ("you") that its own
+    no-speech rule keeps. Everything else follows openai-whisper's transcribe().
     on_progress(seconds_done, seconds_total) and on_segment(segment) let callers show progress.
     """
     dims = model.dims
@@ -129,6 +139,10 @@ def transcribe(
             "no_speech_prob": result.no_speech_prob,
         }
 
+    def report_progress(seek: int) -> None:
+        if on_progress:
+            on_progress(min(seek, content_frames) / FRAMES_PER_SECOND, content_duration)
+
     clip_idx = 0
     seek = seek_clips[0][0]
     last_speech_timestamp = 0.0
@@ -145,6 +159,12 @@ def transcribe(
         segment_size = min(N_FRAMES, content_frames - seek, seek_clip_end - seek)
         mel_segment = pad_or_trim(mel[:, seek: seek + segment_size], N_FRAMES)
         segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
+
+        if silence_threshold is not None and is_silent(
+                audio[seek * HOP_LENGTH: (seek + segment_size) * HOP_LENGTH], silence_threshold):
+            seek += segment_size
+            report_progress(seek)
+            continue
 
         if carry_initial_prompt:
             n_ignored = max(len(initial_prompt_tokens), prompt_reset_since)
@@ -163,8 +183,7 @@ def transcribe(
                 should_skip = False  # confident text despite the no-speech probability
             if should_skip:
                 seek += segment_size
-                if on_progress:
-                    on_progress(min(seek, content_frames) / FRAMES_PER_SECOND, content_duration)
+                report_progress(seek)
                 continue
 
         previous_seek = seek
@@ -241,8 +260,7 @@ def transcribe(
         all_tokens.extend(t for segment in current_segments for t in segment["tokens"])
         if not condition_on_previous_text or result.temperature > 0.5:
             prompt_reset_since = len(all_tokens)  # high temperature: don't feed the prompt on
-        if on_progress:
-            on_progress(min(seek, content_frames) / FRAMES_PER_SECOND, content_duration)
+        report_progress(seek)
 
     return {
         "text": tokenizer.decode(all_tokens[len(initial_prompt_tokens):]),
