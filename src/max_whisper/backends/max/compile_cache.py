@@ -118,13 +118,14 @@ def _file_lock(f: IO, label: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _read_cached(path: Path) -> CompiledModel | None:
+def _read_cached(path: Path, warn: bool = True) -> CompiledModel | None:
     if not path.exists():
         return None
     try:
         return read(path)
     except RuntimeError as error:  # empty, truncated or foreign file: compile again
-        _say(f"ignoring unreadable cached graph {path.name} ({error})")
+        if warn:
+            _say(f"ignoring unreadable cached graph {path.name} ({error})")
         return None
 
 
@@ -154,7 +155,7 @@ def compiled_graph(
         lock, saving = nullcontext(), False
 
     with lock:
-        if saving and (compiled := _read_cached(path)) is not None:
+        if saving and (compiled := _read_cached(path, warn=False)) is not None:
             return compiled, 0.0  # another process compiled it while we waited
         target = "CPU" if all(d.is_host for d in session.devices) else "GPU"
         start = time.perf_counter()

@@ -1,11 +1,19 @@
 """Whisper's audio encoder as MAX graphs (float32).
 
-The encoder is split into two graphs so that compile time does not grow with the model:
+Two graphs, each compiled once per dims and cached on disk (compile_cache):
   - the stem: conv1 + GELU, conv2 (stride 2) + GELU, + positional embedding;
-  - one residual block, compiled once and loaded once per layer with that layer's weights.
-    It also returns ln_post of its output, so the last layer's second output is the final feature.
-Weights are graph `Weight`s fed through the weights registry, so one compiled graph serves
-every model with the same dims (tiny and tiny.en share both graphs).
+  - one residual block, loaded once per layer with that layer's weights. It also returns ln_post of
+    its output, so the last layer's second output is the encoder's result, and every layer's first
+    output is a free intermediate for comparing backends.
+A whole-encoder graph compiles in about the same time as stem + block (MAX dedups the identical
+layers) and runs no faster, so the split costs nothing and keeps the block reusable.
+Weights are graph `Weight`s fed through the weights registry, so one compiled graph serves every
+model with the same dims (tiny and tiny.en share both graphs).
+
+Accuracy: MAX's fp32 matmul on CPU rounds long contractions about twice as coarsely as PyTorch's, and
+the encoder amplifies the first block's rounding ~100x (measured on base: 1.1e-3 max error against
+float64 vs PyTorch's 7e-4). Every contraction is therefore summed in slices (K_SPLIT, KEY_CHUNKS,
+MLP_CHUNKS), which brings the error below PyTorch's for ~10% more time per block.
 """
 from __future__ import annotations
 
@@ -15,13 +23,16 @@ import numpy as np
 from max.driver import CPU, Buffer
 from max.dtype import DType
 from max.engine import InferenceSession
-from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, Weight, ops
+from max.graph import DeviceRef, Graph, TensorType, TensorValue, Weight, ops
 
 from ...dims import ModelDimensions
 from .compile_cache import compiled_graph
 from .device import select_device
 
 LN_EPS = 1e-5
+K_SPLIT = 4  # each matmul over d inputs is summed in 4 slices of d/4
+KEY_CHUNKS = 8  # attention over n_audio_ctx keys in 8 slices
+MLP_CHUNKS = 4  # the MLP's 4d hidden units in 4 slices of d
 N_AUDIO = "n_audio"  # symbolic batch dimension: one compiled graph serves any batch size
 
 
@@ -29,93 +40,108 @@ def _weight(name: str, shape: list[int], device: DeviceRef) -> TensorValue:
     return Weight(name, DType.float32, shape, device).tensor  # type: ignore[attr-defined]
 
 
-def _conv_k3(x: TensorValue, w: TensorValue, b: TensorValue, stride: int) -> TensorValue:
-    """1-D conv, kernel 3, padding 1, on [B, T, C] (channels last): conv2d over a height-1 image."""
-    x = ops.unsqueeze(x, 1)  # [B, 1, T, C]
-    y = ops.conv2d(x, w, stride=(1, stride), padding=(0, 0, 1, 1), bias=b)
-    return ops.squeeze(y, 1)
+def _bounds(n: int, parts: int) -> list[tuple[int, int]]:
+    edges = [n * i // parts for i in range(parts + 1)]
+    return list(zip(edges, edges[1:]))
 
 
-def _stem(mel: TensorValue, dims: ModelDimensions, device: DeviceRef, prefix: str = "") -> TensorValue:
-    d, n_mels = dims.n_audio_state, dims.n_mels
-    x = ops.permute(mel, [0, 2, 1])  # [B, 3000, n_mels]
-    conv1_w = _weight(f"{prefix}conv1.weight", [1, 3, n_mels, d], device)  # RSCF layout
-    conv2_w = _weight(f"{prefix}conv2.weight", [1, 3, d, d], device)
-    x = ops.gelu(_conv_k3(x, conv1_w, _weight(f"{prefix}conv1.bias", [d], device), 1), approximate="none")
-    x = ops.gelu(_conv_k3(x, conv2_w, _weight(f"{prefix}conv2.bias", [d], device), 2), approximate="none")
-    return x + _weight(f"{prefix}positional_embedding", [dims.n_audio_ctx, d], device)
+def _pairwise_sum(values: list[TensorValue]) -> TensorValue:
+    """Sum as a balanced tree: less rounding than a running sum."""
+    while len(values) > 1:
+        values = [a + b for a, b in zip(values[::2], values[1::2])] + values[len(values) // 2 * 2 :]
+    return values[0]
+
+
+def _matmul(x: TensorValue, w: TensorValue) -> TensorValue:
+    """x [..., k] @ w [k, n], the contraction summed in K_SPLIT slices (see the module docstring)."""
+    k = int(w.shape[0])
+    return _pairwise_sum([x[..., a:b] @ w[a:b, :] for a, b in _bounds(k, K_SPLIT)])
+
+
+def _linear(x: TensorValue, name: str, d_in: int, d_out: int, device: DeviceRef, bias: bool = True) -> TensorValue:
+    # Weights are stored pre-transposed [in, out]: MAX's matmul is ~2x faster than against transpose(W).
+    y = _matmul(x, _weight(f"{name}.weight", [d_in, d_out], device))
+    return y + _weight(f"{name}.bias", [d_out], device) if bias else y
 
 
 def _layer_norm(x: TensorValue, name: str, d: int, device: DeviceRef) -> TensorValue:
     return ops.layer_norm(x, _weight(f"{name}.weight", [d], device), _weight(f"{name}.bias", [d], device), LN_EPS)
 
 
-def _linear(x: TensorValue, name: str, d_in: int, d_out: int, device: DeviceRef) -> TensorValue:
-    # Weights are stored pre-transposed [in, out]: MAX's matmul is ~2x faster than against transpose(W).
-    return x @ _weight(f"{name}.weight", [d_in, d_out], device) + _weight(f"{name}.bias", [d_out], device)
+def _gelu(x: TensorValue) -> TensorValue:
+    return ops.gelu(x, approximate="none")  # exact erf GELU, as Whisper
 
 
-def _residual_block(x: TensorValue, dims: ModelDimensions, device: DeviceRef, prefix: str) -> TensorValue:
+def _conv_k3(x: TensorValue, name: str, c_in: int, c_out: int, stride: int, device: DeviceRef) -> TensorValue:
+    """1-D conv, kernel 3, padding 1, on [B, T, C] (channels last): conv2d over a height-1 image."""
+    w = _weight(f"{name}.weight", [1, 3, c_in, c_out], device)  # RSCF layout
+    y = ops.conv2d(ops.unsqueeze(x, 1), w, stride=(1, stride), padding=(0, 0, 1, 1),
+                   bias=_weight(f"{name}.bias", [c_out], device))
+    return ops.squeeze(y, 1)
+
+
+def _stem(mel: TensorValue, dims: ModelDimensions, device: DeviceRef) -> TensorValue:
+    d = dims.n_audio_state
+    x = ops.permute(mel, [0, 2, 1])  # [B, 3000, n_mels]
+    x = _gelu(_conv_k3(x, "conv1", dims.n_mels, d, 1, device))
+    x = _gelu(_conv_k3(x, "conv2", d, d, 2, device))
+    return x + _weight("positional_embedding", [dims.n_audio_ctx, d], device)
+
+
+def _attention(q: TensorValue, k_t: TensorValue, v: TensorValue, n_keys: int) -> TensorValue:
+    """softmax(q @ k_t) @ v, [B, H, T, hd], computed over KEY_CHUNKS slices of the keys that share
+    one row maximum and one denominator: the same maths as softmax then one matmul over all keys."""
+    if KEY_CHUNKS == 1:
+        return ops.softmax(q @ k_t) @ v
+    slices = _bounds(n_keys, KEY_CHUNKS)
+    scores = [q @ k_t[:, :, :, a:b] for a, b in slices]
+    row_max = ops.max(scores[0], axis=-1)
+    for s in scores[1:]:
+        row_max = ops.max(row_max, ops.max(s, axis=-1))
+    exps = [ops.exp(s - row_max) for s in scores]
+    denominator = _pairwise_sum([ops.sum(e, axis=-1) for e in exps])
+    return _pairwise_sum([e @ v[:, :, a:b, :] for e, (a, b) in zip(exps, slices)]) / denominator
+
+
+def _residual_block(x: TensorValue, dims: ModelDimensions, device: DeviceRef) -> TensorValue:
     d, heads = dims.n_audio_state, dims.n_audio_head
     hd = d // heads
     batch, ctx = x.shape[0], x.shape[1]
 
-    # Self-attention. One fused [d, 3d] projection; the key bias is zero and the query weights carry
-    # the 1/sqrt(hd) softmax scale (see block_registry).
-    h = _layer_norm(x, f"{prefix}attn_ln", d, device)
-    qkv = _linear(h, f"{prefix}attn.qkv", d, 3 * d, device)
+    # One fused [d, 3d] projection; the key bias is zero and the query weights carry the 1/sqrt(hd)
+    # softmax scale (see block_registry).
+    qkv = _linear(_layer_norm(x, "attn_ln", d, device), "attn.qkv", d, 3 * d, device)
     qkv = ops.permute(ops.reshape(qkv, [batch, ctx, 3, heads, hd]), [2, 0, 3, 1, 4])  # [3, B, H, T, hd]
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    weights = ops.softmax(q @ ops.permute(k, [0, 1, 3, 2]))
-    attn = ops.reshape(ops.permute(weights @ v, [0, 2, 1, 3]), [batch, ctx, d])
-    x = x + _linear(attn, f"{prefix}attn.out", d, d, device)
+    q, k_t, v = qkv[0], ops.permute(qkv[1], [0, 1, 3, 2]), qkv[2]
+    attn = ops.reshape(ops.permute(_attention(q, k_t, v, int(ctx)), [0, 2, 1, 3]), [batch, ctx, d])
+    x = x + _linear(attn, "attn.out", d, d, device)
 
-    h = _layer_norm(x, f"{prefix}mlp_ln", d, device)
-    h = ops.gelu(_linear(h, f"{prefix}mlp.0", d, 4 * d, device), approximate="none")
-    return x + _linear(h, f"{prefix}mlp.2", 4 * d, d, device)
-
-
-def _input_type(dims: ModelDimensions, device: DeviceRef) -> TensorType:
-    return TensorType(DType.float32, [N_AUDIO, dims.n_mels, 2 * dims.n_audio_ctx], device=device)
-
-
-def _features_type(dims: ModelDimensions, device: DeviceRef) -> TensorType:
-    return TensorType(DType.float32, [N_AUDIO, dims.n_audio_ctx, dims.n_audio_state], device=device)
+    h = _layer_norm(x, "mlp_ln", d, device)
+    width = 4 * d // MLP_CHUNKS
+    partial = [
+        _linear(_gelu(_linear(h, f"mlp.0.{c}", d, width, device)), f"mlp.2.{c}", width, d, device, bias=False)
+        for c in range(MLP_CHUNKS)
+    ]
+    return x + _pairwise_sum(partial) + _weight("mlp.2.bias", [d], device)
 
 
-def build_stem_graph(dims: ModelDimensions, device: DeviceRef, module: Module | None = None) -> Graph:
-    with Graph("whisper_encoder_stem", input_types=[_input_type(dims, device)], module=module) as graph:
+def build_stem_graph(dims: ModelDimensions, device: DeviceRef) -> Graph:
+    mel_type = TensorType(DType.float32, [N_AUDIO, dims.n_mels, 2 * dims.n_audio_ctx], device=device)
+    with Graph("whisper_encoder_stem", input_types=[mel_type]) as graph:
         graph.output(_stem(graph.inputs[0].tensor, dims, device))
     return graph
 
 
-def build_block_graph(dims: ModelDimensions, device: DeviceRef, module: Module | None = None) -> Graph:
+def build_block_graph(dims: ModelDimensions, device: DeviceRef) -> Graph:
     """One residual block; outputs (block output, ln_post(block output))."""
-    with Graph("whisper_encoder_block", input_types=[_features_type(dims, device)], module=module) as graph:
-        x = _residual_block(graph.inputs[0].tensor, dims, device, "")
+    x_type = TensorType(DType.float32, [N_AUDIO, dims.n_audio_ctx, dims.n_audio_state], device=device)
+    with Graph("whisper_encoder_block", input_types=[x_type]) as graph:
+        x = _residual_block(graph.inputs[0].tensor, dims, device)
         graph.output(x, _layer_norm(x, "ln_post", dims.n_audio_state, device))
     return graph
 
 
-def build_whole_graph(dims: ModelDimensions, device: DeviceRef) -> Graph:
-    """The whole encoder in one graph (kept for the compile-time comparison in bench/)."""
-    with Graph("whisper_encoder", input_types=[_input_type(dims, device)]) as graph:
-        x = _stem(graph.inputs[0].tensor, dims, device)
-        for i in range(dims.n_audio_layer):
-            x = _residual_block(x, dims, device, f"blocks.{i}.")
-        graph.output(_layer_norm(x, "ln_post", dims.n_audio_state, device))
-    return graph
-
-
 # --- weights: openai-whisper names -> registry arrays laid out for these graphs ---------------------
-
-
-def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> np.ndarray:
-    """Whisper's encoder positional embedding (openai-whisper's `sinusoids`, in float32 NumPy)."""
-    log_timescale_increment = np.log(max_timescale) / (channels // 2 - 1)
-    inv_timescales = np.exp(-log_timescale_increment * np.arange(channels // 2, dtype=np.float32))
-    scaled_time = np.arange(length, dtype=np.float32)[:, None] * inv_timescales[None, :]
-    return np.concatenate([np.sin(scaled_time), np.cos(scaled_time)], axis=1).astype(np.float32)
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -127,45 +153,37 @@ def _conv_filter(w: np.ndarray) -> np.ndarray:
     return _f32(np.transpose(w, (2, 1, 0))[None])
 
 
-def stem_registry(dims: ModelDimensions, params: dict[str, np.ndarray], prefix: str = "") -> dict[str, np.ndarray]:
-    pos = params.get("encoder.positional_embedding")
-    if pos is None:
-        pos = sinusoids(dims.n_audio_ctx, dims.n_audio_state)
+def stem_registry(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {
-        f"{prefix}conv1.weight": _conv_filter(params["encoder.conv1.weight"]),
-        f"{prefix}conv1.bias": _f32(params["encoder.conv1.bias"]),
-        f"{prefix}conv2.weight": _conv_filter(params["encoder.conv2.weight"]),
-        f"{prefix}conv2.bias": _f32(params["encoder.conv2.bias"]),
-        f"{prefix}positional_embedding": _f32(pos),
+        "conv1.weight": _conv_filter(params["encoder.conv1.weight"]),
+        "conv1.bias": _f32(params["encoder.conv1.bias"]),
+        "conv2.weight": _conv_filter(params["encoder.conv2.weight"]),
+        "conv2.bias": _f32(params["encoder.conv2.bias"]),
+        "positional_embedding": _f32(params["encoder.positional_embedding"]),
     }
 
 
-def block_registry(dims: ModelDimensions, params: dict[str, np.ndarray], layer: int, prefix: str = "") -> dict[str, np.ndarray]:
-    src = f"encoder.blocks.{layer}."
+def block_registry(dims: ModelDimensions, params: dict[str, np.ndarray], layer: int) -> dict[str, np.ndarray]:
+    """Layer `layer`'s weights plus ln_post, as the block graph names them."""
+    p = {name[len(f"encoder.blocks.{layer}.") :]: np.asarray(a, dtype=np.float32)
+         for name, a in params.items() if name.startswith(f"encoder.blocks.{layer}.")}
     d = dims.n_audio_state
     scale = 1.0 / math.sqrt(d // dims.n_audio_head)  # openai scales q and k by hd**-0.25 each
-    p = {name[len(src):]: np.asarray(a, dtype=np.float32) for name, a in params.items() if name.startswith(src)}
     qkv_w = np.concatenate([p["attn.query.weight"] * scale, p["attn.key.weight"], p["attn.value.weight"]])
     qkv_b = np.concatenate([p["attn.query.bias"] * scale, np.zeros(d, np.float32), p["attn.value.bias"]])
-    registry = {"attn.qkv.weight": _f32(qkv_w.T), "attn.qkv.bias": _f32(qkv_b)}
-    for name in ("attn.out", "mlp.0", "mlp.2"):
-        registry[f"{name}.weight"] = _f32(p[f"{name}.weight"].T)
-        registry[f"{name}.bias"] = _f32(p[f"{name}.bias"])
-    for name in ("attn_ln", "mlp_ln"):
-        registry[f"{name}.weight"] = _f32(p[f"{name}.weight"])
-        registry[f"{name}.bias"] = _f32(p[f"{name}.bias"])
-    return {prefix + name: a for name, a in registry.items()}
-
-
-def ln_post_registry(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {"ln_post.weight": _f32(params["encoder.ln_post.weight"]), "ln_post.bias": _f32(params["encoder.ln_post.bias"])}
-
-
-def whole_registry(dims: ModelDimensions, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    registry = stem_registry(dims, params) | ln_post_registry(params)
-    for i in range(dims.n_audio_layer):
-        registry |= block_registry(dims, params, i, prefix=f"blocks.{i}.")
-    return registry
+    registry = {
+        "attn_ln.weight": p["attn_ln.weight"], "attn_ln.bias": p["attn_ln.bias"],
+        "attn.qkv.weight": qkv_w.T, "attn.qkv.bias": qkv_b,
+        "attn.out.weight": p["attn.out.weight"].T, "attn.out.bias": p["attn.out.bias"],
+        "mlp_ln.weight": p["mlp_ln.weight"], "mlp_ln.bias": p["mlp_ln.bias"],
+        "mlp.2.bias": p["mlp.2.bias"],
+        "ln_post.weight": params["encoder.ln_post.weight"], "ln_post.bias": params["encoder.ln_post.bias"],
+    }
+    w0, b0 = np.split(p["mlp.0.weight"], MLP_CHUNKS, axis=0), np.split(p["mlp.0.bias"], MLP_CHUNKS)
+    w2 = np.split(p["mlp.2.weight"], MLP_CHUNKS, axis=1)
+    for c in range(MLP_CHUNKS):
+        registry |= {f"mlp.0.{c}.weight": w0[c].T, f"mlp.0.{c}.bias": b0[c], f"mlp.2.{c}.weight": w2[c].T}
+    return {name: _f32(a) for name, a in registry.items()}
 
 
 # --- the public class --------------------------------------------------------------------------------
@@ -179,27 +197,21 @@ class MaxEncoder:
         self._device, device_ref, self.device = select_device(device)
         self._session = InferenceSession(devices=[self._device])
         self._registries: list[dict] = []  # MAX reads host arrays in place: they must outlive the models
-        shape = {"n_mels": dims.n_mels, "n_audio_ctx": dims.n_audio_ctx, "n_audio_state": dims.n_audio_state}
+        d, heads = dims.n_audio_state, dims.n_audio_head
+        shape = {"dtype": "float32", "n_mels": dims.n_mels, "n_audio_ctx": dims.n_audio_ctx, "n_audio_state": d}
         stem, stem_s = compiled_graph(
-            self._session,
-            lambda: build_stem_graph(dims, device_ref),
-            {"graph": "encoder_stem", "dtype": "float32", **shape},
-            label=f"encoder stem ({dims.n_audio_state} wide)",
-            estimate_s=35,
+            self._session, lambda: build_stem_graph(dims, device_ref), {"graph": "encoder_stem", **shape},
+            label=f"encoder stem (d={d})", estimate_s=45,
         )
         block, block_s = compiled_graph(
-            self._session,
-            lambda: build_block_graph(dims, device_ref),
-            {"graph": "encoder_block", "dtype": "float32", "n_audio_head": dims.n_audio_head, **shape},
-            label=f"encoder block ({dims.n_audio_state} wide, {dims.n_audio_head} heads)",
-            estimate_s=65,
+            self._session, lambda: build_block_graph(dims, device_ref),
+            {"graph": "encoder_block", "n_audio_head": heads, **shape},
+            label=f"encoder block (d={d}, {heads} heads)", estimate_s=90,
         )
         self.compile_seconds = stem_s + block_s  # 0.0 when both graphs came from the cache
-
-        ln_post = ln_post_registry(params)
-        self._stem = self._session.init(stem, weights_registry=self._on_device(stem_registry(dims, params)))
+        self._stem = self._session.init(stem, weights_registry=self._on_device(stem_registry(params)))
         self._blocks = [
-            self._session.init(block, weights_registry=self._on_device(block_registry(dims, params, i) | ln_post))
+            self._session.init(block, weights_registry=self._on_device(block_registry(dims, params, i)))
             for i in range(dims.n_audio_layer)
         ]
 
@@ -220,17 +232,17 @@ class MaxEncoder:
     def _to_numpy(self, buffer: Buffer) -> np.ndarray:
         return (buffer if self._device.is_host else buffer.to(CPU())).to_numpy()
 
-    def __call__(self, mel: np.ndarray) -> np.ndarray:
+    def _run(self, mel: np.ndarray) -> list[tuple[str, Buffer]]:
         x = self._stem.execute(self._input(mel))[0]
-        for block in self._blocks:
-            x, features = block.execute(x)
-        return self._to_numpy(features)
-
-    def run_with_intermediates(self, mel: np.ndarray) -> list[tuple[str, np.ndarray]]:
-        """[("stem", ...), ("block.0", ...), ..., ("ln_post", final features)] for comparing backends."""
-        x = self._stem.execute(self._input(mel))[0]
-        steps = [("stem", self._to_numpy(x).copy())]
+        steps = [("stem", x)]
         for i, block in enumerate(self._blocks):
             x, features = block.execute(x)
-            steps.append((f"block.{i}", self._to_numpy(x).copy()))
-        return steps + [("ln_post", self._to_numpy(features).copy())]
+            steps.append((f"block.{i}", x))
+        return steps + [("ln_post", features)]
+
+    def __call__(self, mel: np.ndarray) -> np.ndarray:
+        return self._to_numpy(self._run(mel)[-1][1])
+
+    def run_with_intermediates(self, mel: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """[("stem", ...), ("block.0", ...), ..., ("ln_post", final features)], all [n_audio, n_audio_ctx, d]."""
+        return [(name, self._to_numpy(buffer)) for name, buffer in self._run(mel)]

@@ -1,0 +1,43 @@
+"""The MAX backend: encoder and decoder as MAX graphs; no torch, no openai-whisper on this path."""
+from __future__ import annotations
+
+import numpy as np
+
+from ...weights import ModelWeights
+from .decoder import MaxDecoder, MaxDecoderSession
+from .device import select_device
+from .encoder import MaxEncoder
+
+
+class MaxBackend:
+    """base.Backend on MAX: `encode(mel)` runs MaxEncoder, decoder sessions run MaxDecoder."""
+
+    name = "max"
+
+    def __init__(self, weights: ModelWeights, device: str = "auto"):
+        self.dims = weights.dims
+        driver_device, device_ref, self.device = select_device(device)
+        self.encoder = MaxEncoder(self.dims, weights.params, self.device)
+        self.decoder = MaxDecoder(self.dims, weights.params, driver_device, device_ref)
+
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        mel = np.asarray(mel, dtype=np.float32)
+        if mel.ndim == 2:
+            mel = mel[None]
+        return self.encoder(mel)
+
+    def decoder_session(self, audio_features: np.ndarray) -> MaxDecoderSession:
+        return self.decoder.new_session(self._features(audio_features))
+
+    def cross_attention(self, audio_features: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        return self.decoder.cross_attention_scores(self._features(audio_features), np.asarray(tokens))
+
+    def _features(self, audio_features: np.ndarray) -> np.ndarray:
+        features = np.ascontiguousarray(audio_features, dtype=np.float32)
+        if features.ndim == 2:
+            features = features[None]
+        expected = (self.dims.n_audio_ctx, self.dims.n_audio_state)
+        if features.ndim != 3 or features.shape[1:] != expected:
+            raise ValueError(f"audio features must be [n_audio, {expected[0]}, {expected[1]}], "
+                             f"got {list(features.shape)}")
+        return features
