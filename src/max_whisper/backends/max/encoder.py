@@ -205,7 +205,7 @@ class MaxEncoder:
         )
         block, block_s = compiled_graph(
             self._session, lambda: build_block_graph(dims, device_ref),
-            {"graph": "encoder_block", "n_audio_head": heads, **shape},
+            {"graph": "encoder_block", "n_audio_head": heads, "mlp_chunks": MLP_CHUNKS, **shape},
             label=f"encoder block (d={d}, {heads} heads)", estimate_s=90,
         )
         self.compile_seconds = stem_s + block_s  # 0.0 when both graphs came from the cache

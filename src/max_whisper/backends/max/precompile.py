@@ -1,0 +1,39 @@
+"""Compile (or check the cache for) every MAX graph a model uses, ahead of the first transcription.
+
+    python -m max_whisper.backends.max.precompile tiny.en base
+
+Each graph is compiled once per machine and kept in the on-disk cache; running several of these in
+parallel processes uses one core each (MAX compiles single-threaded) and they never compile the same
+graph twice (the cache locks each file).
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+
+def precompile(model_name: str, device: str = "auto", word_timestamps: bool = True) -> float:
+    from ...weights import load_model_weights
+    from .backend import MaxBackend
+
+    start = time.perf_counter()
+    weights = load_model_weights(model_name)
+    backend = MaxBackend(weights, device)
+    if word_timestamps:  # the cross-attention scores graph is otherwise compiled on first use
+        features = np.zeros((1, weights.dims.n_audio_ctx, weights.dims.n_audio_state), dtype=np.float32)
+        backend.cross_attention(features, np.array([0, 1], dtype=np.int64))
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = (argv if argv is not None else sys.argv[1:]) or ["tiny.en"]
+    for name in names:
+        seconds = precompile(name)
+        print(f"max-whisper: graphs for {name} ready in {seconds:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
