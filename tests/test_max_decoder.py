@@ -85,9 +85,11 @@ def _clip(prefix: str) -> Path:
 
 
 @requires_reference
+@pytest.mark.parametrize("rows", ["alike", "distinct"])
 @pytest.mark.parametrize("name", MODELS)
-def test_logits_prefill_and_steps_match_reference(name):
-    """One prefill (3 rows, as a beam would) then 3 single-token steps, with a rearrange between."""
+def test_logits_prefill_and_steps_match_reference(name, rows):
+    """One prefill of 3 rows (alike as in a beam search, whose prefill runs one row and copies it;
+    or distinct) then 3 single-token steps, with a rearrange of the cache rows between."""
     import torch
 
     torch_model = get_torch_model(name)
@@ -99,6 +101,8 @@ def test_logits_prefill_and_steps_match_reference(name):
     start = list(get_model(name, "max").tokenizer.sot_sequence) + [440, 1049]  # any text ids will do
     tokens = np.tile(np.array(start, dtype=np.int64), (group, 1))
     rng = np.random.default_rng(0)
+    if rows == "distinct":
+        tokens[:, -1] = [440, 1049, 2264]
 
     session = backend.decoder_session(features.numpy())
     cache, hooks = torch_model.install_kv_cache_hooks()
@@ -123,7 +127,7 @@ def test_logits_prefill_and_steps_match_reference(name):
     finally:
         for hook in hooks:
             hook.remove()
-    print(f"{name}: max |logits - reference| per call: {', '.join(f'{d:.2e}' for d in diffs)}")
+    print(f"{name} ({rows} rows): max |logits - reference| per call: {', '.join(f'{d:.2e}' for d in diffs)}")
     assert max(diffs) < LOGITS_ATOL, diffs
 
 

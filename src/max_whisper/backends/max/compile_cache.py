@@ -22,7 +22,8 @@ from typing import IO, Callable, Iterator, Mapping
 from max.engine import CompiledModel, InferenceSession, Model, read
 from max.graph import Graph
 
-# Bump whenever graph-building code changes what a graph computes: old .mef files stop matching.
+# Bump to invalidate every cached graph (a change here or in how graphs are built everywhere);
+# each graph family also puts its own version in its signature.
 GRAPH_VERSION = 1
 
 
@@ -99,7 +100,7 @@ def _progress(label: str, estimate_s: float, target: str) -> Iterator[None]:
         done.set()
         if ticker:
             ticker.join()
-            print("\r", end="", file=sys.stderr)
+            print("\r" + " " * 12 + "\r", end="", file=sys.stderr)
     _say(f"compiled {label} in {time.perf_counter() - start:.0f} s")
 
 
@@ -123,7 +124,7 @@ def _read_cached(path: Path, warn: bool = True) -> CompiledModel | None:
         return None
     try:
         return read(path)
-    except RuntimeError as error:  # empty, truncated or foreign file: compile again
+    except (RuntimeError, ValueError) as error:  # empty, truncated or foreign file: compile again
         if warn:
             _say(f"ignoring unreadable cached graph {path.name} ({error})")
         return None

@@ -463,12 +463,22 @@ class MaxDecoderSession:
         if batch % self.n_audio:
             raise ValueError(f"{batch} token rows do not split evenly over {self.n_audio} audio windows")
         group = batch // self.n_audio
-        if self.cache is None:
-            self.cache = self.decoder.empty_cache(self.n_audio, group)
         new = tokens[:, self.n_cached:].reshape(self.n_audio, group, -1)
-        logits, self.cache = self.decoder.step(new, self.n_cached, self.cross, self.cache)
+        decoder = self.decoder
+        if new.shape[2] == 0:  # nothing new to feed
+            return np.zeros((batch, 0, decoder.dims.n_vocab), np.float32)
+        if self.cache is None and group > 1 and (new == new[:, :1]).all():
+            # Prefill of beams (or samples) that all start alike: run one row per window and copy
+            # its cache and logits to the others (5x less work for a beam of 5 after a long prompt).
+            logits, cache = decoder.step(new[:, :1], 0, self.cross, decoder.empty_cache(self.n_audio, 1))
+            self.cache = [decoder._to_device(np.repeat(decoder._to_numpy(b), group, axis=1)) for b in cache]
+            logits = np.repeat(decoder._to_numpy(logits), group, axis=1)
+        else:
+            if self.cache is None:
+                self.cache = decoder.empty_cache(self.n_audio, group)
+            logits, self.cache = decoder.step(new, self.n_cached, self.cross, self.cache)
+            logits = decoder._to_numpy(logits)
         self.n_cached = n_tokens
-        logits = self.decoder._to_numpy(logits)
         return logits.reshape(batch, -1, logits.shape[-1])
 
     def rearrange(self, source_indices: list[int]) -> None:
