@@ -30,6 +30,37 @@ def _mel(n_mels: int) -> np.ndarray:
     return pad_or_trim(log_mel_spectrogram(audio, n_mels), 3000)[None]
 
 
+IDLE = {"threshold": 0.0, "max_wait_s": 120.0, "timed_out": 0}
+
+
+def _idle_fraction(interval: float = 0.4) -> float:
+    """Share of all CPUs idle over `interval` (Linux /proc/stat); 1.0 where unknown."""
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return values[3] + values[4], sum(values)
+
+    try:
+        idle0, total0 = read()
+        time.sleep(interval)
+        idle1, total1 = read()
+    except OSError:
+        return 1.0
+    return (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_for_idle() -> None:
+    """With --idle, hold each timed run until the rest of the machine is (nearly) idle: on a shared
+    2-core box another process on one core slows MAX's two-thread kernels several-fold."""
+    if IDLE["threshold"] <= 0:
+        return
+    deadline = time.monotonic() + IDLE["max_wait_s"]
+    while _idle_fraction() < IDLE["threshold"]:
+        if time.monotonic() > deadline:
+            IDLE["timed_out"] += 1
+            return
+
+
 def _ms(seconds: list[float]) -> dict:
     return {"median": round(1000 * statistics.median(seconds), 2), "min": round(1000 * min(seconds), 2),
             "n": len(seconds)}
@@ -39,6 +70,7 @@ def time_encoder(backend, mel: np.ndarray, runs: int) -> dict:
     backend.encode(mel)  # warm-up
     times = []
     for _ in range(runs):
+        wait_for_idle()
         start = time.perf_counter()
         backend.encode(mel)
         times.append(time.perf_counter() - start)
@@ -62,6 +94,7 @@ def time_decoder(backend, features: np.ndarray, start_tokens: list[int], steps: 
         return prefill, times
 
     run()  # warm-up
+    wait_for_idle()
     prefill, times = run()
     return {"per_token_ms": _ms(times), "prefill_ms": round(1000 * prefill, 2), "group": group}
 
@@ -125,7 +158,10 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=5, help="also time beam-sized batches (1: skip)")
     parser.add_argument("--encoder-runs", type=int, default=3)
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--idle", type=float, default=0.0, metavar="FRACTION",
+                        help="before each timed run wait (up to 120 s) until this share of the CPUs is idle")
     args = parser.parse_args()
+    IDLE["threshold"] = args.idle
 
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
               "clip": CLIP.name, "steps": args.steps, "models": []}
@@ -135,6 +171,7 @@ def main() -> None:
                                                 not args.no_reference))
         except Exception as exc:  # a missing optional model must not hide the others
             report["models"].append({"model": name, "error": f"{type(exc).__name__}: {exc}"})
+    report["idle_gate"] = dict(IDLE)
     print(json.dumps(report, indent=2))
 
 

@@ -53,3 +53,15 @@ def test_bad_options_are_rejected():
     for bad in ({"beam_size": 2, "best_of": 2}, {"patience": 1.5}, {"length_penalty": 3.0}, {"task": "summarise"}):
         with pytest.raises(DecodingError):
             model.decode(mel, DecodingOptions(**bad))
+
+
+@requires_base
+@pytest.mark.base
+def test_base_detects_english_with_high_probability(transcripts):
+    from conftest import SHARED_AUDIO
+
+    model = get_model("base", "max")
+    for name in transcripts:
+        language, probs = model.detect_language(SHARED_AUDIO / name)
+        print(f"{name}: {language} p={probs[language]:.3f}")
+        assert language == "en" and probs["en"] > 0.9, name
