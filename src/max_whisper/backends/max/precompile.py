@@ -2,9 +2,9 @@
 
     python -m max_whisper.backends.max.precompile tiny.en base
 
-Each graph is compiled once per machine and kept in the on-disk cache; running several of these in
-parallel processes uses one core each (MAX compiles single-threaded) and they never compile the same
-graph twice (the cache locks each file).
+Each graph is compiled once per machine and kept in the on-disk cache. MAX compiles on one core, so
+a precompile in the background overlaps with other work on the other core; processes never compile
+the same graph twice (the cache locks each file).
 """
 from __future__ import annotations
 
