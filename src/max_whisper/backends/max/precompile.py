@@ -1,6 +1,6 @@
 """Compile (or check the cache for) every MAX graph a model uses, ahead of the first transcription.
 
-    python -m max_whisper.backends.max.precompile tiny.en base
+    python -m max_whisper.backends.max.precompile tiny.en base [--no-word-timestamps]
 
 Each graph is compiled once per machine and kept in the on-disk cache. MAX compiles on one core, so
 a precompile in the background overlaps with other work on the other core; processes never compile
@@ -28,9 +28,11 @@ def precompile(model_name: str, device: str = "auto", word_timestamps: bool = Tr
 
 
 def main(argv: list[str] | None = None) -> int:
-    names = (argv if argv is not None else sys.argv[1:]) or ["tiny.en"]
+    args = argv if argv is not None else sys.argv[1:]
+    word_timestamps = "--no-word-timestamps" not in args
+    names = [a for a in args if not a.startswith("--")] or ["tiny.en"]
     for name in names:
-        seconds = precompile(name)
+        seconds = precompile(name, word_timestamps=word_timestamps)
         print(f"max-whisper: graphs for {name} ready in {seconds:.1f} s", file=sys.stderr)
     return 0
 
