@@ -65,10 +65,10 @@ def _ms(seconds: list[float]) -> dict:
 
 
 def _mel(n_mels: int) -> np.ndarray:
-    from max_whisper.audio import load_audio, log_mel_spectrogram, pad_or_trim
+    from max_whisper.audio import first_window_mel, load_audio
 
     audio = load_audio(CLIP) if CLIP.exists() else np.zeros(16000 * 5, np.float32)
-    return pad_or_trim(log_mel_spectrogram(audio, n_mels), 3000)[None]
+    return first_window_mel(audio, n_mels)[None]
 
 
 def time_encoder(backend, mel: np.ndarray, runs: int) -> dict:

@@ -4,14 +4,10 @@ import numpy as np
 import pytest
 
 from conftest import get_model, get_torch_model, requires_base, requires_reference, requires_shared_audio
-from max_whisper.audio import load_audio, log_mel_spectrogram, pad_or_trim
+from max_whisper.audio import first_window_mel, load_audio
 from max_whisper.decoding import DecodingError, DecodingOptions
 
 pytestmark = [requires_reference, requires_shared_audio]
-
-
-def _mel(path, n_mels):
-    return pad_or_trim(log_mel_spectrogram(load_audio(path), n_mels), 3000)
 
 
 def _reference_tokens(name, mel, **options):
@@ -29,7 +25,7 @@ def _reference_tokens(name, mel, **options):
 def test_decode_matches_openai_whisper(clips, options):
     model = get_model("tiny.en", "reference")
     for clip in [c for c in clips if c.name.startswith(("librivox-0870", "2412", "common_voice"))]:
-        mel = _mel(clip, model.dims.n_mels)
+        mel = first_window_mel(load_audio(clip), model.dims.n_mels)
         ours = model.decode(mel[None], DecodingOptions(language="en", **options))[0]
         assert ours.tokens == _reference_tokens("tiny.en", mel, language="en", **options), clip.name
         assert np.isfinite(ours.avg_logprob) and 0 <= ours.no_speech_prob <= 1
@@ -41,7 +37,7 @@ def test_decode_matches_openai_whisper(clips, options):
 def test_decode_multilingual_detects_language(clips):
     model = get_model("base", "reference")
     clip = next(c for c in clips if c.name.startswith("librivox-0870"))
-    mel = _mel(clip, model.dims.n_mels)
+    mel = first_window_mel(load_audio(clip), model.dims.n_mels)
     ours = model.decode(mel[None], DecodingOptions(language=None))[0]
     assert ours.language == "en"
     assert ours.tokens == _reference_tokens("base", mel, language=None)

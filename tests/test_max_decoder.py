@@ -17,7 +17,7 @@ import pytest
 
 from conftest import (SHARED_AUDIO, get_model, get_torch_model, get_weights, reference_transcripts,
                       requires_base, requires_reference, requires_shared_audio, shared_clips)
-from max_whisper.audio import load_audio, log_mel_spectrogram, pad_or_trim
+from max_whisper.audio import first_window_mel, load_audio
 from max_whisper.decoding import DecodingOptions
 
 pytestmark = [requires_shared_audio]
@@ -31,17 +31,13 @@ MODELS = [
 LOGITS_ATOL = 1e-3
 
 
-def _mel(path: Path, n_mels: int) -> np.ndarray:
-    return pad_or_trim(log_mel_spectrogram(load_audio(path), n_mels), 3000)
-
-
 _mels: dict = {}
 
 
 def _mel_for(name: str, clip: Path) -> np.ndarray:
     n_mels = get_weights(name).dims.n_mels
     if (clip, n_mels) not in _mels:
-        _mels[clip, n_mels] = _mel(clip, n_mels)
+        _mels[clip, n_mels] = first_window_mel(load_audio(clip), n_mels)
     return _mels[clip, n_mels]
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import load_audio, log_mel_spectrogram, pad_or_trim
+from .audio import first_window_mel, load_audio
 from .backends import DEFAULT_BACKEND, create_backend
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
-from .dims import DEFAULT_MODEL, N_FRAMES, NAMED_MODELS
+from .dims import DEFAULT_MODEL, NAMED_MODELS
 from .tokenizer import Tokenizer, TokenizerError, get_tokenizer
 from .weights import ModelWeights, load_model_weights
 
@@ -62,7 +62,7 @@ class WhisperModel:
         """Language of the first 30 s: (code, {code: probability})."""
         if not isinstance(audio, np.ndarray):
             audio = load_audio(audio)
-        mel = pad_or_trim(log_mel_spectrogram(audio, self.dims.n_mels), N_FRAMES)
+        mel = first_window_mel(audio, self.dims.n_mels)
         _, probs = detect_language(self.backend, self.tokenizer, self.embed_audio(mel[None]))
         return max(probs[0], key=probs[0].get), probs[0]
 

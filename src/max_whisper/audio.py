@@ -16,7 +16,7 @@ import av
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .dims import HOP_LENGTH, N_FFT, N_SAMPLES, SAMPLE_RATE
+from .dims import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
 
 PathLike = Union[str, os.PathLike]
 
@@ -238,3 +238,8 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
 
 
 _FRAMES_PER_BLOCK = 4096  # 30 s is one block; ~20 MB of intermediates
+
+
+def first_window_mel(audio: np.ndarray, n_mels: int = 80) -> np.ndarray:
+    """The log-Mel spectrogram of the first 30-s window, zero-padded: float32 [n_mels, 3000]."""
+    return pad_or_trim(log_mel_spectrogram(audio, n_mels), N_FRAMES)

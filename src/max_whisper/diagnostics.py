@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dims import N_FRAMES, NAMED_MODELS
+from .dims import NAMED_MODELS
 
 
 def add_parsers(sub) -> None:
@@ -56,13 +56,13 @@ def reference_intermediates(torch_model, mel: np.ndarray) -> list[tuple[str, np.
 
 
 def compare_encoders(model_name: str, audio_path: str, device: str = "auto") -> list[dict]:
-    from .audio import load_audio, log_mel_spectrogram, pad_or_trim
+    from .audio import first_window_mel, load_audio
     from .backends.max.encoder import MaxEncoder
     from .backends.reference import build_torch_model
     from .weights import load_model_weights
 
     weights = load_model_weights(model_name)
-    mel = pad_or_trim(log_mel_spectrogram(load_audio(audio_path), weights.dims.n_mels), N_FRAMES)[None]
+    mel = first_window_mel(load_audio(audio_path), weights.dims.n_mels)[None]
     ours = dict(MaxEncoder(weights.dims, weights.params, device=device).run_with_intermediates(mel))
     rows = []
     for name, ref in reference_intermediates(build_torch_model(weights, "cpu"), mel):

@@ -1,19 +1,24 @@
-"""Whisper's audio encoder as MAX graphs (float32).
+"""Whisper's audio encoder as MAX graphs (float32 in and out).
 
-Two graphs, each compiled once per dims and cached on disk (compile_cache):
+Three graphs, each compiled once per dims and cached on disk (compile_cache):
   - the stem: conv1 + GELU, conv2 (stride 2) + GELU, + positional embedding;
-  - one residual block, loaded once per layer with that layer's weights. It also returns ln_post of
-    its output, so the last layer's second output is the encoder's result, and every layer's first
+  - one residual block, loaded once per layer with that layer's weights, in a float64 variant for
+    the first FLOAT64_BLOCKS layers and a float32 one for the rest. It also returns ln_post of its
+    output, so the last layer's second output is the encoder's result, and every layer's first
     output is a free intermediate for comparing backends.
 A whole-encoder graph compiles in about the same time as stem + block (MAX dedups the identical
 layers) and runs no faster, so the split costs nothing and keeps the block reusable.
 Weights are graph `Weight`s fed through the weights registry, so one compiled graph serves every
 model with the same dims (tiny and tiny.en share both graphs).
 
-Accuracy (fp32, real speech, 13 clips): max |MAX - PyTorch| <= 7.5e-4 on tiny.en, <= 1.4e-3 on base,
-where PyTorch fp32 itself is up to 7.5e-4 from a float64 evaluation. Summing contractions in slices
-brings MAX's own error to PyTorch's level but costs 10-25 % (attention: 2x, as it defeats MAX's fused
-softmax(q k^T) v), so it is not done.
+Accuracy. The first blocks amplify rounding: on real speech, rounding one fp32 op of block 0 (a
+GELU, say) moves the final features by up to 4e-4, so any fp32 evaluation lands a few 1e-4 from the
+exact (float64) result in its own direction: PyTorch fp32 up to 5.9e-4, MAX fp32 up to 1e-3, and
+the two up to 1.3e-3 apart on the 13 clips of ../shared/audio. The first FLOAT64_BLOCKS blocks
+therefore compute in float64 (float32 in and out), which brings MAX to within 3.6e-4 (tiny.en) and
+4.7e-4 (base) of float64 and to within 6.6e-4 / 7.5e-4 of PyTorch fp32, for 20-40 % more encoder
+time (MAX's float64 block takes about twice its float32 one). More float64 blocks gain nothing
+measurable; `float64_blocks=0` gives the all-float32 encoder.
 """
 from __future__ import annotations
 
@@ -29,22 +34,24 @@ from ...dims import ModelDimensions
 from .compile_cache import compiled_graph
 from .device import select_device
 
-ENCODER_GRAPH_VERSION = 3  # bump when these graphs change: it is part of their cache key
+ENCODER_GRAPH_VERSION = 4  # bump when these graphs change: it is part of their cache key
 LN_EPS = 1e-5
 N_AUDIO = "n_audio"  # symbolic batch dimension: one compiled graph serves any batch size
+FLOAT64_BLOCKS = 2  # leading blocks computed in float64 (see Accuracy above)
 
 
-def _weight(name: str, shape: list[int], device: DeviceRef) -> TensorValue:
-    return Weight(name, DType.float32, shape, device).tensor  # type: ignore[attr-defined]
+def _weight(name: str, shape: list[int], device: DeviceRef, dtype: DType = DType.float32) -> TensorValue:
+    return Weight(name, dtype, shape, device).tensor  # type: ignore[attr-defined]
 
 
 def _linear(x: TensorValue, name: str, d_in: int, d_out: int, device: DeviceRef) -> TensorValue:
     # Weights are stored pre-transposed [in, out]: MAX's matmul is ~2x faster than against transpose(W).
-    return x @ _weight(f"{name}.weight", [d_in, d_out], device) + _weight(f"{name}.bias", [d_out], device)
+    return x @ _weight(f"{name}.weight", [d_in, d_out], device, x.dtype) + _weight(f"{name}.bias", [d_out], device, x.dtype)
 
 
 def _layer_norm(x: TensorValue, name: str, d: int, device: DeviceRef) -> TensorValue:
-    return ops.layer_norm(x, _weight(f"{name}.weight", [d], device), _weight(f"{name}.bias", [d], device), LN_EPS)
+    gamma, beta = _weight(f"{name}.weight", [d], device, x.dtype), _weight(f"{name}.bias", [d], device, x.dtype)
+    return ops.layer_norm(x, gamma, beta, LN_EPS)
 
 
 def _gelu(x: TensorValue) -> TensorValue:
@@ -92,12 +99,13 @@ def build_stem_graph(dims: ModelDimensions, device: DeviceRef) -> Graph:
     return graph
 
 
-def build_block_graph(dims: ModelDimensions, device: DeviceRef) -> Graph:
-    """One residual block; outputs (block output, ln_post(block output))."""
+def build_block_graph(dims: ModelDimensions, device: DeviceRef, dtype: DType = DType.float32) -> Graph:
+    """One residual block computed in `dtype`, float32 in and out; outputs (block output, ln_post(it))."""
     x_type = TensorType(DType.float32, [N_AUDIO, dims.n_audio_ctx, dims.n_audio_state], device=device)
-    with Graph("whisper_encoder_block", input_types=[x_type]) as graph:
-        x = _residual_block(graph.inputs[0].tensor, dims, device)
-        graph.output(x, _layer_norm(x, "ln_post", dims.n_audio_state, device))
+    with Graph(f"whisper_encoder_block_{dtype.name}", input_types=[x_type]) as graph:
+        x = _residual_block(ops.cast(graph.inputs[0].tensor, dtype), dims, device)
+        features = _layer_norm(x, "ln_post", dims.n_audio_state, device)
+        graph.output(ops.cast(x, DType.float32), ops.cast(features, DType.float32))
     return graph
 
 
@@ -123,8 +131,9 @@ def stem_registry(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def block_registry(dims: ModelDimensions, params: dict[str, np.ndarray], layer: int) -> dict[str, np.ndarray]:
-    """Layer `layer`'s weights plus ln_post, as the block graph names them."""
+def block_registry(dims: ModelDimensions, params: dict[str, np.ndarray], layer: int,
+                   dtype: type = np.float32) -> dict[str, np.ndarray]:
+    """Layer `layer`'s weights plus ln_post, as the block graph names them, as `dtype` arrays."""
     p = {name[len(f"encoder.blocks.{layer}.") :]: np.asarray(a, dtype=np.float32)
          for name, a in params.items() if name.startswith(f"encoder.blocks.{layer}.")}
     d = dims.n_audio_state
@@ -140,7 +149,7 @@ def block_registry(dims: ModelDimensions, params: dict[str, np.ndarray], layer: 
         "mlp.2.weight": p["mlp.2.weight"].T, "mlp.2.bias": p["mlp.2.bias"],
         "ln_post.weight": params["encoder.ln_post.weight"], "ln_post.bias": params["encoder.ln_post.bias"],
     }
-    return {name: _f32(a) for name, a in registry.items()}
+    return {name: np.ascontiguousarray(a, dtype=dtype) for name, a in registry.items()}
 
 
 # --- the public class --------------------------------------------------------------------------------
@@ -149,7 +158,8 @@ def block_registry(dims: ModelDimensions, params: dict[str, np.ndarray], layer: 
 class MaxEncoder:
     """mel [n_audio, n_mels, 3000] float32 -> audio features [n_audio, n_audio_ctx, d] float32."""
 
-    def __init__(self, dims: ModelDimensions, params: dict[str, np.ndarray], device: str = "auto"):
+    def __init__(self, dims: ModelDimensions, params: dict[str, np.ndarray], device: str = "auto",
+                 float64_blocks: int = FLOAT64_BLOCKS):
         self.dims = dims
         self._device, device_ref, self.device = select_device(device)
         self._session = InferenceSession(devices=[self._device])
@@ -161,17 +171,20 @@ class MaxEncoder:
             self._session, lambda: build_stem_graph(dims, device_ref), {"graph": "encoder_stem", **signature},
             label=f"encoder stem (d={d})", estimate_s=45,
         )
-        block, block_s = compiled_graph(
-            self._session, lambda: build_block_graph(dims, device_ref),
-            {"graph": "encoder_block", "n_audio_head": heads, **signature},
-            label=f"encoder block (d={d}, {heads} heads)", estimate_s=90,
-        )
-        self.compile_seconds = stem_s + block_s  # 0.0 when both graphs came from the cache
+        self.compile_seconds = stem_s  # 0.0 when every graph came from the cache
         self._stem = self._session.init(stem, weights_registry=self._on_device(stem_registry(params)))
-        self._blocks = [
-            self._session.init(block, weights_registry=self._on_device(block_registry(dims, params, i)))
-            for i in range(dims.n_audio_layer)
-        ]
+        self._blocks = []
+        for i in range(dims.n_audio_layer):
+            dtype = DType.float64 if i < float64_blocks else DType.float32
+            if i in (0, float64_blocks):
+                block, block_s = compiled_graph(
+                    self._session, lambda: build_block_graph(dims, device_ref, dtype),
+                    {**signature, "graph": "encoder_block", "n_audio_head": heads, "dtype": dtype.name},
+                    label=f"encoder block (d={d}, {heads} heads, {dtype.name})", estimate_s=90,
+                )
+                self.compile_seconds += block_s
+            registry = block_registry(dims, params, i, dtype.to_numpy())
+            self._blocks.append(self._session.init(block, weights_registry=self._on_device(registry)))
 
     def _on_device(self, registry: dict[str, np.ndarray]) -> dict:
         self._registries.append(registry)
