@@ -4,7 +4,10 @@ Cold: a fresh process with empty temporary caches (ours and MAX's own) builds th
 Warm: a second fresh process on the same caches builds it again (loads the .mef files), then
 encodes one window of real speech `--runs` times after one untimed run.
 
-    python bench/encoder_bench.py [--model tiny.en] [--runs 5]
+    python bench/encoder_bench.py [--model tiny.en] [--runs 5] [--float64-blocks N]
+
+--float64-blocks sets how many leading blocks compute in float64 (default: the encoder's own choice;
+0 measures the all-float32 encoder).
 """
 from __future__ import annotations
 
@@ -40,15 +43,17 @@ def _cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def child(model: str, runs: int) -> dict:
+def child(model: str, runs: int, float64_blocks: int | None) -> dict:
     """Runs in a fresh process: build the encoder, then time `runs` windows."""
-    from max_whisper.backends.max.encoder import MaxEncoder
+    from max_whisper.backends.max.encoder import FLOAT64_BLOCKS, MaxEncoder
     from max_whisper.weights import load_model_weights
 
     weights = load_model_weights(model)
     start = time.perf_counter()
-    encoder = MaxEncoder(weights.dims, weights.params, device="cpu")
-    result = {"start_s": time.perf_counter() - start, "compile_s": encoder.compile_seconds}
+    float64_blocks = FLOAT64_BLOCKS if float64_blocks is None else float64_blocks
+    encoder = MaxEncoder(weights.dims, weights.params, device="cpu", float64_blocks=float64_blocks)
+    result = {"start_s": time.perf_counter() - start, "compile_s": encoder.compile_seconds,
+              "float64_blocks": float64_blocks}
     if runs:
         mel = _mel(weights.dims.n_mels)
         encoder(mel)
@@ -61,9 +66,10 @@ def child(model: str, runs: int) -> dict:
     return result
 
 
-def run_child(model: str, runs: int, env: dict) -> dict:
+def run_child(model: str, runs: int, float64_blocks: int | None, env: dict) -> dict:
+    extra = [] if float64_blocks is None else ["--float64-blocks", str(float64_blocks)]
     done = subprocess.run(
-        [sys.executable, __file__, "--child", "--model", model, "--runs", str(runs)],
+        [sys.executable, __file__, "--child", "--model", model, "--runs", str(runs), *extra],
         env=env, capture_output=True, text=True, check=True,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -73,10 +79,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--float64-blocks", type=int, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.model, args.runs)))
+        print(json.dumps(child(args.model, args.runs, args.float64_blocks)))
         return
 
     with tempfile.TemporaryDirectory(prefix="max-whisper-bench-") as tmp:
@@ -86,11 +93,12 @@ def main() -> None:
             "MAX_WHISPER_CACHE": str(Path(tmp) / "max-whisper"),
             "MODULAR_DERIVED_PATH": str(Path(tmp) / "modular"),  # MAX's own compile cache, empty too
         }
-        cold = run_child(args.model, 0, env)
-        warm = run_child(args.model, args.runs, env)
+        cold = run_child(args.model, 0, args.float64_blocks, env)
+        warm = run_child(args.model, args.runs, args.float64_blocks, env)
     print(json.dumps({
         "model": args.model,
         "device": "cpu",
+        "float64_blocks": warm["float64_blocks"],
         "cpu": f"{_cpu_name()}, {os.cpu_count()} cores",
         "cold_compile_s": round(cold["compile_s"], 1),
         "cold_start_s": round(cold["start_s"], 1),

@@ -63,10 +63,12 @@ def compare_encoders(model_name: str, audio_path: str, device: str = "auto") -> 
 
     weights = load_model_weights(model_name)
     mel = first_window_mel(load_audio(audio_path), weights.dims.n_mels)[None]
-    ours = dict(MaxEncoder(weights.dims, weights.params, device=device).run_with_intermediates(mel))
+    encoder = MaxEncoder(weights.dims, weights.params, device=device)
+    ours = dict(encoder.run_with_intermediates(mel))
     rows = []
     for name, ref in reference_intermediates(build_torch_model(weights, "cpu"), mel):
-        rows.append({"tensor": name, **{f"ref_{k}": v for k, v in tensor_stats(ref).items()},
+        rows.append({"tensor": name, "dtype": encoder.stage_dtypes[name],
+                     **{f"ref_{k}": v for k, v in tensor_stats(ref).items()},
                      **{f"max_{k}": v for k, v in tensor_stats(ours[name]).items()},
                      **difference(ours[name], ref)})
     return rows
@@ -74,11 +76,11 @@ def compare_encoders(model_name: str, audio_path: str, device: str = "auto") -> 
 
 def cmd_compare(args) -> int:
     rows = compare_encoders(args.model, args.audio, args.device)
-    header = f"{'tensor':<9} {'ref mean':>9} {'ref std':>8} {'ref min':>8} {'ref max':>8} " \
+    header = f"{'tensor':<9} {'dtype':<7} {'ref mean':>9} {'ref std':>8} {'ref min':>8} {'ref max':>8} " \
              f"{'max mean':>9} {'max std':>8} {'max min':>8} {'max max':>8} {'max|diff|':>10} {'cosine':>10}"
     print(header)
     for r in rows:
-        print(f"{r['tensor']:<9} {r['ref_mean']:>9.4f} {r['ref_std']:>8.4f} {r['ref_min']:>8.3f} {r['ref_max']:>8.3f} "
+        print(f"{r['tensor']:<9} {r['dtype']:<7} {r['ref_mean']:>9.4f} {r['ref_std']:>8.4f} {r['ref_min']:>8.3f} {r['ref_max']:>8.3f} "
               f"{r['max_mean']:>9.4f} {r['max_std']:>8.4f} {r['max_min']:>8.3f} {r['max_max']:>8.3f} "
               f"{r['max_abs']:>10.2e} {r['cosine']:>10.7f}")
     worst = rows[-1]["max_abs"]

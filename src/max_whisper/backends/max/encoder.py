@@ -174,8 +174,10 @@ class MaxEncoder:
         self.compile_seconds = stem_s  # 0.0 when every graph came from the cache
         self._stem = self._session.init(stem, weights_registry=self._on_device(stem_registry(params)))
         self._blocks = []
+        self.stage_dtypes = {"stem": "float32", "ln_post": "float32"}  # what each stage computes in
         for i in range(dims.n_audio_layer):
             dtype = DType.float64 if i < float64_blocks else DType.float32
+            self.stage_dtypes[f"block.{i}"] = dtype.name
             if i in (0, float64_blocks):
                 block, block_s = compiled_graph(
                     self._session, lambda: build_block_graph(dims, device_ref, dtype),
