@@ -9,14 +9,14 @@ Three graphs, each compiled once per dims and cached on disk (compile_cache):
 A whole-encoder graph compiles in about the same time as stem + block (MAX dedups the identical
 layers) and runs no faster, so the split costs nothing and keeps the block reusable.
 Weights are graph `Weight`s fed through the weights registry, so one compiled graph serves every
-model with the same dims (tiny and tiny.en share both graphs).
+model with the same dims (tiny and tiny.en share these graphs).
 
 Accuracy. The first blocks amplify rounding: on real speech, rounding one fp32 op of block 0 (a
 GELU, say) moves the final features by up to 4e-4, so any fp32 evaluation lands a few 1e-4 from the
 exact (float64) result in its own direction: PyTorch fp32 up to 5.9e-4, MAX fp32 up to 1e-3, and
 the two up to 1.3e-3 apart on the 13 clips of ../shared/audio. The first FLOAT64_BLOCKS blocks
 therefore compute in float64 (float32 in and out), which brings MAX to within 3.6e-4 (tiny.en) and
-4.7e-4 (base) of float64 and to within 6.6e-4 / 7.5e-4 of PyTorch fp32, for 20-40 % more encoder
+4.7e-4 (base) of float64 and to within 6.6e-4 / 7.5e-4 of PyTorch fp32, for 30-50 % more encoder
 time (MAX's float64 block takes about twice its float32 one). More float64 blocks gain nothing
 measurable; `float64_blocks=0` gives the all-float32 encoder.
 """
@@ -134,12 +134,12 @@ def stem_registry(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def block_registry(dims: ModelDimensions, params: dict[str, np.ndarray], layer: int,
                    dtype: type = np.float32) -> dict[str, np.ndarray]:
     """Layer `layer`'s weights plus ln_post, as the block graph names them, as `dtype` arrays."""
-    p = {name[len(f"encoder.blocks.{layer}.") :]: np.asarray(a, dtype=np.float32)
+    p = {name[len(f"encoder.blocks.{layer}.") :]: np.asarray(a, dtype=dtype)
          for name, a in params.items() if name.startswith(f"encoder.blocks.{layer}.")}
     d = dims.n_audio_state
     scale = 1.0 / math.sqrt(d // dims.n_audio_head)  # openai scales q and k by hd**-0.25 each
     qkv_w = np.concatenate([p["attn.query.weight"] * scale, p["attn.key.weight"], p["attn.value.weight"]])
-    qkv_b = np.concatenate([p["attn.query.bias"] * scale, np.zeros(d, np.float32), p["attn.value.bias"]])
+    qkv_b = np.concatenate([p["attn.query.bias"] * scale, np.zeros(d, dtype), p["attn.value.bias"]])
     registry = {
         "attn_ln.weight": p["attn_ln.weight"], "attn_ln.bias": p["attn_ln.bias"],
         "attn.qkv.weight": qkv_w.T, "attn.qkv.bias": qkv_b,
@@ -178,7 +178,7 @@ class MaxEncoder:
         for i in range(dims.n_audio_layer):
             dtype = DType.float64 if i < float64_blocks else DType.float32
             self.stage_dtypes[f"block.{i}"] = dtype.name
-            if i in (0, float64_blocks):
+            if i in (0, float64_blocks):  # each variant's graph: compiled or loaded at its first layer
                 block, block_s = compiled_graph(
                     self._session, lambda: build_block_graph(dims, device_ref, dtype),
                     {**signature, "graph": "encoder_block", "n_audio_head": heads, "dtype": dtype.name},
