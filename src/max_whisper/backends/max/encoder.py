@@ -46,7 +46,8 @@ def _weight(name: str, shape: list[int], device: DeviceRef, dtype: DType = DType
 
 def _linear(x: TensorValue, name: str, d_in: int, d_out: int, device: DeviceRef) -> TensorValue:
     # Weights are stored pre-transposed [in, out]: MAX's matmul is ~2x faster than against transpose(W).
-    return x @ _weight(f"{name}.weight", [d_in, d_out], device, x.dtype) + _weight(f"{name}.bias", [d_out], device, x.dtype)
+    weight = _weight(f"{name}.weight", [d_in, d_out], device, x.dtype)
+    return x @ weight + _weight(f"{name}.bias", [d_out], device, x.dtype)
 
 
 def _layer_norm(x: TensorValue, name: str, d: int, device: DeviceRef) -> TensorValue:
