@@ -17,13 +17,14 @@ from .weights import ModelWeights, load_model_weights
 class WhisperModel:
     """One model (weights + tokenizer) running on one backend."""
 
-    def __init__(self, weights: ModelWeights, backend: str = DEFAULT_BACKEND, device: str = "auto"):
+    def __init__(self, weights: ModelWeights, backend: str = DEFAULT_BACKEND, device: str = "auto",
+                 encoder_float64_blocks: int = 0):
         self.weights = weights
         self.name = weights.name
         self.dims = weights.dims
         self.tokenizer: Tokenizer = get_tokenizer(
             str(_tokenizer_path(weights)), self.dims.is_multilingual, self.dims.num_languages)
-        self.backend = create_backend(backend, weights, device)
+        self.backend = create_backend(backend, weights, device, encoder_float64_blocks)
         self.backend_name = backend
 
     @property
@@ -87,6 +88,11 @@ def _tokenizer_path(weights: ModelWeights) -> Path:
 
 
 def load_model(name: str | os.PathLike = DEFAULT_MODEL, backend: str = DEFAULT_BACKEND,
-               device: str = "auto") -> WhisperModel:
-    """Load a named model ("tiny.en", "base") or a path (CTranslate2, OpenAI .pt, HF safetensors)."""
-    return WhisperModel(load_model_weights(name), backend=backend, device=device)
+               device: str = "auto", encoder_float64_blocks: int = 0) -> WhisperModel:
+    """Load a named model ("tiny.en", "base") or a path (CTranslate2, OpenAI .pt, HF safetensors).
+
+    encoder_float64_blocks (max and hybrid backends): compute that many leading encoder blocks in
+    float64, for features nearer the exact result at about twice those blocks' cost (default 0).
+    """
+    return WhisperModel(load_model_weights(name), backend=backend, device=device,
+                        encoder_float64_blocks=encoder_float64_blocks)

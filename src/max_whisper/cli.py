@@ -42,6 +42,9 @@ def add_model_options(p: argparse.ArgumentParser, backend_default: str | None = 
     if backend_default is not None:
         p.add_argument("--backend", default=backend_default, choices=BACKENDS)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    p.add_argument("--encoder-float64-blocks", type=int, default=0, metavar="N",
+                   help="MAX encoder: compute the first N blocks in float64 (nearer the exact features; "
+                        "each such block costs about twice a float32 one; default 0)")
 
 
 def _optional_float(value: str) -> float | None:
@@ -134,7 +137,10 @@ def cmd_transcribe(args) -> int:
     for path in args.audio:  # fail fast on a missing file, before the model loads
         if not Path(path).is_file():
             raise UsageError(f"no such file: {path}")
-    model = load_model(args.model, backend=args.backend, device=args.device)
+    if args.encoder_float64_blocks < 0:
+        raise UsageError("--encoder-float64-blocks must not be negative")
+    model = load_model(args.model, backend=args.backend, device=args.device,
+                       encoder_float64_blocks=args.encoder_float64_blocks)
     if options["language"] is None and not model.is_multilingual:
         options["language"] = "en"
     writer = None

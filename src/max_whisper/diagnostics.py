@@ -55,7 +55,8 @@ def reference_intermediates(torch_model, mel: np.ndarray) -> list[tuple[str, np.
     return captured + [("ln_post", features.numpy())]
 
 
-def compare_encoders(model_name: str, audio_path: str, device: str = "auto") -> list[dict]:
+def compare_encoders(model_name: str, audio_path: str, device: str = "auto",
+                     float64_blocks: int = 0) -> list[dict]:
     from .audio import first_window_mel, load_audio
     from .backends.max.encoder import MaxEncoder
     from .backends.reference import build_torch_model
@@ -63,7 +64,7 @@ def compare_encoders(model_name: str, audio_path: str, device: str = "auto") -> 
 
     weights = load_model_weights(model_name)
     mel = first_window_mel(load_audio(audio_path), weights.dims.n_mels)[None]
-    encoder = MaxEncoder(weights.dims, weights.params, device=device)
+    encoder = MaxEncoder(weights.dims, weights.params, device=device, float64_blocks=float64_blocks)
     ours = dict(encoder.run_with_intermediates(mel))
     rows = []
     for name, ref in reference_intermediates(build_torch_model(weights, "cpu"), mel):
@@ -75,7 +76,7 @@ def compare_encoders(model_name: str, audio_path: str, device: str = "auto") -> 
 
 
 def cmd_compare(args) -> int:
-    rows = compare_encoders(args.model, args.audio, args.device)
+    rows = compare_encoders(args.model, args.audio, args.device, args.encoder_float64_blocks)
     header = f"{'tensor':<9} {'dtype':<7} {'ref mean':>9} {'ref std':>8} {'ref min':>8} {'ref max':>8} " \
              f"{'max mean':>9} {'max std':>8} {'max min':>8} {'max max':>8} {'max|diff|':>10} {'cosine':>10}"
     print(header)

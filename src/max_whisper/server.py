@@ -71,7 +71,8 @@ def cmd_serve(args) -> int:
         sock.close()
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     with sock:
-        model = load_model(args.model, backend=args.backend, device=args.device)
+        model = load_model(args.model, backend=args.backend, device=args.device,
+                           encoder_float64_blocks=args.encoder_float64_blocks)
         app = create_app(model, api_key=args.api_key, max_queue=args.max_queue,
                          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
         print(f"max-whisper: serving {model.name} ({model.backend_name}, {model.device}) "

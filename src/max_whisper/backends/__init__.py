@@ -11,7 +11,8 @@ class UnknownBackend(ValueError):
     pass
 
 
-def create_backend(name: str, weights: ModelWeights, device: str = "auto"):
+def create_backend(name: str, weights: ModelWeights, device: str = "auto", encoder_float64_blocks: int = 0):
+    """`encoder_float64_blocks`: leading MAX encoder blocks computed in float64 (max and hybrid)."""
     if device not in ("auto", "cpu", "gpu"):
         raise UnknownBackend(f"unknown device '{device}' (auto, cpu or gpu)")
     if name == "reference":
@@ -21,9 +22,9 @@ def create_backend(name: str, weights: ModelWeights, device: str = "auto"):
     if name == "hybrid":
         from .hybrid import HybridBackend
 
-        return HybridBackend(weights, device)
+        return HybridBackend(weights, device, encoder_float64_blocks)
     if name == "max":
         from .max import MaxBackend
 
-        return MaxBackend(weights, device)
+        return MaxBackend(weights, device, encoder_float64_blocks)
     raise UnknownBackend(f"unknown backend '{name}' (choose from {', '.join(BACKENDS)})")

@@ -10,11 +10,12 @@ from .reference import ReferenceBackend
 class HybridBackend(ReferenceBackend):
     name = "hybrid"
 
-    def __init__(self, weights: ModelWeights, device: str = "auto"):
+    def __init__(self, weights: ModelWeights, device: str = "auto", encoder_float64_blocks: int = 0):
         from .max.encoder import MaxEncoder
 
         super().__init__(weights, device)
-        self.encoder = MaxEncoder(weights.dims, weights.params, device=device)
+        self.encoder = MaxEncoder(weights.dims, weights.params, device=device,
+                                  float64_blocks=encoder_float64_blocks)
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
         return self.encoder(np.ascontiguousarray(mel, dtype=np.float32))

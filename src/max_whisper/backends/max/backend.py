@@ -14,10 +14,10 @@ class MaxBackend:
 
     name = "max"
 
-    def __init__(self, weights: ModelWeights, device: str = "auto"):
+    def __init__(self, weights: ModelWeights, device: str = "auto", encoder_float64_blocks: int = 0):
         self.dims = weights.dims
         driver_device, device_ref, self.device = select_device(device)
-        self.encoder = MaxEncoder(self.dims, weights.params, self.device)
+        self.encoder = MaxEncoder(self.dims, weights.params, self.device, float64_blocks=encoder_float64_blocks)
         self.decoder = MaxDecoder(self.dims, weights.params, driver_device, device_ref)
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
