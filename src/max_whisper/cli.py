@@ -91,6 +91,9 @@ def add_transcribe_parser(sub) -> None:
     p.add_argument("--max-line-count", "--max_line_count", type=int, default=None)
     p.add_argument("--highlight-words", "--highlight_words", type=_str2bool, default=False)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--wait-for-compile", action="store_true",
+                   help="max backend, first run on a machine: wait for the MAX graphs to compile instead of "
+                        "running on NumPy while they compile in the background")
     p.add_argument("--verbose", action="store_true", help="print each segment with its times as it is decoded")
     p.set_defaults(func=cmd_transcribe)
 
@@ -140,7 +143,8 @@ def cmd_transcribe(args) -> int:
     if args.encoder_float64_blocks < 0:
         raise UsageError("--encoder-float64-blocks must not be negative")
     model = load_model(args.model, backend=args.backend, device=args.device,
-                       encoder_float64_blocks=args.encoder_float64_blocks)
+                       encoder_float64_blocks=args.encoder_float64_blocks, warm_start=not args.wait_for_compile,
+                       word_timestamps=args.word_timestamps)
     if options["language"] is None and not model.is_multilingual:
         options["language"] = "en"
     writer = None

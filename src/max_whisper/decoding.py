@@ -374,9 +374,10 @@ class DecodingTask:
         sum_logprobs = np.zeros(n_batch, dtype=np.float32)
         no_speech_probs = [np.nan] * n_batch
         for i in range(self.sample_len):
-            logits = session.logits(tokens)
+            # the first call feeds the prompt: logits only where they are read (SOT and the last)
+            logits = session.logits(tokens, [self.sot_index, tokens.shape[1] - 1] if i == 0 else None)
             if i == 0:
-                probs_at_sot = np.exp(log_softmax(logits[:, self.sot_index]))
+                probs_at_sot = np.exp(log_softmax(logits[:, 0]))
                 no_speech_probs = probs_at_sot[:, self.tokenizer.no_speech].tolist()
             logits = np.array(logits[:, -1], dtype=np.float32)  # a copy: the filters write into it
             for logit_filter in self.logit_filters:

@@ -23,6 +23,30 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("doctor", help="report MAX, devices, CPU, cache, models and optional packages")
     p.set_defaults(func=cmd_doctor)
 
+    p = sub.add_parser("warmup", help="compile and cache every MAX graph the models need (for images and CI)",
+                       description="Compile the MAX graphs of the given models for this machine, in parallel "
+                                   "processes, and keep them in the graph cache (see `doctor`).")
+    p.add_argument("--model", nargs="+", default=["tiny.en"], help="model names or paths (default: tiny.en)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    p.add_argument("--word-timestamps", "--word_timestamps", action="store_true",
+                   help="also the cross-attention graph that word timestamps use")
+    p.add_argument("--encoder-float64-blocks", type=int, default=0, metavar="N",
+                   help="the encoder variant with N float64 leading blocks (default 0)")
+    p.add_argument("--jobs", type=int, default=None, help="compiles at once (default: one per core)")
+    p.set_defaults(func=cmd_warmup)
+
+
+def cmd_warmup(args) -> int:
+    from .backends.max.warmup import compile_all, jobs_for
+    from .weights import load_model_weights
+
+    jobs = [job for name in args.model
+            for job in jobs_for(load_model_weights(name).dims, args.word_timestamps,
+                                args.encoder_float64_blocks, args.device)]
+    compile_all(list(dict.fromkeys(jobs)), workers=args.jobs)  # models with equal dims share graphs
+    print(f"max-whisper: MAX graphs for {', '.join(args.model)} are compiled and cached", file=sys.stderr)
+    return 0
+
 
 # -- compare --------------------------------------------------------------------------------------
 def tensor_stats(x: np.ndarray) -> dict[str, float]:

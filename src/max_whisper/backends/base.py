@@ -18,11 +18,12 @@ class DecoderSession(Protocol):
     n_audio * group rows (beam search): row r attends to audio r // group.
     """
 
-    def logits(self, tokens: np.ndarray) -> np.ndarray:
+    def logits(self, tokens: np.ndarray, positions: list[int] | None = None) -> np.ndarray:
         """tokens: int [batch, T], the whole sequence so far (same T for all rows).
 
         The first call feeds all T tokens (prefill); later calls feed only the tokens not yet cached.
-        Returns float32 logits [batch, T_new, n_vocab] for the newly fed positions.
+        Returns float32 logits [batch, k, n_vocab] at `positions` (indices into the sequence, all
+        among the newly fed ones), or at every newly fed position when `positions` is None.
         """
 
     def rearrange(self, source_indices: list[int]) -> None:

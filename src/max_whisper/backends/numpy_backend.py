@@ -33,10 +33,14 @@ def _erf(x: np.ndarray) -> np.ndarray:
     return x * p / q
 
 
+_exact_erf = np.frompyfunc(math.erf, 1, 1)
+
+
 def gelu(x: np.ndarray) -> np.ndarray:
-    """Exact (erf) GELU, evaluated in float64 and returned in x's dtype."""
-    x64 = x.astype(np.float64)
-    return (0.5 * x64 * (1.0 + _erf(x64 * (1.0 / math.sqrt(2.0))))).astype(x.dtype)
+    """Exact (erf) GELU: float32 through a float64 rational erf (|error| < 1e-7), float64 exactly."""
+    x64 = x.astype(np.float64) * (1.0 / math.sqrt(2.0))
+    erf = _exact_erf(x64).astype(np.float64) if x.dtype == np.float64 else _erf(x64)
+    return (0.5 * x.astype(np.float64) * (1.0 + erf)).astype(x.dtype)
 
 
 def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
@@ -137,8 +141,9 @@ class NumpyModel:
                 for i in range(self.dims.n_text_layer)]
 
     def decode(self, tokens: np.ndarray, offset: int, cross: list, cache: list | None,
-               scores_out: list | None = None) -> tuple[np.ndarray, list]:
-        """New tokens [B, n] at positions offset.. -> (logits [B, n, vocab], self-attention K/V cache).
+               scores_out: list | None = None, rows: list[int] | None = None) -> tuple[np.ndarray, list]:
+        """New tokens [B, n] at positions offset.. -> (logits [B, k, vocab] at the k `rows` of the n,
+        default all; self-attention K/V cache).
 
         `cross` holds each layer's cross K/V for [A, ctx, d] features with B = A * group rows.
         With `scores_out`, each layer's cross-attention scores before the softmax are appended to it.
@@ -168,7 +173,7 @@ class NumpyModel:
                 scores_out.append((_heads(q, n_head) @ _heads(ck, n_head).transpose(0, 1, 3, 2)) / math.sqrt(hd))
             x = x + p.linear(self._attention(q, ck, cv, n_head), prefix + "cross_attn.out")
             x = x + p.linear(gelu(p.linear(p.norm(x, prefix + "mlp_ln"), prefix + "mlp.0")), prefix + "mlp.2")
-        x = p.norm(x, "decoder.ln")
+        x = p.norm(x if rows is None else x[:, rows], "decoder.ln")
         return x @ self.token_embedding_t, new_cache
 
     @property
@@ -187,12 +192,13 @@ class NumpyDecoderSession:
         self.cache: list | None = None
         self.n_cached = 0
 
-    def logits(self, tokens: np.ndarray) -> np.ndarray:
+    def logits(self, tokens: np.ndarray, positions: list[int] | None = None) -> np.ndarray:
         tokens = np.asarray(tokens)
         new = tokens[:, self.n_cached:]
         if new.shape[1] == 0:
             return np.zeros((tokens.shape[0], 0, self.model.dims.n_vocab), np.float32)
-        logits, self.cache = self.model.decode(new, self.n_cached, self.cross, self.cache)
+        rows = None if positions is None else [p - self.n_cached for p in positions]
+        logits, self.cache = self.model.decode(new, self.n_cached, self.cross, self.cache, rows=rows)
         self.n_cached = tokens.shape[1]
         return logits.astype(np.float32, copy=False)
 

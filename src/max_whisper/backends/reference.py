@@ -57,8 +57,9 @@ class ReferenceDecoderSession:
         self.n_cached = 0
         self.self_attn_kv = [m for block in model.decoder.blocks for m in (block.attn.key, block.attn.value)]
 
-    def logits(self, tokens: np.ndarray) -> np.ndarray:
+    def logits(self, tokens: np.ndarray, positions: list[int] | None = None) -> np.ndarray:
         torch = _import_torch_whisper()[0]
+        n_cached = self.n_cached
         new = torch.from_numpy(np.ascontiguousarray(tokens[:, self.n_cached:])).to(self.features.device)
         features = self.features
         if features.shape[0] not in (1, new.shape[0]):  # several audios, several beams each
@@ -73,6 +74,8 @@ class ReferenceDecoderSession:
                 hook.remove()
         self.cache = cache
         self.n_cached = tokens.shape[1]
+        if positions is not None:
+            out = out[:, [p - n_cached for p in positions]]
         return out.float().cpu().numpy()
 
     def rearrange(self, source_indices: list[int]) -> None:

@@ -5,7 +5,7 @@ import numpy as np
 
 from ...weights import ModelWeights
 from .decoder import MaxDecoder, MaxDecoderSession
-from .device import select_device
+from .device import MaxRuntime
 from .encoder import MaxEncoder
 
 
@@ -16,9 +16,10 @@ class MaxBackend:
 
     def __init__(self, weights: ModelWeights, device: str = "auto", encoder_float64_blocks: int = 0):
         self.dims = weights.dims
-        driver_device, device_ref, self.device = select_device(device)
-        self.encoder = MaxEncoder(self.dims, weights.params, self.device, float64_blocks=encoder_float64_blocks)
-        self.decoder = MaxDecoder(self.dims, weights.params, driver_device, device_ref)
+        runtime = MaxRuntime.create(device)
+        self.device = runtime.label
+        self.encoder = MaxEncoder(self.dims, weights.params, runtime, float64_blocks=encoder_float64_blocks)
+        self.decoder = MaxDecoder(self.dims, weights.params, runtime)
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
         mel = np.asarray(mel, dtype=np.float32)

@@ -2,7 +2,8 @@
 
 A cold compile costs 30-190 s per graph on a small CPU; loading an exported .mef costs ~0.02 s.
 The key covers everything that changes the compiled code (graph kind, dims, dtype, MAX version,
-device, CPU model and flags, GRAPH_VERSION) and nothing about weight values: weights are fed at
+device, CPU model and flags, and a hash of the source files that build the graph, so that a
+changed builder can never load a stale file) and nothing about weight values: weights are fed at
 load time through the weights registry, so one file serves every model with the same dims.
 """
 from __future__ import annotations
@@ -22,9 +23,14 @@ from typing import IO, Callable, Iterator, Mapping
 from max.engine import CompiledModel, InferenceSession, Model, read
 from max.graph import Graph
 
-# Bump to invalidate every cached graph (a change here or in how graphs are built everywhere);
-# each graph family also puts its own version in its signature.
-GRAPH_VERSION = 1
+
+def source_hash(*files: str | os.PathLike) -> str:
+    """A hash of the source files that build a graph (and of the weight layouts they expect):
+    part of that graph's signature."""
+    digest = hashlib.sha256()
+    for path in map(Path, files):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def cache_dir() -> Path:
@@ -68,7 +74,6 @@ def _device_identity(session: InferenceSession) -> list[str]:
 def cache_key(session: InferenceSession, signature: Mapping) -> str:
     material = {
         "signature": dict(signature),
-        "graph_version": GRAPH_VERSION,
         "max": importlib.metadata.version("max"),
         "devices": _device_identity(session),
         "cpu": _cpu_identity(),
@@ -130,6 +135,11 @@ def _read_cached(path: Path, warn: bool = True) -> CompiledModel | None:
         return None
 
 
+def cached_path(session: InferenceSession, signature: Mapping) -> Path:
+    """Where the compiled graph for `signature` lives (or will live) in the cache."""
+    return cache_dir() / f"{signature.get('graph', 'graph')}-{cache_key(session, signature)}.mef"
+
+
 def compiled_graph(
     session: InferenceSession,
     build_graph: Callable[[], Graph],
@@ -142,8 +152,8 @@ def compiled_graph(
     Returns (compiled model, seconds spent compiling: 0.0 on a cache hit).
     Initialise it with `session.init(compiled, weights_registry=...)`, as often as needed.
     """
-    directory = cache_dir()
-    path = directory / f"{signature.get('graph', 'graph')}-{cache_key(session, signature)}.mef"
+    path = cached_path(session, signature)
+    directory = path.parent
     if (compiled := _read_cached(path)) is not None:
         return compiled, 0.0
 

@@ -1,7 +1,10 @@
-"""Pick the MAX device a backend runs on."""
+"""Pick the MAX device a backend runs on, and the one inference session both halves share."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from max.driver import CPU, Accelerator, Device, accelerator_count
+from max.engine import InferenceSession
 from max.graph import DeviceRef
 
 DEVICE_CHOICES = ("auto", "cpu", "gpu")
@@ -17,3 +20,18 @@ def select_device(device: str = "auto") -> tuple[Device, DeviceRef, str]:
         return CPU(), DeviceRef.CPU(), "cpu"
     accelerator = Accelerator()
     return accelerator, DeviceRef.from_device(accelerator), "gpu"
+
+
+@dataclass
+class MaxRuntime:
+    """One device choice and one InferenceSession, shared by a backend's encoder and decoder."""
+
+    device: Device
+    device_ref: DeviceRef
+    label: str  # "cpu" or "gpu"
+    session: InferenceSession
+
+    @classmethod
+    def create(cls, device: str = "auto") -> "MaxRuntime":
+        driver_device, device_ref, label = select_device(device)
+        return cls(driver_device, device_ref, label, InferenceSession(devices=[driver_device]))

@@ -1,0 +1,183 @@
+"""Whisper's text decoder as MAX graphs (float32), with a KV cache that stays on the device: pure builders.
+
+One module, compiled once per model shape:
+  - cross K/V graph: encoder features [A, n_audio_ctx, d] -> every layer's cross-attention K and V,
+    run once per window (and reused by every session opened on the same features);
+  - step graph: tokens [A, G, n] + positions [n] + causal mask -> token + positional embedding,
+    N pre-LN blocks (causal self-attention over cached + new K/V, cross-attention, MLP), then, for
+    the k positions asked for (logit_rows: the last one after a prompt; the SOT's too on a first
+    call), final LayerNorm and logits from a pre-transposed [d, vocab] copy of the token embedding.
+    It takes each layer's past self-attention K/V and returns them concatenated with the new
+    positions; the session feeds those buffers back on the next call, so the cache never visits
+    the host. Symbolic sizes: one compiled graph serves prefill and single-token steps, greedy
+    and beam search, one window or several.
+A "scores" variant of the step graph (compiled lazily, word timestamps only) returns each layer's
+cross-attention scores q.k / sqrt(head_dim) before the softmax instead of logits.
+Rows are laid out [A, G, ...]: A audio windows, G rows (beams, samples) per window; row r of the
+decoding batch attends to window r // G. The G rows of a window share its cross K/V: their queries
+form one [G * n, hd] matrix per head, so K/V are read once per window, not once per beam.
+
+Layouts: weights pre-transposed to [in, out] (MAX's matmul against a contiguous [in, out] weight is
+~2x faster than against transpose(W)); q, k, v fused in one [d, 3d] projection with the 1/sqrt(hd)
+softmax scale folded into q (k has no bias); the residual stream is 2-D [A*G*n, d] so projections are
+plain GEMMs; self K cached as [A, G, H, hd, len] and V as [A, G, H, len, hd] (the concat is the only
+copy per step); cross K as [A, H, hd, ctx], V as [A, H, ctx, hd].
+"""
+from __future__ import annotations
+
+from max.dtype import DType
+from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, ops
+
+from ...dims import ModelDimensions
+from .layers import gelu, layer_norm, linear, weight
+
+N_AUDIO = "n_audio"
+GROUP = "group"  # token rows per audio (beams); a batch of rows is laid out [n_audio, group, ...]
+N_NEW = "n_new"  # tokens fed in this call
+N_PAST = "n_past"  # cached positions
+N_TOTAL = "n_total"  # n_past + n_new (the mask's width)
+N_LOGITS = "n_logits"  # positions (of the n_new) whose logits are computed
+
+
+def _block(x: TensorValue, mask: TensorValue, past_k: TensorValue, past_v: TensorValue,
+           cross_k: TensorValue, cross_v: TensorValue, dims: ModelDimensions, device: DeviceRef,
+           prefix: str = "") -> tuple[TensorValue, TensorValue, TensorValue, TensorValue]:
+    """One residual block on x [A, G, n, d]. Returns (x, k_all, v_all, cross scores before softmax).
+
+    The residual stream is kept 2-D [A*G*n, d] so every projection is one plain GEMM (batched
+    matmuls would re-read the weight once per row; MAX's batched matmul also stops at rank 4).
+    """
+    d, heads = dims.n_text_state, dims.n_text_head
+    hd = d // heads
+    n_audio, group, n_new = x.shape[0], x.shape[1], x.shape[2]
+    rows = n_audio * group
+    x = ops.reshape(x, [rows * n_new, d])
+
+    # causal self-attention over the cached and the new positions
+    h = layer_norm(x, f"{prefix}attn_ln", d, device)
+    qkv = linear(h, f"{prefix}attn.qkv", d, 3 * d, device)  # q carries the 1/sqrt(hd) scale
+    qkv = ops.permute(ops.reshape(qkv, [rows, n_new, 3, heads, hd]), [2, 0, 3, 1, 4])  # [3, AG, H, n, hd]
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    new_k = ops.reshape(ops.permute(k, [0, 1, 3, 2]), [n_audio, group, heads, hd, n_new])
+    new_v = ops.reshape(v, [n_audio, group, heads, n_new, hd])
+    k_all = ops.concat([past_k, new_k], axis=4)  # [A, G, H, hd, past + n]
+    v_all = ops.concat([past_v, new_v], axis=3)  # [A, G, H, past + n, hd]
+    n_total = k_all.shape[4]
+    scores = q @ ops.reshape(k_all, [rows, heads, hd, n_total]) + ops.rebind(mask, [n_new, n_total])
+    attn = ops.softmax(scores) @ ops.reshape(v_all, [rows, heads, n_total, hd])  # [AG, H, n, hd]
+    attn = ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [rows * n_new, d])
+    x = x + linear(attn, f"{prefix}attn.out", d, d, device)
+
+    # cross-attention: the G rows (beams) of one audio share its K/V: one [G * n, hd] query matrix
+    # per head, so K/V are read once per audio rather than once per row
+    h = layer_norm(x, f"{prefix}cross_attn_ln", d, device)
+    q = linear(h, f"{prefix}cross_attn.query", d, d, device)  # scaled by 1/sqrt(hd)
+    q = ops.permute(ops.reshape(q, [n_audio, group * n_new, heads, hd]), [0, 2, 1, 3])  # [A, H, G*n, hd]
+    cross_scores = q @ cross_k  # [A, H, G*n, ctx]
+    attn = ops.softmax(cross_scores) @ cross_v  # [A, H, G*n, hd]
+    attn = ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [rows * n_new, d])
+    x = x + linear(attn, f"{prefix}cross_attn.out", d, d, device)
+
+    h = layer_norm(x, f"{prefix}mlp_ln", d, device)
+    h = gelu(linear(h, f"{prefix}mlp.0", d, 4 * d, device))
+    x = x + linear(h, f"{prefix}mlp.2", 4 * d, d, device)
+    return ops.reshape(x, [n_audio, group, n_new, d]), k_all, v_all, cross_scores
+
+
+def _embed(tokens: TensorValue, positions: TensorValue, dims: ModelDimensions, device: DeviceRef) -> TensorValue:
+    d = dims.n_text_state
+    tok = ops.gather(weight("token_embedding", [dims.n_vocab, d], device), tokens, axis=0)  # [A, G, n, d]
+    pos = ops.gather(weight("positional_embedding", [dims.n_text_ctx, d], device), positions, axis=0)  # [n, d]
+    return tok + pos
+
+
+def _head(x: TensorValue, logit_rows: TensorValue, dims: ModelDimensions, device: DeviceRef) -> TensorValue:
+    """x [A, G, n, d], logit_rows [k] (indices into n) -> logits [A, G, k, vocab]."""
+    d = dims.n_text_state
+    x = ops.gather(x, logit_rows, axis=2)
+    n_audio, group, k = x.shape[0], x.shape[1], x.shape[2]
+    x = layer_norm(ops.reshape(x, [n_audio * group * k, d]), "ln", d, device)
+    logits = x @ weight("token_embedding_t", [d, dims.n_vocab], device)  # one GEMM: W read once
+    return ops.reshape(logits, [n_audio, group, k, dims.n_vocab])
+
+
+# --- input types -------------------------------------------------------------------------------
+
+
+def _types(dims: ModelDimensions, device: DeviceRef) -> dict[str, TensorType]:
+    d, heads, ctx = dims.n_text_state, dims.n_text_head, dims.n_audio_ctx
+    hd = d // heads
+    f32 = DType.float32
+    return {
+        "tokens": TensorType(DType.int64, [N_AUDIO, GROUP, N_NEW], device=device),
+        "positions": TensorType(DType.int64, [N_NEW], device=device),
+        "logit_rows": TensorType(DType.int64, [N_LOGITS], device=device),
+        "mask": TensorType(f32, [N_NEW, N_TOTAL], device=device),
+        "past_k": TensorType(f32, [N_AUDIO, GROUP, heads, hd, N_PAST], device=device),
+        "past_v": TensorType(f32, [N_AUDIO, GROUP, heads, N_PAST, hd], device=device),
+        "cross_k": TensorType(f32, [N_AUDIO, heads, hd, ctx], device=device),
+        "cross_v": TensorType(f32, [N_AUDIO, heads, ctx, hd], device=device),
+        "features": TensorType(f32, [N_AUDIO, ctx, dims.n_audio_state], device=device),
+    }
+
+
+def _cross_kv(f: TensorValue, dims: ModelDimensions, device: DeviceRef, prefix: str) -> list[TensorValue]:
+    d, heads, ctx = dims.n_text_state, dims.n_text_head, dims.n_audio_ctx
+    hd = d // heads
+    n_audio = f.shape[0]
+    k = linear(f, f"{prefix}cross_attn.key", dims.n_audio_state, d, device, bias=False)
+    v = linear(f, f"{prefix}cross_attn.value", dims.n_audio_state, d, device)
+    return [ops.permute(ops.reshape(k, [n_audio, ctx, heads, hd]), [0, 2, 3, 1]),  # [A, H, hd, ctx]
+            ops.permute(ops.reshape(v, [n_audio, ctx, heads, hd]), [0, 2, 1, 3])]  # [A, H, ctx, hd]
+
+
+def build_cross_kv_graph(dims: ModelDimensions, device: DeviceRef, module: Module | None = None) -> Graph:
+    """features [A, ctx, d] -> every layer's cross K [A, H, hd, ctx] and V [A, H, ctx, hd]."""
+    t = _types(dims, device)
+    with Graph("whisper_decoder_cross_kv_all", input_types=[t["features"]], module=module) as graph:
+        f = graph.inputs[0].tensor
+        graph.output(*(out for i in range(dims.n_text_layer) for out in _cross_kv(f, dims, device, f"blocks.{i}.")))
+    return graph
+
+
+def build_step_graph(dims: ModelDimensions, device: DeviceRef, scores: bool = False,
+                     module: Module | None = None) -> Graph:
+    """The whole decoder step in one graph.
+
+    Inputs: tokens [A, G, n], positions [n], logit_rows [k], mask [n, past + n], then cross_k,
+    cross_v per layer, then past_k, past_v per layer. Outputs: logits [A, G, k, vocab], then k_all,
+    v_all per layer; or, with `scores` (no logit_rows input), only each layer's cross-attention
+    scores before the softmax [A, H, G*n, ctx].
+    """
+    t = _types(dims, device)
+    n_layer = dims.n_text_layer
+    types = [t["tokens"], t["positions"]] + ([] if scores else [t["logit_rows"]]) + [t["mask"]]
+    types += [t["cross_k"], t["cross_v"]] * n_layer + [t["past_k"], t["past_v"]] * n_layer
+    name = "whisper_decoder_scores" if scores else "whisper_decoder_step"
+    with Graph(name, input_types=types, module=module) as graph:
+        inputs = [i.tensor for i in graph.inputs]
+        tokens, positions = inputs[:2]
+        logit_rows = None if scores else inputs[2]
+        mask, *rest = inputs[3 - scores:]
+        cross, past = rest[: 2 * n_layer], rest[2 * n_layer:]
+        x = _embed(tokens, positions, dims, device)
+        caches, layer_scores = [], []
+        for i in range(n_layer):
+            x, k, v, s = _block(x, mask, past[2 * i], past[2 * i + 1], cross[2 * i], cross[2 * i + 1],
+                                dims, device, f"blocks.{i}.")
+            caches += [k, v]
+            layer_scores.append(s)
+        if scores:
+            graph.output(*layer_scores)
+        else:
+            graph.output(_head(x, logit_rows, dims, device), *caches)
+    return graph
+
+
+def build_whole_module(dims: ModelDimensions, device: DeviceRef) -> Module:
+    """The all-layer cross K/V graph and the whole step graph, compiled together (one compile shares
+    MAX's fixed cost of a compile and the kernels the two graphs have in common)."""
+    module = Module()
+    build_cross_kv_graph(dims, device, module=module)
+    build_step_graph(dims, device, module=module)
+    return module

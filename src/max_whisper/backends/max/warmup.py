@@ -1,0 +1,201 @@
+"""Compile every MAX graph a model needs, in parallel processes, with one progress display.
+
+    max-whisper warmup [--model tiny.en base] [--word-timestamps] [--encoder-float64-blocks N]
+
+MAX compiles a graph on one core, and a model's graphs are independent: the encoder, the decoder
+(cross K/V + step) and, for word timestamps, the cross-attention scores graph each compile in a
+process of their own, as many at once as there are cores. Graphs need dims, not weights, so a job
+is (dims, part). The first transcription on a machine starts this in the background (`start_background`)
+and runs on the NumPy implementation meanwhile; `max-whisper warmup` runs it in the foreground for
+images and CI; the test session runs it before the first MAX test.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ...dims import ModelDimensions
+
+PARTS = ("encoder", "decoder", "scores")
+
+
+@dataclass(frozen=True)
+class GraphJob:
+    dims: ModelDimensions
+    part: str  # one of PARTS
+    float64_blocks: int = 0  # encoder only
+    device: str = "auto"
+
+    @property
+    def label(self) -> str:
+        from .decoder import decoder_label
+
+        if self.part == "encoder":
+            f64 = f", {self.float64_blocks} float64 blocks" if self.float64_blocks else ""
+            return f"encoder ({self.dims.n_audio_layer} x {self.dims.n_audio_state} wide{f64})"
+        return decoder_label("whole" if self.part == "decoder" else "scores", self.dims)
+
+    @property
+    def estimate_s(self) -> float:
+        from .decoder import DECODER_COMPILE_ESTIMATES_S
+        from .encoder import ENCODER_COMPILE_ESTIMATE_S
+
+        return ENCODER_COMPILE_ESTIMATE_S if self.part == "encoder" else \
+            DECODER_COMPILE_ESTIMATES_S["whole" if self.part == "decoder" else "scores"]
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "dims": self.dims.to_dict()})
+
+    @classmethod
+    def from_json(cls, text: str) -> "GraphJob":
+        data = json.loads(text)
+        return cls(**{**data, "dims": ModelDimensions(**data["dims"])})
+
+
+def jobs_for(dims: ModelDimensions, word_timestamps: bool = False, float64_blocks: int = 0,
+             device: str = "auto") -> list[GraphJob]:
+    parts = ["encoder", "decoder"] + (["scores"] if word_timestamps else [])
+    return [GraphJob(dims, part, float64_blocks if part == "encoder" else 0, device) for part in parts]
+
+
+def _signature_and_builder(job: GraphJob, runtime):
+    from . import decoder, encoder, encoder_graph
+
+    if job.part == "encoder":
+        return (encoder.encoder_signature(job.dims, job.float64_blocks),
+                lambda: encoder_graph.build_encoder_graph(job.dims, runtime.device_ref, job.float64_blocks))
+    kind = "whole" if job.part == "decoder" else "scores"
+    return decoder.decoder_signature(kind, job.dims), lambda: decoder.DECODER_BUILDERS[kind](job.dims, runtime.device_ref)
+
+
+def missing(jobs: list[GraphJob]) -> list[GraphJob]:
+    """The jobs whose compiled graph is not in the cache yet."""
+    from .compile_cache import cached_path
+    from .device import MaxRuntime
+
+    runtimes: dict[str, MaxRuntime] = {}
+    out = []
+    for job in jobs:
+        runtime = runtimes.setdefault(job.device, MaxRuntime.create(job.device))
+        if not cached_path(runtime.session, _signature_and_builder(job, runtime)[0]).exists():
+            out.append(job)
+    return out
+
+
+def compile_here(job: GraphJob) -> float:
+    """Compile one job's graph in this process (or find it cached): seconds spent compiling."""
+    from .compile_cache import compiled_graph
+    from .device import MaxRuntime
+
+    runtime = MaxRuntime.create(job.device)
+    signature, build = _signature_and_builder(job, runtime)
+    return compiled_graph(runtime.session, build, signature, job.label, job.estimate_s)[1]
+
+
+def _say(message: str) -> None:
+    print(f"max-whisper: {message}", file=sys.stderr, flush=True)
+
+
+def _environment() -> dict[str, str]:
+    src = str(Path(__file__).resolve().parents[3])  # the folder holding the max_whisper package
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+
+
+def _spawn(job: GraphJob, log) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", __name__, "--job", job.to_json()],
+                            stdout=log, stderr=subprocess.STDOUT, env=_environment())
+
+
+def compile_all(jobs: list[GraphJob], workers: int | None = None, progress: bool = True) -> dict[str, float]:
+    """Compile the missing graphs of `jobs`, `workers` processes at a time (default: one per core).
+    Returns {label: seconds}; raises RuntimeError naming the graphs that failed."""
+    todo = missing(jobs)
+    if not todo:
+        return {}
+    workers = max(1, workers or os.cpu_count() or 1)
+    cache = _log_dir()
+    total_estimate = sum(j.estimate_s for j in todo) / min(workers, len(todo))
+    if progress:
+        _say(f"compiling {len(todo)} MAX graph(s) for this machine, {min(workers, len(todo))} at a time "
+             f"(first run only, about {total_estimate:.0f} s): {', '.join(j.label for j in todo)}")
+    start = time.perf_counter()
+    pending, running, seconds, failed = list(todo), {}, {}, []
+    tty = progress and sys.stderr.isatty()
+    while pending or running:
+        while pending and len(running) < workers:
+            job = pending.pop(0)
+            log = open(cache / f"compile-{job.part}-{os.getpid()}.log", "w")
+            running[job] = (_spawn(job, log), log, time.perf_counter())
+        time.sleep(0.5)
+        for job, (proc, log, began) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[job]
+            seconds[job.label] = time.perf_counter() - began
+            if proc.returncode != 0:
+                failed.append(f"{job.label} (see {log.name})")
+            elif progress:
+                print("\r" + " " * 79 + "\r", end="", file=sys.stderr) if tty else None
+                _say(f"compiled {job.label} in {seconds[job.label]:.0f} s")
+        if tty and running:
+            elapsed = time.perf_counter() - start
+            left = max(0.0, total_estimate - elapsed)
+            names = ", ".join(j.part for j in running)
+            print(f"\r  compiling {names}: {elapsed:4.0f} s elapsed, about {left:3.0f} s left ",
+                  end="", file=sys.stderr, flush=True)
+    if tty:
+        print("\r" + " " * 79 + "\r", end="", file=sys.stderr)
+    if failed:
+        raise RuntimeError(f"could not compile: {'; '.join(failed)}")
+    if progress:
+        _say(f"all graphs ready in {time.perf_counter() - start:.0f} s")
+    return seconds
+
+
+def _log_dir() -> Path:
+    from .compile_cache import cache_dir
+
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def start_background(jobs: list[GraphJob]) -> Path | None:
+    """Start `compile_all(jobs)` in a detached process that outlives this one; returns its log file,
+    or None when a background compile is already running."""
+    directory = _log_dir()
+    pid_file = directory / "warmup.pid"
+    try:
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)
+        return None  # one is running
+    except (OSError, ValueError):
+        pass
+    log_path = directory / "warmup.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", __name__, "--jobs", json.dumps([j.to_json() for j in jobs])],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=_environment(), start_new_session=True)
+    pid_file.write_text(str(proc.pid))
+    return log_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--job"]:  # one graph, in this process
+        compile_here(GraphJob.from_json(args[1]))
+        return 0
+    if args[:1] == ["--jobs"]:  # the background compile of a first run
+        compile_all([GraphJob.from_json(j) for j in json.loads(args[1])])
+        return 0
+    raise SystemExit("usage: python -m max_whisper.backends.max.warmup --job JSON | --jobs JSON")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
