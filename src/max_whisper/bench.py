@@ -42,6 +42,10 @@ AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus", ".webm"}
 DEFAULT_BACKENDS = ("max", "hybrid", "reference", "faster-whisper")
 DEFAULT_MODELS = ("tiny.en", "base")
 FASTER_WHISPER_TYPES = ("int8", "fp32")
+BATCHED_SIZE = 8  # faster-whisper's BatchedInferencePipeline row: its default batch size
+WORKLOADS = ("short", "long")  # the clips one by one; one long file made of them with pauses
+LONG_FORM_SECONDS = 180.0  # the long-form file: at least this long
+LONG_FORM_PAUSES_S = (2.0, 6.0, 1.5, 10.0, 3.0)  # silences between clips, in turn
 CT2_COMPUTE_TYPE = {"int8": "int8", "fp32": "float32"}
 OUR_BACKENDS = ("max", "hybrid", "reference")
 MAX_BACKENDS = ("max", "hybrid")  # the ones that compile MAX graphs: cold compile applies
@@ -78,6 +82,7 @@ class Row:
     engine: str  # "max-whisper" or "faster-whisper"
     backend: str  # ours: max | hybrid | reference; faster-whisper: int8 | fp32
     device: str  # "cpu" or "gpu"
+    batched: bool = False  # faster-whisper's BatchedInferencePipeline (VAD chunks, batch of 8)
 
     @property
     def is_gpu(self) -> bool:
@@ -167,15 +172,18 @@ def plan_rows(requested: Iterable[str], device: str = "auto",
             rest = name[len("faster-whisper"):].lstrip("-")
             gpu_only = rest.endswith("cuda")
             rest = rest.removesuffix("cuda").rstrip("-")
-            types = [rest] if rest else list(FASTER_WHISPER_TYPES)
-            if any(t not in FASTER_WHISPER_TYPES for t in types):
+            batched_only = rest.endswith("batched")
+            rest = rest.removesuffix("batched").rstrip("-")
+            types = [(rest, batched_only)] if rest else [(t, False) for t in FASTER_WHISPER_TYPES] + [("int8", True)]
+            if any(t not in FASTER_WHISPER_TYPES for t, _ in types):
                 raise BenchError(f"unknown faster-whisper compute type in '{name}' (int8 or fp32)")
             missing = None if _has_module("faster_whisper") else "faster-whisper is not installed"
-            for t in types:
+            for t, batched in types:
+                kind = f"{t}-batched" if batched else t
                 if device in ("auto", "cpu") and not gpu_only:
-                    add(Row(f"faster-whisper-{t}", "faster-whisper", t, "cpu"), missing)
+                    add(Row(f"faster-whisper-{kind}", "faster-whisper", t, "cpu", batched), missing)
                 if device in ("auto", "gpu") or gpu_only:
-                    row = Row(f"faster-whisper-{t}-cuda", "faster-whisper", t, "gpu")
+                    row = Row(f"faster-whisper-{kind}-cuda", "faster-whisper", t, "gpu", batched)
                     if gpus.ct2_cuda:
                         add(row, missing)
                     elif device == "gpu" or gpu_only:
@@ -259,6 +267,32 @@ def load_clips(paths: Iterable[Path | str], with_samples: bool = True) -> list[C
         clips.append(Clip(str(p), len(samples) / SAMPLE_RATE, refs_cache[p.parent].get(p.name),
                           samples if with_samples else None))
     return clips
+
+
+def long_form_file(paths: list[Path], folder: str | os.PathLike, seconds: float = LONG_FORM_SECONDS) -> Path:
+    """One 16 kHz WAV made of the clips in turn with pauses between them (LONG_FORM_PAUSES_S), repeated
+    until it lasts `seconds`: the long-form workload (the 30-s seek loop over speech and silences)."""
+    import wave
+
+    from .audio import load_audio
+    from .dims import SAMPLE_RATE
+
+    pieces, total, i = [], 0, 0
+    clips = [load_audio(p) for p in paths]
+    while total < seconds * SAMPLE_RATE:
+        clip = clips[i % len(clips)]
+        pause = np.zeros(int(LONG_FORM_PAUSES_S[i % len(LONG_FORM_PAUSES_S)] * SAMPLE_RATE), np.float32)
+        pieces += [clip, pause]
+        total += len(clip) + len(pause)
+        i += 1
+    audio = np.concatenate(pieces)
+    path = Path(folder) / f"long-form-{round(total / SAMPLE_RATE)}s.wav"
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(SAMPLE_RATE)
+        f.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
 
 
 # -- WER ------------------------------------------------------------------------------------------------
@@ -450,10 +484,12 @@ class FasterWhisperRunner:
     """faster-whisper (CTranslate2) on the same weights, with its encoder and decoding timed."""
 
     def __init__(self, folder: str | os.PathLike, compute_type: str, device: str = "cpu",
-                 settings: DecodeSettings = DecodeSettings()):
+                 settings: DecodeSettings = DecodeSettings(), batched: bool = False):
         self.folder, self.compute_type, self.device, self.settings = str(folder), compute_type, device, settings
+        self.batched = batched
         self.times = PhaseTimes()
         self.model = None
+        self.pipeline = None
 
     def load(self) -> None:
         from faster_whisper import WhisperModel
@@ -478,24 +514,34 @@ class FasterWhisperRunner:
 
         self.model = TimedWhisperModel(self.folder, device="cuda" if self.device == "gpu" else "cpu",
                                        compute_type=CT2_COMPUTE_TYPE[self.compute_type])
+        if self.batched:
+            from faster_whisper import BatchedInferencePipeline
+
+            self.pipeline = BatchedInferencePipeline(model=self.model)
 
     def transcribe(self, samples: np.ndarray) -> Pass:
         if self.model is None:
             self.load()
         self.times.reset()
         start = time.perf_counter()
-        segments, _ = self.model.transcribe(samples, **self.settings.faster_whisper())
+        if self.pipeline is not None:  # its own VAD chunking; decodes a batch at once (not timed apart)
+            options = {**self.settings.faster_whisper(), "vad_filter": True, "batch_size": BATCHED_SIZE}
+            options.pop("condition_on_previous_text")
+            segments, _ = self.pipeline.transcribe(samples, **options)
+        else:
+            segments, _ = self.model.transcribe(samples, **self.settings.faster_whisper())
         text = "".join(s.text for s in segments).strip()  # the generator does the work
         wall = time.perf_counter() - start
         t = self.times
-        return Pass(text, wall, t.encoder_s, t.windows, t.decoder_s, t.tokens)
+        decoder_s = None if self.pipeline is not None else t.decoder_s
+        return Pass(text, wall, t.encoder_s, t.windows, decoder_s, t.tokens)
 
 
 def make_runner(row: Row, model_name: str, settings: DecodeSettings, ct2_folder: str | None = None,
                 model=None):
     if row.engine == "faster-whisper":
         return FasterWhisperRunner(ct2_folder or faster_whisper_folder(model_name, tempfile.gettempdir()),
-                                   row.backend, row.device, settings)
+                                   row.backend, row.device, settings, batched=row.batched)
     return WhisperRunner(model_name, row.backend, row.device, settings, model=model)
 
 
@@ -522,7 +568,8 @@ def measure(runner, clips: list[Clip], repeats: int = 3, warmup: bool = True) ->
         passes.append([runner.transcribe(clip.samples) for clip in clips])
     walls = [sum(p.wall_s for p in run) for run in passes]
     encoder_ms = [1000 * sum(p.encoder_s for p in run) / max(1, sum(p.windows for p in run)) for run in passes]
-    decoder_ms = [1000 * sum(p.decoder_s for p in run) / max(1, sum(p.tokens for p in run)) for run in passes]
+    decoder_ms = [1000 * sum(p.decoder_s for p in run) / max(1, sum(p.tokens for p in run)) for run in passes
+                  if all(p.decoder_s is not None for p in run)]
     last = passes[-1]
     audio_s = sum(c.seconds for c in clips)
     median = statistics.median(walls)
@@ -534,7 +581,7 @@ def measure(runner, clips: list[Clip], repeats: int = 3, warmup: bool = True) ->
         "rtfx": _r(audio_s / median, 3),
         "encoder_ms_per_window": _r(statistics.median(encoder_ms), 2),
         "windows": sum(p.windows for p in last),
-        "decoder_ms_per_token": _r(statistics.median(decoder_ms), 3),
+        "decoder_ms_per_token": _r(statistics.median(decoder_ms), 3) if decoder_ms else None,
         "tokens": sum(p.tokens for p in last),
         "deterministic": all([p.text for p in run] == [p.text for p in last] for run in passes),
         "clips": [{"file": c.name, "seconds": _r(c.seconds, 3), "wall_s_median": _r(statistics.median(
@@ -672,6 +719,7 @@ def run_bench(
     device: str = "auto",
     cold: bool = False,
     isolate: bool = True,
+    workloads: Iterable[str] = WORKLOADS,
     loader: Callable[[str, str, str], object] | None = None,
     log: Callable[[str], None] | None = None,
     workdir: str | os.PathLike | None = None,
@@ -692,8 +740,18 @@ def run_bench(
     rows, skipped = plan_rows(requested, device, gpus)
     model_names, skipped_models = installed_models(models)
     skipped += skipped_models
+    workloads = list(workloads)
+    if not workloads or any(w not in WORKLOADS for w in workloads):
+        raise BenchError(f"workloads are {', '.join(WORKLOADS)}")
     paths = expand_audio(audio if audio is not None else default_audio())
+    own_workdir = None
+    if workdir is None:
+        own_workdir = tempfile.TemporaryDirectory(prefix="max-whisper-bench-")
+        workdir = own_workdir.name
     clips = load_clips(paths, with_samples=not isolate)
+    suites = {"short": clips} if "short" in workloads else {}
+    if "long" in workloads:
+        suites["long"] = load_clips([long_form_file(paths, workdir)], with_samples=not isolate)
     normalizer_name, normalize = text_normalizer()
     audio_s = sum(c.seconds for c in clips)
     doc: dict = {
@@ -706,7 +764,9 @@ def run_bench(
                      "wer_normalizer": normalizer_name},
         "audio": {"files": [{"file": c.name, "path": c.path, "seconds": _r(c.seconds, 3), "reference": c.reference}
                             for c in clips],
-                  "seconds": _r(audio_s, 3), "referenced": sum(1 for c in clips if c.reference)},
+                  "seconds": _r(audio_s, 3), "referenced": sum(1 for c in clips if c.reference),
+                  "workloads": {name: {"files": len(suite), "seconds": _r(sum(c.seconds for c in suite), 3)}
+                                for name, suite in suites.items()}},
         "results": [],
         "skipped": skipped,
         "errors": [],
@@ -714,45 +774,43 @@ def run_bench(
     for s in skipped:
         say(f"skipping {s.get('backend') or s.get('model')}: {s['reason']}")
 
-    own_workdir = None
-    if workdir is None:
-        own_workdir = tempfile.TemporaryDirectory(prefix="max-whisper-bench-")
-        workdir = own_workdir.name
     try:
         for model_name in model_names:
             ct2_folder = None
-            for row in rows:
-                say(f"{row.name} × {model_name}: {len(clips)} clips, {audio_s:.1f} s of audio, "
-                    f"warm-up + {repeats} pass(es)")
-                try:
-                    if row.engine == "faster-whisper" and ct2_folder is None:
-                        ct2_folder = str(faster_whisper_folder(model_name, workdir))
-                    result = _run_row(row, model_name, settings, clips, repeats, isolate, loader, ct2_folder)
-                    if cold and row.engine == "max-whisper" and row.backend in MAX_BACKENDS:
-                        say(f"{row.name} × {model_name}: cold compile in a fresh process with empty caches "
-                            "(minutes)…")
-                        result["cold_compile_s"] = cold_compile_seconds(row, model_name, settings, workdir)
-                    else:
-                        result.setdefault("cold_compile_s", None)
-                except Exception as exc:
-                    result = {"error": f"{type(exc).__name__}: {exc}"}
-                if "error" in result:
-                    say(f"{row.name} × {model_name}: FAILED: {result['error']}")
-                    doc["errors"].append({"backend": row.name, "model": model_name, "error": result["error"]})
-                    continue
-                entry = {"backend": row.name, "model": model_name, "engine": row.engine,
-                         "device": row.device, **result}
-                score_row(entry, normalize)
-                say(f"{row.name} × {model_name}: RTFx {entry['rtfx']}, median {entry['wall_s_median']} s, "
-                    f"WER {entry['wer']}")
-                doc["results"].append(_ordered(entry))
+            for workload, suite in suites.items():
+                for row in rows:
+                    label = f"{row.name} × {model_name} × {workload}"
+                    say(f"{label}: {len(suite)} file(s), {sum(c.seconds for c in suite):.1f} s of audio, "
+                        f"warm-up + {repeats} pass(es)")
+                    try:
+                        if row.engine == "faster-whisper" and ct2_folder is None:
+                            ct2_folder = str(faster_whisper_folder(model_name, workdir))
+                        result = _run_row(row, model_name, settings, suite, repeats, isolate, loader, ct2_folder)
+                        first_workload = workload == next(iter(suites))
+                        if cold and first_workload and row.engine == "max-whisper" and row.backend in MAX_BACKENDS:
+                            say(f"{label}: cold compile in a fresh process with empty caches (minutes)…")
+                            result["cold_compile_s"] = cold_compile_seconds(row, model_name, settings, workdir)
+                        else:
+                            result.setdefault("cold_compile_s", None)
+                    except Exception as exc:
+                        result = {"error": f"{type(exc).__name__}: {exc}"}
+                    if "error" in result:
+                        say(f"{label}: FAILED: {result['error']}")
+                        doc["errors"].append({"backend": row.name, "model": model_name, "workload": workload,
+                                              "error": result["error"]})
+                        continue
+                    entry = {"backend": row.name, "model": model_name, "workload": workload,
+                             "engine": row.engine, "device": row.device, **result}
+                    score_row(entry, normalize)
+                    say(f"{label}: RTFx {entry['rtfx']}, median {entry['wall_s_median']} s, WER {entry['wer']}")
+                    doc["results"].append(_ordered(entry))
     finally:
         if own_workdir is not None:
             own_workdir.cleanup()
     return doc
 
 
-RESULT_KEYS = ("backend", "model", "engine", "device", "audio_s", "wall_s_median", "wall_s_min", "wall_s_runs",
+RESULT_KEYS = ("backend", "model", "workload", "engine", "device", "audio_s", "wall_s_median", "wall_s_min", "wall_s_runs",
                "rtfx", "encoder_ms_per_window", "windows", "decoder_ms_per_token", "tokens", "wer", "wer_clips",
                "load_s", "warm_start_s", "cold_compile_s", "peak_rss_mb", "rss_after_load_mb", "rss_scope",
                "deterministic", "clips")
@@ -822,13 +880,19 @@ def _percent(value: float | None) -> str:
 def markdown_table(doc: dict) -> str:
     env, settings, audio = doc["environment"], doc["settings"], doc["audio"]
     lines = [
-        "| backend | model | RTFx | wall s (median / min) | encoder ms / window | decoder ms / token | tokens "
-        "| WER | peak RSS MB | warm start s | cold compile s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| backend | model | workload | RTFx | vs faster-whisper int8 | wall s (median / min) | encoder ms / window "
+        "| decoder ms / token | tokens | WER | peak RSS MB | warm start s | cold compile s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    int8 = {(r["model"], r.get("workload", "short"), r["device"]): r["rtfx"] for r in doc["results"]
+            if r["backend"] in ("faster-whisper-int8", "faster-whisper-int8-cuda")}
     for r in doc["results"]:
+        workload = r.get("workload", "short")
+        base = int8.get((r["model"], workload, r["device"]))
+        ratio = f"{r['rtfx'] / base:.2f}" if base and r["rtfx"] else "–"
         lines.append(
-            f"| {r['backend']} | {r['model']} | {_fmt(r['rtfx'], 1)} | {_fmt(r['wall_s_median'], 2)} / "
+            f"| {r['backend']} | {r['model']} | {workload} | {_fmt(r['rtfx'], 1)} | {ratio} | "
+            f"{_fmt(r['wall_s_median'], 2)} / "
             f"{_fmt(r['wall_s_min'], 2)} | {_fmt(r['encoder_ms_per_window'], 0)} | "
             f"{_fmt(r['decoder_ms_per_token'], 1)} | {r['tokens']} | "
             f"{_percent(r['wer'])} | {_fmt(r['peak_rss_mb'], 0)} | "
@@ -841,8 +905,10 @@ def markdown_table(doc: dict) -> str:
     lines += [
         "",
         f"{env['cpu_model']}, {env['cores']} cores ({' '.join(env['cpu_features']) or 'no listed features'}); "
-        f"{versions}. {len(audio['files'])} clips, {audio['seconds']:.1f} s of audio "
-        f"(WER over the {audio['referenced']} with a reference, {settings['wer_normalizer']}). "
+        f"{versions}. short: {len(audio['files'])} clips, {audio['seconds']:.1f} s of audio "
+        f"(WER over the {audio['referenced']} with a reference, {settings['wer_normalizer']})"
+        + (f"; long: one {audio['workloads']['long']['seconds']:.0f}-s file of those clips with 1.5-10 s pauses"
+           if "long" in audio.get("workloads", {}) else "") + ". "
         f"{decoding}, language {settings['language']}, temperature {settings['temperature']:g} without fallback, "
         f"condition_on_previous_text {settings['condition_on_previous_text']}; median of {settings['repeats']} "
         f"pass(es) after a warm-up; peak RSS per {settings['isolation']}"
@@ -850,7 +916,8 @@ def markdown_table(doc: dict) -> str:
     ]
     if doc.get("errors"):
         lines.append("")
-        lines += [f"- {e['backend']} × {e['model']}: failed ({e['error']})" for e in doc["errors"]]
+        lines += [f"- {e['backend']} × {e['model']} × {e.get('workload', 'short')}: failed ({e['error']})"
+                  for e in doc["errors"]]
     return "\n".join(lines) + "\n"
 
 
@@ -863,7 +930,7 @@ def write_chart(doc: dict, path: str | os.PathLike) -> None:
     results = doc["results"]
     backends = list(dict.fromkeys(r["backend"] for r in results))
     models = list(dict.fromkeys(r["model"] for r in results))
-    value = {(r["backend"], r["model"]): r["rtfx"] for r in results}
+    value = {(r["backend"], r["model"]): r["rtfx"] for r in results if r.get("workload", "short") == "short"}
     width = 0.8 / max(1, len(models))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(backends) + 2), 4.2), dpi=120)
     for i, model in enumerate(models):
@@ -899,13 +966,17 @@ def add_parsers(sub) -> None:
                        description="Benchmark each backend × model on the same clips: RTFx, phase times, "
                                    "peak RSS, load times and WER. Prints the results as JSON.")
     p.add_argument("--backends", type=_csv, default=list(DEFAULT_BACKENDS),
-                   help="comma-separated: max, hybrid, reference, faster-whisper (= -int8 and -fp32), "
-                        "faster-whisper-int8, faster-whisper-fp32 (default: all; unavailable ones are skipped)")
+                   help="comma-separated: max, hybrid, reference, faster-whisper (= -int8, -fp32 and "
+                        "-int8-batched, its BatchedInferencePipeline), faster-whisper-int8, faster-whisper-fp32, "
+                        "faster-whisper-int8-batched (default: all; unavailable ones are skipped)")
     p.add_argument("--models", type=_csv, default=list(DEFAULT_MODELS),
                    help="comma-separated model names or paths (default: tiny.en,base; missing ones are skipped)")
     p.add_argument("--audio", nargs="+", default=None, metavar="FILE_OR_DIR",
                    help="audio files or folders (default: ../shared/audio, else samples/sample.wav); "
                         "a transcripts.tsv beside the clips gives references for WER")
+    p.add_argument("--workloads", type=_csv, default=list(WORKLOADS),
+                   help="short (each clip alone), long (one file of minutes made of the clips with pauses); "
+                        "default both")
     p.add_argument("--repeats", type=int, default=3, help="timed passes after the warm-up (default 3)")
     p.add_argument("--beam-size", "--beam_size", type=int, default=1, help="1 = greedy (default)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
@@ -931,7 +1002,7 @@ def cmd_bench(args) -> int:
         try:
             doc = run_bench(backends=args.backends, models=args.models, audio=args.audio, repeats=args.repeats,
                             beam_size=args.beam_size, device=args.device, cold=args.cold,
-                            isolate=not args.in_process)
+                            isolate=not args.in_process, workloads=args.workloads)
         except BenchError as exc:
             raise UsageError(str(exc)) from None
     text = json.dumps(doc, indent=2)

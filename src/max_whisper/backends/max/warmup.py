@@ -22,6 +22,7 @@ from pathlib import Path
 from ...dims import ModelDimensions
 
 PARTS = ("encoder", "decoder", "scores")
+MODULE = "max_whisper.backends.max.warmup"  # run as `python -m MODULE` (__name__ is then __main__)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def _environment() -> dict[str, str]:
 
 
 def _spawn(job: GraphJob, log) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", __name__, "--job", job.to_json()],
+    return subprocess.Popen([sys.executable, "-m", MODULE, "--job", job.to_json()],
                             stdout=log, stderr=subprocess.STDOUT, env=_environment())
 
 
@@ -179,7 +180,7 @@ def start_background(jobs: list[GraphJob]) -> Path | None:
         pass
     log_path = directory / "warmup.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", __name__, "--jobs", json.dumps([j.to_json() for j in jobs])],
+        proc = subprocess.Popen([sys.executable, "-m", MODULE, "--jobs", json.dumps([j.to_json() for j in jobs])],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=_environment(), start_new_session=True)
     pid_file.write_text(str(proc.pid))

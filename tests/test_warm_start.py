@@ -1,0 +1,63 @@
+"""A first run on a machine with no compiled graphs answers at once on NumPy while the MAX graphs
+compile in the background; `warmup` and `doctor` see the cache."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import REPO_ROOT, get_model, subprocess_env
+
+SAMPLE = REPO_ROOT / "samples" / "sample.wav"
+
+
+def _cli(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "max_whisper.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=REPO_ROOT)
+
+
+def _stop_background(cache) -> None:
+    pid_file = cache / "graphs" / "warmup.pid"
+    if pid_file.exists():
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGTERM)  # its own session: its workers too
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+def test_first_run_uses_numpy_and_compiles_in_the_background(tmp_path):
+    cache = tmp_path / "cache"
+    env = subprocess_env(MAX_WHISPER_CACHE=str(cache), XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    try:
+        start = time.perf_counter()
+        done = _cli("transcribe", str(SAMPLE), env=env)
+        seconds = time.perf_counter() - start
+        assert done.returncode == 0, done.stderr
+        assert "NumPy" in done.stderr and "compiling them in the background" in done.stderr
+        expected = get_model("tiny.en", "reference").transcribe(str(SAMPLE))
+        assert done.stdout.strip() == expected["text"].strip()
+        pid = int((cache / "graphs" / "warmup.pid").read_text())
+        os.kill(pid, 0)  # the background compile outlived the command
+        print(f"first run answered in {seconds:.1f} s")
+        # a second run while the compile is under way does not start another one
+        again = _cli("transcribe", str(SAMPLE), env=env)
+        assert again.returncode == 0 and "already under way" in again.stderr
+        assert int((cache / "graphs" / "warmup.pid").read_text()) == pid
+    finally:
+        _stop_background(cache)
+
+
+def test_wait_for_compile_and_warm_cache_use_max(tmp_path):
+    """With the graphs in the cache (the test session's warmup), the command runs on MAX, says
+    nothing about compiling, and `warmup` has nothing left to do."""
+    get_model("tiny.en", "max")  # waits for (or does) the compile into the default cache
+    env = subprocess_env()
+    done = _cli("transcribe", str(SAMPLE), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "NumPy" not in done.stderr and "compiling" not in done.stderr
+    ready = _cli("warmup", "--model", "tiny.en", env=env)
+    assert ready.returncode == 0 and "compiled and cached" in ready.stderr and "compiling" not in ready.stderr
+    doctor = _cli("doctor", env=env)
+    assert "graph cache" in doctor.stdout and "compiled graphs" in doctor.stdout
