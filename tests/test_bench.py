@@ -49,7 +49,7 @@ def doc():
         backends.append("faster-whisper-int8")
     return bench.run_bench(backends=backends, models=["tiny.en"], audio=[str(CLIP)], repeats=1, device="cpu",
                            isolate=False, loader=lambda name, backend, device: get_model(name, backend),
-                           log=lambda message: None)
+                           log=lambda message: None, workloads=["short"])
 
 
 @requires_shared_audio
@@ -103,12 +103,17 @@ def test_isolated_row_in_a_subprocess():
     """The default mode: a fresh process per row, reporting its own peak RSS and warm-start time."""
     if not CLIP.is_file():
         pytest.skip(f"{CLIP} is absent")
-    doc = bench.run_bench(backends=["faster-whisper-int8"], models=["tiny.en"], audio=[str(CLIP)], repeats=1,
-                          device="cpu", log=lambda message: None)
+    doc = bench.run_bench(backends=["faster-whisper-int8", "faster-whisper-int8-batched"], models=["tiny.en"],
+                          audio=[str(CLIP)], repeats=1, device="cpu", log=lambda message: None,
+                          workloads=["short"])
     assert doc["errors"] == [] and doc["settings"]["isolation"].startswith("subprocess")
-    [r] = doc["results"]
-    assert r["warm_start_s"] > 0 and r["peak_rss_mb"] > 0 and r["rss_scope"].startswith("subprocess")
-    assert r["tokens"] > 0 and r["rtfx"] > 0 and 0.0 <= r["wer"] <= 1.0
+    sequential, batched = doc["results"]
+    for r in (sequential, batched):
+        assert r["warm_start_s"] > 0 and r["peak_rss_mb"] > 0 and r["rss_scope"].startswith("subprocess")
+        assert r["rtfx"] > 0 and 0.0 <= r["wer"] <= 1.0 and r["workload"] == "short"
+    assert sequential["tokens"] > 0 and sequential["decoder_ms_per_token"] > 0
+    assert batched["backend"] == "faster-whisper-int8-batched" and batched["decoder_ms_per_token"] is None
+    assert "young man" in batched["clips"][0]["text"].lower()
 
 
 # -- pieces, without models ------------------------------------------------------------------------
@@ -127,6 +132,30 @@ def test_gpu_rows_appear_only_with_a_gpu():
     assert rows == [] and skipped[0]["backend"] == "reference-cuda"
     with pytest.raises(bench.BenchError):
         bench.plan_rows(["pytorch"], "auto", none)
+
+
+@requires_shared_audio
+def test_long_form_file_is_the_clips_with_pauses(tmp_path):
+    from max_whisper.audio import load_audio
+
+    clips = [SHARED_AUDIO / "librivox-0880.wav", SHARED_AUDIO / "librivox-0930.wav"]
+    path = bench.long_form_file(clips, tmp_path, seconds=20)
+    audio = load_audio(path)
+    first = load_audio(clips[0])
+    assert len(audio) / 16000 >= 20
+    np.testing.assert_allclose(audio[:len(first)], first, atol=1e-4)  # 16-bit PCM
+    pause = audio[len(first): len(first) + int(bench.LONG_FORM_PAUSES_S[0] * 16000)]
+    assert len(pause) and np.abs(pause).max() == 0
+
+
+def test_batched_faster_whisper_row():
+    none = bench.GpuInfo()
+    rows, _ = bench.plan_rows(["faster-whisper"], "cpu", none)
+    assert [(r.name, r.backend, r.batched) for r in rows] == [
+        ("faster-whisper-int8", "int8", False), ("faster-whisper-fp32", "fp32", False),
+        ("faster-whisper-int8-batched", "int8", True)]
+    rows, _ = bench.plan_rows(["faster-whisper-int8-batched"], "cpu", none)
+    assert [r.name for r in rows] == ["faster-whisper-int8-batched"]
 
 
 def test_timed_backend_counts_phases():
