@@ -18,13 +18,13 @@ class WhisperModel:
     """One model (weights + tokenizer) running on one backend."""
 
     def __init__(self, weights: ModelWeights, backend: str = DEFAULT_BACKEND, device: str = "auto",
-                 encoder_float64_blocks: int = 0, warm_start: bool = False, word_timestamps: bool = False):
+                 encoder_float64_blocks: int = 0, warm_start: bool = False):
         self.weights = weights
         self.name = weights.name
         self.dims = weights.dims
         self.tokenizer: Tokenizer = get_tokenizer(
             str(_tokenizer_path(weights)), self.dims.is_multilingual, self.dims.num_languages)
-        self.backend = create_backend(backend, weights, device, encoder_float64_blocks, warm_start, word_timestamps)
+        self.backend = create_backend(backend, weights, device, encoder_float64_blocks, warm_start)
         self.backend_name = backend
 
     @property
@@ -88,16 +88,14 @@ def _tokenizer_path(weights: ModelWeights) -> Path:
 
 
 def load_model(name: str | os.PathLike = DEFAULT_MODEL, backend: str = DEFAULT_BACKEND,
-               device: str = "auto", encoder_float64_blocks: int = 0, warm_start: bool = False,
-               word_timestamps: bool = False) -> WhisperModel:
+               device: str = "auto", encoder_float64_blocks: int = 0, warm_start: bool = False) -> WhisperModel:
     """Load a named model ("tiny.en", "base") or a path (CTranslate2, OpenAI .pt, HF safetensors).
 
     encoder_float64_blocks (max and hybrid backends): compute that many leading encoder blocks in
     float64, for features nearer the exact result at about twice those blocks' cost (default 0).
     warm_start (max backend): where this machine has not compiled the model's MAX graphs yet, start
     compiling them in the background and run this model on the NumPy implementation of the same
-    network (said on stderr) instead of waiting; `word_timestamps` counts that graph as needed.
+    network (said on stderr) instead of waiting.
     """
     return WhisperModel(load_model_weights(name), backend=backend, device=device,
-                        encoder_float64_blocks=encoder_float64_blocks, warm_start=warm_start,
-                        word_timestamps=word_timestamps)
+                        encoder_float64_blocks=encoder_float64_blocks, warm_start=warm_start)

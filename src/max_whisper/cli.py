@@ -143,8 +143,7 @@ def cmd_transcribe(args) -> int:
     if args.encoder_float64_blocks < 0:
         raise UsageError("--encoder-float64-blocks must not be negative")
     model = load_model(args.model, backend=args.backend, device=args.device,
-                       encoder_float64_blocks=args.encoder_float64_blocks, warm_start=not args.wait_for_compile,
-                       word_timestamps=args.word_timestamps)
+                       encoder_float64_blocks=args.encoder_float64_blocks, warm_start=not args.wait_for_compile)
     if options["language"] is None and not model.is_multilingual:
         options["language"] = "en"
     writer = None

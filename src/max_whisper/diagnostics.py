@@ -28,8 +28,6 @@ def add_parsers(sub) -> None:
                                    "processes, and keep them in the graph cache (see `doctor`).")
     p.add_argument("--model", nargs="+", default=["tiny.en"], help="model names or paths (default: tiny.en)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
-    p.add_argument("--word-timestamps", "--word_timestamps", action="store_true",
-                   help="also the cross-attention graph that word timestamps use")
     p.add_argument("--encoder-float64-blocks", type=int, default=0, metavar="N",
                    help="the encoder variant with N float64 leading blocks (default 0)")
     p.add_argument("--jobs", type=int, default=None, help="compiles at once (default: one per core)")
@@ -41,8 +39,7 @@ def cmd_warmup(args) -> int:
     from .weights import load_model_weights
 
     jobs = [job for name in args.model
-            for job in jobs_for(load_model_weights(name).dims, args.word_timestamps,
-                                args.encoder_float64_blocks, args.device)]
+            for job in jobs_for(load_model_weights(name).dims, args.encoder_float64_blocks, args.device)]
     compile_all(list(dict.fromkeys(jobs)), workers=args.jobs)  # models with equal dims share graphs
     print(f"max-whisper: MAX graphs for {', '.join(args.model)} are compiled and cached", file=sys.stderr)
     return 0

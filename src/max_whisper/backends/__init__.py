@@ -14,12 +14,12 @@ class UnknownBackend(ValueError):
 
 
 def create_backend(name: str, weights: ModelWeights, device: str = "auto", encoder_float64_blocks: int = 0,
-                   warm_start: bool = False, word_timestamps: bool = False):
+                   warm_start: bool = False):
     """`encoder_float64_blocks`: leading MAX encoder blocks computed in float64 (max and hybrid).
 
     warm_start (max only): on a machine that has not compiled this model's MAX graphs yet, compile
     them in a background process and return the NumPy implementation of the same network for now,
-    instead of waiting minutes for the compile; `word_timestamps` counts their graph as needed.
+    instead of waiting minutes for the compile.
     """
     if device not in ("auto", "cpu", "gpu"):
         raise UnknownBackend(f"unknown device '{device}' (auto, cpu or gpu)")
@@ -34,17 +34,16 @@ def create_backend(name: str, weights: ModelWeights, device: str = "auto", encod
     if name == "max":
         from .max import MaxBackend
 
-        if warm_start and (backend := _numpy_while_compiling(weights, device, encoder_float64_blocks,
-                                                             word_timestamps)) is not None:
+        if warm_start and (backend := _numpy_while_compiling(weights, device, encoder_float64_blocks)) is not None:
             return backend
         return MaxBackend(weights, device, encoder_float64_blocks)
     raise UnknownBackend(f"unknown backend '{name}' (choose from {', '.join(BACKENDS)})")
 
 
-def _numpy_while_compiling(weights: ModelWeights, device: str, float64_blocks: int, word_timestamps: bool):
+def _numpy_while_compiling(weights: ModelWeights, device: str, float64_blocks: int):
     from .max.warmup import jobs_for, missing, start_background
 
-    jobs = jobs_for(weights.dims, word_timestamps, float64_blocks, device)
+    jobs = jobs_for(weights.dims, float64_blocks, device)
     if not missing(jobs):
         return None
     from .numpy_backend import NumpyBackend

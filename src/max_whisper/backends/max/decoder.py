@@ -1,14 +1,11 @@
-"""The MAX decoder at run time: the cross K/V and step graphs (decoder_graph) bound to one model's
-weights, and decoding sessions whose KV cache stays in MAX buffers between steps."""
+"""The MAX decoder at run time: the decoder module (decoder_graph) bound to one model's weights, and
+decoding sessions whose KV cache stays in MAX buffers between steps."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from max.driver import CPU, Buffer
-from max.engine import Model
-from max.graph import DeviceRef, Graph, Module
 
 from ...dims import ModelDimensions
 from . import decoder_graph, layers, weight_layout
@@ -17,63 +14,51 @@ from .device import MaxRuntime
 
 GRAPH_SOURCES = [Path(m.__file__) for m in (decoder_graph, layers, weight_layout)]
 
-# Cold-compile estimates (s) on a 2-core CPU, shown before a first compile.
-DECODER_COMPILE_ESTIMATES_S = {"whole": 140, "scores": 105}
-DECODER_BUILDERS: dict[str, Callable[[ModelDimensions, DeviceRef], Graph | Module]] = {
-    "whole": decoder_graph.build_whole_module,
-    "scores": lambda dims, device: decoder_graph.build_step_graph(dims, device, scores=True),
-}
+DECODER_COMPILE_ESTIMATE_S = 160  # a cold compile on a 2-core CPU, shown before it starts
 
 
-def decoder_signature(kind: str, dims: ModelDimensions) -> dict:
-    """What a compiled decoder graph depends on besides the code (never the weight values)."""
-    return {"graph": f"decoder_{kind}", "dtype": "float32", "code": source_hash(*GRAPH_SOURCES), **dims.to_dict()}
+def decoder_signature(dims: ModelDimensions) -> dict:
+    """What the compiled decoder module depends on besides MAX, device and CPU (never weight values)."""
+    return {"graph": "decoder", "dtype": "float32", "code": source_hash(*GRAPH_SOURCES), **dims.to_dict()}
 
 
-def decoder_label(kind: str, dims: ModelDimensions) -> str:
-    return f"decoder {'step' if kind == 'whole' else kind} ({dims.n_text_layer} x {dims.n_text_state} wide)"
+def decoder_label(dims: ModelDimensions) -> str:
+    return f"decoder ({dims.n_text_layer} x {dims.n_text_state} wide)"
+
+
+def compiled_decoder(runtime: MaxRuntime, dims: ModelDimensions):
+    """(compiled decoder module, seconds spent compiling it: 0.0 from the cache)."""
+    return compiled_graph(runtime.session, lambda: decoder_graph.build_decoder_module(dims, runtime.device_ref),
+                          decoder_signature(dims), decoder_label(dims), DECODER_COMPILE_ESTIMATE_S)
 
 
 class MaxDecoder:
     """The compiled decoder graphs of one model with its weights bound; sessions share it.
 
-    One module holds the all-layer cross K/V graph and the whole step graph; the KV cache stays in
-    MAX buffers between steps.
+    One module holds the all-layer cross K/V graph, the whole step graph and its word-timestamp
+    variant; the KV cache stays in MAX buffers between steps.
     """
 
     def __init__(self, dims: ModelDimensions, params: dict[str, np.ndarray], runtime: MaxRuntime):
         self.dims, self.device, self.device_ref = dims, runtime.device, runtime.device_ref
         self.session = runtime.session
         self._keep: list[dict] = []  # MAX reads host arrays in place: registries must outlive models
-        self.compile_seconds: dict[str, float] = {}
-        self._step_registry = weight_layout.step_registry(dims, params)
-        registry = self._registry(self._step_registry | weight_layout.cross_kv_registry(dims, params))
-        models = self.session.init_all(self._compiled("whole"), weights_registry=registry)
+        compiled, self.compile_seconds = compiled_decoder(runtime, dims)
+        registry = weight_layout.step_registry(dims, params) | weight_layout.cross_kv_registry(dims, params)
+        models = self.session.init_all(compiled, weights_registry=self._registry(registry))
         self._cross_kv = models["whisper_decoder_cross_kv_all"]
         self._step = models["whisper_decoder_step"]
-        self._scores: Model | None = None
+        self._scores = models["whisper_decoder_scores"]
         self._last_cross: tuple[np.ndarray, list[Buffer]] | None = None
         d, heads = dims.n_text_state, dims.n_text_head
         self._cache_shapes = ((heads, d // heads, 0), (heads, 0, d // heads))  # after [A, G]
         self._zero_mask = np.zeros((1, dims.n_text_ctx), np.float32)
-        self._last_row = np.zeros(1, np.int64)
-
-    def _compiled(self, kind: str):
-        """The compiled graph from the on-disk .mef cache, or compiled now (with progress) and saved."""
-        label = decoder_label(kind, self.dims)
-        compiled, seconds = compiled_graph(self.session, lambda: DECODER_BUILDERS[kind](self.dims, self.device_ref),
-                                           decoder_signature(kind, self.dims), label, DECODER_COMPILE_ESTIMATES_S[kind])
-        self.compile_seconds[kind] = seconds  # 0.0 when it came from the cache
-        return compiled
 
     def _registry(self, registry: dict[str, np.ndarray]) -> dict:
         self._keep.append(registry)
         if self.device.is_host:
             return registry
         return {name: Buffer.from_numpy(a).to(self.device) for name, a in registry.items()}
-
-    def _init(self, compiled, registry: dict[str, np.ndarray]) -> Model:
-        return self.session.init(compiled, weights_registry=self._registry(registry))
 
     # host <-> device
     def _to_device(self, a: np.ndarray) -> Buffer:
@@ -130,8 +115,6 @@ class MaxDecoder:
 
     def cross_attention_scores(self, audio_features: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Pre-softmax cross-attention scores [n_layer, heads, T, ctx] for one window and one token row."""
-        if self._scores is None:  # compiled only when word timestamps are asked for
-            self._scores = self._init(self._compiled("scores"), self._step_registry)
         tokens = np.asarray(tokens, dtype=np.int64).reshape(1, 1, -1)
         n = tokens.shape[2]
         if n > self.dims.n_text_ctx:

@@ -11,8 +11,9 @@ One module, compiled once per model shape:
     positions; the session feeds those buffers back on the next call, so the cache never visits
     the host. Symbolic sizes: one compiled graph serves prefill and single-token steps, greedy
     and beam search, one window or several.
-A "scores" variant of the step graph (compiled lazily, word timestamps only) returns each layer's
-cross-attention scores q.k / sqrt(head_dim) before the softmax instead of logits.
+  - scores graph: the step graph's variant for word timestamps, each layer's cross-attention scores
+    q.k / sqrt(head_dim) before the softmax instead of logits (in the same module: it shares every
+    kernel with the step graph, so it adds little to the compile).
 Rows are laid out [A, G, ...]: A audio windows, G rows (beams, samples) per window; row r of the
 decoding batch attends to window r // G. The G rows of a window share its cross K/V: their queries
 form one [G * n, hd] matrix per head, so K/V are read once per window, not once per beam.
@@ -174,10 +175,11 @@ def build_step_graph(dims: ModelDimensions, device: DeviceRef, scores: bool = Fa
     return graph
 
 
-def build_whole_module(dims: ModelDimensions, device: DeviceRef) -> Module:
-    """The all-layer cross K/V graph and the whole step graph, compiled together (one compile shares
-    MAX's fixed cost of a compile and the kernels the two graphs have in common)."""
+def build_decoder_module(dims: ModelDimensions, device: DeviceRef) -> Module:
+    """The cross K/V, step and scores graphs, compiled together (one compile shares MAX's fixed cost
+    of a compile and the kernels the graphs have in common)."""
     module = Module()
     build_cross_kv_graph(dims, device, module=module)
     build_step_graph(dims, device, module=module)
+    build_step_graph(dims, device, scores=True, module=module)
     return module

@@ -34,13 +34,17 @@ def encoder_signature(dims: ModelDimensions, float64_blocks: int = 0) -> dict:
             "n_audio_head": dims.n_audio_head, "n_audio_layer": dims.n_audio_layer}
 
 
+def encoder_label(dims: ModelDimensions, float64_blocks: int = 0) -> str:
+    f64 = f", {float64_blocks} float64 blocks" if float64_blocks else ""
+    return f"encoder ({dims.n_audio_layer} x {dims.n_audio_state} wide{f64})"
+
+
 def compiled_encoder(runtime: MaxRuntime, dims: ModelDimensions, float64_blocks: int = 0):
     """(compiled encoder graph, seconds spent compiling it: 0.0 from the cache)."""
-    label = f"encoder ({dims.n_audio_layer} x {dims.n_audio_state} wide"
-    label += f", {float64_blocks} float64 blocks)" if float64_blocks else ")"
     return compiled_graph(runtime.session,
                           lambda: encoder_graph.build_encoder_graph(dims, runtime.device_ref, float64_blocks),
-                          encoder_signature(dims, float64_blocks), label, ENCODER_COMPILE_ESTIMATE_S)
+                          encoder_signature(dims, float64_blocks), encoder_label(dims, float64_blocks),
+                          ENCODER_COMPILE_ESTIMATE_S)
 
 
 class MaxEncoder:

@@ -2,10 +2,10 @@
 
     max-whisper warmup [--model tiny.en base] [--word-timestamps] [--encoder-float64-blocks N]
 
-MAX compiles a graph on one core, and a model's graphs are independent: the encoder, the decoder
-(cross K/V + step) and, for word timestamps, the cross-attention scores graph each compile in a
-process of their own, as many at once as there are cores. Graphs need dims, not weights, so a job
-is (dims, part). The first transcription on a machine starts this in the background (`start_background`)
+MAX compiles a graph on one core, and a model's two compiled artifacts are independent: the
+encoder, and the decoder module (cross K/V, step and word-timestamp scores graphs) each compile in
+a process of their own, as many at once as there are cores. Graphs need dims, not weights, so a
+job is (dims, part). The first transcription on a machine starts this in the background (`start_background`)
 and runs on the NumPy implementation meanwhile; `max-whisper warmup` runs it in the foreground for
 images and CI; the test session runs it before the first MAX test.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ...dims import ModelDimensions
 
-PARTS = ("encoder", "decoder", "scores")
+PARTS = ("encoder", "decoder")
 MODULE = "max_whisper.backends.max.warmup"  # run as `python -m MODULE` (__name__ is then __main__)
 
 
@@ -35,19 +35,16 @@ class GraphJob:
     @property
     def label(self) -> str:
         from .decoder import decoder_label
+        from .encoder import encoder_label
 
-        if self.part == "encoder":
-            f64 = f", {self.float64_blocks} float64 blocks" if self.float64_blocks else ""
-            return f"encoder ({self.dims.n_audio_layer} x {self.dims.n_audio_state} wide{f64})"
-        return decoder_label("whole" if self.part == "decoder" else "scores", self.dims)
+        return encoder_label(self.dims, self.float64_blocks) if self.part == "encoder" else decoder_label(self.dims)
 
     @property
     def estimate_s(self) -> float:
-        from .decoder import DECODER_COMPILE_ESTIMATES_S
+        from .decoder import DECODER_COMPILE_ESTIMATE_S
         from .encoder import ENCODER_COMPILE_ESTIMATE_S
 
-        return ENCODER_COMPILE_ESTIMATE_S if self.part == "encoder" else \
-            DECODER_COMPILE_ESTIMATES_S["whole" if self.part == "decoder" else "scores"]
+        return ENCODER_COMPILE_ESTIMATE_S if self.part == "encoder" else DECODER_COMPILE_ESTIMATE_S
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "dims": self.dims.to_dict()})
@@ -58,20 +55,15 @@ class GraphJob:
         return cls(**{**data, "dims": ModelDimensions(**data["dims"])})
 
 
-def jobs_for(dims: ModelDimensions, word_timestamps: bool = False, float64_blocks: int = 0,
-             device: str = "auto") -> list[GraphJob]:
-    parts = ["encoder", "decoder"] + (["scores"] if word_timestamps else [])
-    return [GraphJob(dims, part, float64_blocks if part == "encoder" else 0, device) for part in parts]
+def jobs_for(dims: ModelDimensions, float64_blocks: int = 0, device: str = "auto") -> list[GraphJob]:
+    return [GraphJob(dims, "encoder", float64_blocks, device), GraphJob(dims, "decoder", 0, device)]
 
 
-def _signature_and_builder(job: GraphJob, runtime):
-    from . import decoder, encoder, encoder_graph
+def _signature(job: GraphJob) -> dict:
+    from .decoder import decoder_signature
+    from .encoder import encoder_signature
 
-    if job.part == "encoder":
-        return (encoder.encoder_signature(job.dims, job.float64_blocks),
-                lambda: encoder_graph.build_encoder_graph(job.dims, runtime.device_ref, job.float64_blocks))
-    kind = "whole" if job.part == "decoder" else "scores"
-    return decoder.decoder_signature(kind, job.dims), lambda: decoder.DECODER_BUILDERS[kind](job.dims, runtime.device_ref)
+    return encoder_signature(job.dims, job.float64_blocks) if job.part == "encoder" else decoder_signature(job.dims)
 
 
 def missing(jobs: list[GraphJob]) -> list[GraphJob]:
@@ -83,19 +75,21 @@ def missing(jobs: list[GraphJob]) -> list[GraphJob]:
     out = []
     for job in jobs:
         runtime = runtimes.setdefault(job.device, MaxRuntime.create(job.device))
-        if not cached_path(runtime.session, _signature_and_builder(job, runtime)[0]).exists():
+        if not cached_path(runtime.session, _signature(job)).exists():
             out.append(job)
     return out
 
 
 def compile_here(job: GraphJob) -> float:
     """Compile one job's graph in this process (or find it cached): seconds spent compiling."""
-    from .compile_cache import compiled_graph
+    from .decoder import compiled_decoder
     from .device import MaxRuntime
+    from .encoder import compiled_encoder
 
     runtime = MaxRuntime.create(job.device)
-    signature, build = _signature_and_builder(job, runtime)
-    return compiled_graph(runtime.session, build, signature, job.label, job.estimate_s)[1]
+    if job.part == "encoder":
+        return compiled_encoder(runtime, job.dims, job.float64_blocks)[1]
+    return compiled_decoder(runtime, job.dims)[1]
 
 
 def _say(message: str) -> None:
