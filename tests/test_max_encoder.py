@@ -224,6 +224,21 @@ def test_cache_key_separates_signatures():
     assert cache_key(session, {"graph": "a", "d": 384}) != cache_key(session, {"graph": "a", "d": 512})
 
 
+def test_graph_code_is_part_of_the_key(tmp_path):
+    """A changed graph builder (or weight layout) gives new cache keys: a stale .mef is never loaded."""
+    from max_whisper.backends.max import encoder, encoder_graph
+    from max_whisper.backends.max.compile_cache import source_hash
+
+    dims = get_weights("tiny.en").dims
+    copy_of_builder = tmp_path / "encoder_graph.py"
+    copy_of_builder.write_text(open(encoder_graph.__file__).read())
+    assert source_hash(copy_of_builder) == source_hash(encoder_graph.__file__)
+    copy_of_builder.write_text(open(encoder_graph.__file__).read() + "\n# changed\n")
+    assert source_hash(copy_of_builder) != source_hash(encoder_graph.__file__)
+    assert encoder.encoder_signature(dims)["code"] == source_hash(*encoder.GRAPH_SOURCES)
+    assert encoder.encoder_signature(dims, 2) != encoder.encoder_signature(dims, 0)
+
+
 def test_select_device():
     from max.driver import accelerator_count
 

@@ -406,8 +406,8 @@ class Pass:
     wall_s: float
     encoder_s: float
     windows: int
-    decoder_s: float
-    tokens: int
+    decoder_s: float | None
+    tokens: int | None  # None where the engine does not count them (the batched pipeline)
 
 
 class WhisperRunner:
@@ -533,8 +533,9 @@ class FasterWhisperRunner:
         text = "".join(s.text for s in segments).strip()  # the generator does the work
         wall = time.perf_counter() - start
         t = self.times
-        decoder_s = None if self.pipeline is not None else t.decoder_s
-        return Pass(text, wall, t.encoder_s, t.windows, decoder_s, t.tokens)
+        if self.pipeline is not None:  # its decoding is not timed apart, nor its tokens counted
+            return Pass(text, wall, t.encoder_s, t.windows, None, None)
+        return Pass(text, wall, t.encoder_s, t.windows, t.decoder_s, t.tokens)
 
 
 def make_runner(row: Row, model_name: str, settings: DecodeSettings, ct2_folder: str | None = None,
@@ -570,6 +571,7 @@ def measure(runner, clips: list[Clip], repeats: int = 3, warmup: bool = True) ->
     encoder_ms = [1000 * sum(p.encoder_s for p in run) / max(1, sum(p.windows for p in run)) for run in passes]
     decoder_ms = [1000 * sum(p.decoder_s for p in run) / max(1, sum(p.tokens for p in run)) for run in passes
                   if all(p.decoder_s is not None for p in run)]
+    counted = all(p.tokens is not None for p in passes[-1])
     last = passes[-1]
     audio_s = sum(c.seconds for c in clips)
     median = statistics.median(walls)
@@ -582,7 +584,7 @@ def measure(runner, clips: list[Clip], repeats: int = 3, warmup: bool = True) ->
         "encoder_ms_per_window": _r(statistics.median(encoder_ms), 2),
         "windows": sum(p.windows for p in last),
         "decoder_ms_per_token": _r(statistics.median(decoder_ms), 3) if decoder_ms else None,
-        "tokens": sum(p.tokens for p in last),
+        "tokens": sum(p.tokens for p in last) if counted else None,
         "deterministic": all([p.text for p in run] == [p.text for p in last] for run in passes),
         "clips": [{"file": c.name, "seconds": _r(c.seconds, 3), "wall_s_median": _r(statistics.median(
                       run[i].wall_s for run in passes)), "tokens": last[i].tokens, "text": last[i].text,
@@ -894,7 +896,7 @@ def markdown_table(doc: dict) -> str:
             f"| {r['backend']} | {r['model']} | {workload} | {_fmt(r['rtfx'], 1)} | {ratio} | "
             f"{_fmt(r['wall_s_median'], 2)} / "
             f"{_fmt(r['wall_s_min'], 2)} | {_fmt(r['encoder_ms_per_window'], 0)} | "
-            f"{_fmt(r['decoder_ms_per_token'], 1)} | {r['tokens']} | "
+            f"{_fmt(r['decoder_ms_per_token'], 1)} | {_fmt(r['tokens'], 0)} | "
             f"{_percent(r['wer'])} | {_fmt(r['peak_rss_mb'], 0)} | "
             f"{_fmt(r['warm_start_s'], 1)} | {_fmt(r.get('cold_compile_s'), 0)} |")
     decoding = "greedy" if settings["beam_size"] == 1 else f"beam {settings['beam_size']}"
