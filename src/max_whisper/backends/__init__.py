@@ -53,4 +53,4 @@ def _numpy_while_compiling(weights: ModelWeights, device: str, float64_blocks: i
     print("max-whisper: this machine has not compiled the MAX graphs for this model yet: compiling them "
           f"in the background{where}; this run uses the NumPy implementation of the same network, "
           "later runs use MAX", file=sys.stderr, flush=True)
-    return NumpyBackend(weights)
+    return NumpyBackend(weights, blas_threads=1)  # the compile has the other cores
