@@ -65,6 +65,15 @@ def pytest_sessionstart(session):
         stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO_ROOT))
 
 
+# Test files that need no compiled MAX graph: they run first, while the graphs compile.
+NEEDS_NO_MAX_GRAPH = {"test_audio.py", "test_cli.py", "test_numpy_backend.py", "test_server.py", "test_tokenizer.py",
+                      "test_transcribe_quality.py", "test_weights.py", "test_writers.py"}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.path.name not in NEEDS_NO_MAX_GRAPH)  # stable: file order kept within
+
+
 def pytest_sessionfinish(session, exitstatus):
     for proc in _warmup:
         if proc.poll() is None:

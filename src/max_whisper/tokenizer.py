@@ -209,6 +209,7 @@ class Tokenizer:
         return words, word_tokens
 
 
+@lru_cache(maxsize=8)  # one per file: every language/task variant of a Tokenizer shares it
 def _load_bpe(path: Path):
     """The HF tokenizer, with any BPE merge that the file lost put back.
 

@@ -7,6 +7,7 @@ from ...weights import ModelWeights
 from .decoder import MaxDecoder, MaxDecoderSession
 from .device import MaxRuntime
 from .encoder import MaxEncoder
+from .warmup import compile_all, jobs_for
 
 
 class MaxBackend:
@@ -16,6 +17,10 @@ class MaxBackend:
 
     def __init__(self, weights: ModelWeights, device: str = "auto", encoder_float64_blocks: int = 0):
         self.dims = weights.dims
+        try:  # graphs not compiled on this machine yet: compile them one process per core, then load
+            compile_all(jobs_for(self.dims, encoder_float64_blocks, device))
+        except (OSError, RuntimeError):
+            pass  # an unwritable cache or a failed compile: compiled (or reported) here, in this process
         runtime = MaxRuntime.create(device)
         self.device = runtime.label
         self.encoder = MaxEncoder(self.dims, weights.params, runtime, float64_blocks=encoder_float64_blocks)

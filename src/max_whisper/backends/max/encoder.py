@@ -22,8 +22,6 @@ from .device import MaxRuntime
 
 FLOAT64_BLOCKS = 0  # leading blocks computed in float64 by default (see Accuracy above)
 GRAPH_SOURCES = [Path(m.__file__) for m in (encoder_graph, layers, weight_layout)]
-
-
 ENCODER_COMPILE_ESTIMATE_S = 150  # a cold compile on a 2-core CPU, shown before it starts
 
 
