@@ -7,7 +7,6 @@ from ...weights import ModelWeights
 from .decoder import MaxDecoder, MaxDecoderSession
 from .device import MaxRuntime
 from .encoder import MaxEncoder
-from .warmup import compile_all, jobs_for
 
 
 class MaxBackend:
@@ -16,6 +15,8 @@ class MaxBackend:
     name = "max"
 
     def __init__(self, weights: ModelWeights, device: str = "auto", encoder_float64_blocks: int = 0):
+        from .warmup import compile_all, jobs_for  # here: `python -m ...warmup` imports this package first
+
         self.dims = weights.dims
         try:  # graphs not compiled on this machine yet: compile them one process per core, then load
             compile_all(jobs_for(self.dims, encoder_float64_blocks, device))
