@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import (
-    REPO_ROOT, get_torch_model, get_weights, requires_base, requires_reference, requires_shared_audio, shared_clips,
+    get_torch_model, get_weights, requires_base, requires_reference, requires_shared_audio, shared_clips, subprocess_env,
 )
 
 # The promise is the tokens (test_max_decoder). Features are bounded loosely: any two float32
@@ -160,8 +159,8 @@ def test_second_process_loads_the_cached_graphs(max_encoder):
         "seconds = time.perf_counter() - start\n"
         "print(json.dumps({'compile_seconds': encoder.compile_seconds, 'start_seconds': seconds}))\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(),
+                          timeout=600)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"second process: {report}")

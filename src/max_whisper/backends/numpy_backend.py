@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,10 @@ _exact_erf = np.frompyfunc(math.erf, 1, 1)
 
 def gelu(x: np.ndarray) -> np.ndarray:
     """Exact (erf) GELU: float32 through a float64 rational erf (|error| < 1e-7), float64 exactly."""
-    x64 = x.astype(np.float64) * (1.0 / math.sqrt(2.0))
-    erf = _exact_erf(x64).astype(np.float64) if x.dtype == np.float64 else _erf(x64)
-    return (0.5 * x.astype(np.float64) * (1.0 + erf)).astype(x.dtype)
+    x64 = x.astype(np.float64)
+    scaled = x64 * (1.0 / math.sqrt(2.0))
+    erf = _exact_erf(scaled).astype(np.float64) if x.dtype == np.float64 else _erf(scaled)
+    return (0.5 * x64 * (1.0 + erf)).astype(x.dtype)
 
 
 def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
@@ -117,9 +119,8 @@ class NumpyModel:
         """mel [B, n_mels, 3000] -> features [B, n_audio_ctx, d]."""
         p, dims = self.p, self.dims
         x = np.ascontiguousarray(np.asarray(mel, dtype=self.dtype).transpose(0, 2, 1))
-        raw = p._p
-        x = gelu(_conv_k3(x, raw["encoder.conv1.weight"], raw["encoder.conv1.bias"], 1))
-        x = gelu(_conv_k3(x, raw["encoder.conv2.weight"], raw["encoder.conv2.bias"], 2))
+        x = gelu(_conv_k3(x, p["encoder.conv1.weight"], p["encoder.conv1.bias"], 1))  # 3-D: not transposed
+        x = gelu(_conv_k3(x, p["encoder.conv2.weight"], p["encoder.conv2.bias"], 2))
         x = x + p["encoder.positional_embedding"]
         for i in range(dims.n_audio_layer):
             prefix = f"encoder.blocks.{i}."
@@ -178,11 +179,10 @@ class NumpyModel:
         x = p.norm(x if rows is None else x[:, rows], "decoder.ln")
         return x @ self.token_embedding_t, new_cache
 
-    @property
+    @cached_property
     def token_embedding_t(self) -> np.ndarray:
-        if "token_embedding_t" not in self.p._cache:
-            self.p._cache["token_embedding_t"] = np.ascontiguousarray(self.p["decoder.token_embedding.weight"].T)
-        return self.p._cache["token_embedding_t"]
+        """The tied output projection, [d, vocab]."""
+        return np.ascontiguousarray(self.p["decoder.token_embedding.weight"].T)
 
 
 class NumpyDecoderSession:

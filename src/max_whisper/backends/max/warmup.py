@@ -1,6 +1,6 @@
 """Compile every MAX graph a model needs, in parallel processes, with one progress display.
 
-    max-whisper warmup [--model tiny.en base] [--word-timestamps] [--encoder-float64-blocks N]
+    max-whisper warmup [--model tiny.en base] [--encoder-float64-blocks N] [--jobs N]
 
 MAX compiles a graph on one core, and a model's two compiled artifacts are independent: the
 encoder, and the decoder module (cross K/V, step and word-timestamp scores graphs) each compile in
@@ -71,13 +71,8 @@ def missing(jobs: list[GraphJob]) -> list[GraphJob]:
     from .compile_cache import cached_path
     from .device import MaxRuntime
 
-    runtimes: dict[str, MaxRuntime] = {}
-    out = []
-    for job in jobs:
-        runtime = runtimes.setdefault(job.device, MaxRuntime.create(job.device))
-        if not cached_path(runtime.session, _signature(job)).exists():
-            out.append(job)
-    return out
+    runtimes = {device: MaxRuntime.create(device) for device in {job.device for job in jobs}}
+    return [job for job in jobs if not cached_path(runtimes[job.device].session, _signature(job)).exists()]
 
 
 def compile_here(job: GraphJob) -> float:
@@ -136,7 +131,8 @@ def compile_all(jobs: list[GraphJob], workers: int | None = None, progress: bool
             if proc.returncode != 0:
                 failed.append(f"{job.label} (see {log.name})")
             elif progress:
-                print("\r" + " " * 79 + "\r", end="", file=sys.stderr) if tty else None
+                if tty:
+                    print("\r" + " " * 79 + "\r", end="", file=sys.stderr)
                 _say(f"compiled {job.label} in {seconds[job.label]:.0f} s")
         if tty and running:
             elapsed = time.perf_counter() - start
