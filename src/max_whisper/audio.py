@@ -17,6 +17,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .dims import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
+from .errors import MaxWhisperError
 
 PathLike = Union[str, os.PathLike]
 
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 
-class AudioError(ValueError):
+class AudioError(MaxWhisperError, ValueError):
     """The audio could not be read; the message is one line naming the file and the problem."""
 
 

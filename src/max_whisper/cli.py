@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import traceback
 from pathlib import Path
 
-from .backends import BACKENDS, DEFAULT_BACKEND
-from .errors import UsageError
-from .dims import DEFAULT_MODEL
+from .backends import BACKENDS, DEFAULT_BACKEND, DEVICES
+from .errors import MaxWhisperError, UsageError
+from .weights.registry import DEFAULT_MODEL
+from .options import TranscribeOptions, fallback_temperatures
 from .tokenizer import normalize_language
 
 OUTPUT_FORMATS = ("txt", "vtt", "srt", "tsv", "json", "all")
@@ -22,26 +24,12 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    """User-facing errors: printed as one line, no traceback."""
-    from .audio import AudioError
-    from .backends import UnknownBackend
-    from .backends.reference import BackendUnavailable
-    from .decoding import DecodingError
-    from .dims import ModelNotFoundError
-    from .tokenizer import TokenizerError
-    from .weights import WeightsError
-
-    return (AudioError, UnknownBackend, BackendUnavailable, DecodingError, ModelNotFoundError,
-            TokenizerError, WeightsError, UsageError, FileNotFoundError, PermissionError, IsADirectoryError)
-
-
 def add_model_options(p: argparse.ArgumentParser, backend_default: str | None = DEFAULT_BACKEND) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="tiny.en, base, or a path to CTranslate2 / OpenAI .pt / HF safetensors weights")
     if backend_default is not None:
         p.add_argument("--backend", default=backend_default, choices=BACKENDS)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--encoder-float64-blocks", type=int, default=0, metavar="N",
                    help="MAX encoder: compute the first N blocks in float64 (nearer the exact features; "
                         "each such block costs about twice a float32 one; default 0)")
@@ -60,32 +48,36 @@ def _str2bool(value: str) -> bool:
 
 
 def add_transcribe_parser(sub) -> None:
+    d = TranscribeOptions.cli_defaults()
     p = sub.add_parser("transcribe", help="transcribe audio files", description="Transcribe audio files.")
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, mp3, ogg, m4a, ...)")
     add_model_options(p)
     p.add_argument("-f", "--output-format", "--output_format", choices=OUTPUT_FORMATS, default=None,
                    help="write transcripts in this format (default: print text only)")
     p.add_argument("-o", "--output-dir", "--output_dir", default=None, help="folder for the written files")
-    p.add_argument("--language", default=None, help="language code or name (default: detect)")
-    p.add_argument("--task", default="transcribe", choices=("transcribe", "translate"))
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--language", default=d.language, help="language code or name (default: detect)")
+    p.add_argument("--task", default=d.task, choices=("transcribe", "translate"))
+    p.add_argument("--temperature", type=float, default=d.temperatures[0])
     p.add_argument("--temperature-increment-on-fallback", "--temperature_increment_on_fallback",
-                   type=_optional_float, default=0.2)
-    p.add_argument("--best-of", "--best_of", type=int, default=5)
-    p.add_argument("--beam-size", "--beam_size", type=int, default=None)
-    p.add_argument("--patience", type=float, default=None)
-    p.add_argument("--length-penalty", "--length_penalty", type=float, default=None)
-    p.add_argument("--suppress-tokens", "--suppress_tokens", default="-1")
-    p.add_argument("--initial-prompt", "--initial_prompt", default=None)
-    p.add_argument("--condition-on-previous-text", "--condition_on_previous_text", type=_str2bool, default=True)
-    p.add_argument("--compression-ratio-threshold", "--compression_ratio_threshold", type=_optional_float, default=2.4)
-    p.add_argument("--logprob-threshold", "--logprob_threshold", type=_optional_float, default=-1.0)
-    p.add_argument("--no-speech-threshold", "--no_speech_threshold", type=_optional_float, default=0.6)
-    p.add_argument("--word-timestamps", "--word_timestamps", type=_str2bool, default=False)
-    p.add_argument("--clip-timestamps", "--clip_timestamps", default="0")
+                   type=_optional_float, default=round(d.temperatures[1] - d.temperatures[0], 6))
+    p.add_argument("--best-of", "--best_of", type=int, default=d.best_of)
+    p.add_argument("--beam-size", "--beam_size", type=int, default=d.beam_size)
+    p.add_argument("--patience", type=float, default=d.patience)
+    p.add_argument("--length-penalty", "--length_penalty", type=float, default=d.length_penalty)
+    p.add_argument("--suppress-tokens", "--suppress_tokens", default=d.suppress_tokens)
+    p.add_argument("--initial-prompt", "--initial_prompt", default=d.initial_prompt)
+    p.add_argument("--condition-on-previous-text", "--condition_on_previous_text", type=_str2bool,
+                   default=d.condition_on_previous_text)
+    p.add_argument("--compression-ratio-threshold", "--compression_ratio_threshold", type=_optional_float,
+                   default=d.compression_ratio_threshold)
+    p.add_argument("--logprob-threshold", "--logprob_threshold", type=_optional_float, default=d.logprob_threshold)
+    p.add_argument("--no-speech-threshold", "--no_speech_threshold", type=_optional_float,
+                   default=d.no_speech_threshold)
+    p.add_argument("--word-timestamps", "--word_timestamps", type=_str2bool, default=d.word_timestamps)
+    p.add_argument("--clip-timestamps", "--clip_timestamps", default=d.clip_timestamps)
     p.add_argument("--hallucination-silence-threshold", "--hallucination_silence_threshold",
-                   type=_optional_float, default=None)
-    p.add_argument("--silence-threshold", "--silence_threshold", type=_optional_float, default=-60.0,
+                   type=_optional_float, default=d.hallucination_silence_threshold)
+    p.add_argument("--silence-threshold", "--silence_threshold", type=_optional_float, default=d.silence_threshold,
                    help="skip 30-s windows whose peak level (dBFS) stays below this; None: off")
     p.add_argument("--max-line-width", "--max_line_width", type=int, default=None)
     p.add_argument("--max-line-count", "--max_line_count", type=int, default=None)
@@ -98,30 +90,14 @@ def add_transcribe_parser(sub) -> None:
     p.set_defaults(func=cmd_transcribe)
 
 
-def _temperatures(args) -> tuple[float, ...] | float:
-    if args.temperature_increment_on_fallback is None:
-        return args.temperature
-    steps = []
-    t = args.temperature
-    while t <= 1.0 + 1e-6:
-        steps.append(round(t, 6))
-        t += args.temperature_increment_on_fallback
-    return tuple(steps) or (args.temperature,)
-
-
-def transcribe_options(args) -> dict:
-    if args.beam_size is not None and args.beam_size < 1:
-        raise UsageError("--beam-size must be at least 1")
-    if args.best_of is not None and args.best_of < 1:
-        raise UsageError("--best-of must be at least 1")
-    if args.temperature < 0:
-        raise UsageError("--temperature must not be negative")
-    language = normalize_language(args.language)
-    return dict(
-        task=args.task, language=language, temperature=_temperatures(args), best_of=args.best_of,
-        beam_size=args.beam_size, patience=args.patience, length_penalty=args.length_penalty,
-        suppress_tokens=args.suppress_tokens, initial_prompt=args.initial_prompt,
-        condition_on_previous_text=args.condition_on_previous_text,
+def transcribe_options(args) -> TranscribeOptions:
+    """The CLI's flags as one TranscribeOptions (validated there: bad values are a UsageError)."""
+    return TranscribeOptions.cli_defaults(
+        task=args.task, language=normalize_language(args.language),
+        temperature=fallback_temperatures(args.temperature, args.temperature_increment_on_fallback),
+        best_of=args.best_of, beam_size=args.beam_size, patience=args.patience,
+        length_penalty=args.length_penalty, suppress_tokens=args.suppress_tokens,
+        initial_prompt=args.initial_prompt, condition_on_previous_text=args.condition_on_previous_text,
         compression_ratio_threshold=args.compression_ratio_threshold,
         logprob_threshold=args.logprob_threshold, no_speech_threshold=args.no_speech_threshold,
         word_timestamps=args.word_timestamps, clip_timestamps=args.clip_timestamps,
@@ -144,8 +120,8 @@ def cmd_transcribe(args) -> int:
         raise UsageError("--encoder-float64-blocks must not be negative")
     model = load_model(args.model, backend=args.backend, device=args.device,
                        encoder_float64_blocks=args.encoder_float64_blocks, warm_start=not args.wait_for_compile)
-    if options["language"] is None and not model.is_multilingual:
-        options["language"] = "en"
+    if options.language is None and not model.is_multilingual:
+        options = options.replace(language="en")
     writer = None
     if args.output_format or args.output_dir:
         output_dir = args.output_dir or "."
@@ -160,7 +136,7 @@ def cmd_transcribe(args) -> int:
         show = not args.no_progress and sys.stderr.isatty() and len(audio) > 30 * 16000
         with ProgressBar(total=audio_duration(path), enabled=show, desc=Path(path).name) as bar:
             on_segment = _print_segment if args.verbose else None
-            result = model.transcribe(audio, on_progress=bar.update_to, on_segment=on_segment, **options)
+            result = model.transcribe(audio, options, on_progress=bar.update_to, on_segment=on_segment)
         if not args.verbose:
             text = result["text"].strip()
             print(f"{path}: {text}" if len(args.audio) > 1 else text, flush=True)
@@ -183,11 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     add_transcribe_parser(sub)
     for module in ("diagnostics", "bench", "demo", "server"):
-        try:
-            mod = __import__(f"max_whisper.{module}", fromlist=["add_parsers"])
-        except ImportError:
-            continue
-        mod.add_parsers(sub)
+        # No try: these import optional extras only when run (one-line UsageError), so an ImportError
+        # here is a bug in our own code and must not silently drop the subcommand.
+        importlib.import_module(f".{module}", __package__).add_parsers(sub)
     return parser
 
 
@@ -205,10 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if not isinstance(exc, _known_errors()):
+        # MaxWhisperError: ours, user-fixable. OSError: from the OS (missing file, permission, disk full).
+        if not isinstance(exc, (MaxWhisperError, OSError)):
             message = f"{type(exc).__name__}: {message} (run with --debug for details)"
         print(f"max-whisper: error: {message}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, UsageError) else 1  # 2: a bad option, as argparse says it
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ import numpy as np
 
 from .backends.base import Backend, DecoderSession
 from .dims import CHUNK_LENGTH
+from .errors import MaxWhisperError
 from .tokenizer import Tokenizer
 
 
-class DecodingError(ValueError):
+class DecodingError(MaxWhisperError, ValueError):
     pass
 
 

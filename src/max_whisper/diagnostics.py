@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .dims import NAMED_MODELS
+from .backends import DEVICES
+from .weights.registry import NAMED_MODELS
 
 
 def add_parsers(sub) -> None:
@@ -27,7 +28,7 @@ def add_parsers(sub) -> None:
                        description="Compile the MAX graphs of the given models for this machine, in parallel "
                                    "processes, and keep them in the graph cache (see `doctor`).")
     p.add_argument("--model", nargs="+", default=["tiny.en"], help="model names or paths (default: tiny.en)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--encoder-float64-blocks", type=int, default=0, metavar="N",
                    help="the encoder variant with N float64 leading blocks (default 0)")
     p.add_argument("--jobs", type=int, default=None, help="compiles at once (default: one per core)")

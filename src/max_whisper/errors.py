@@ -1,5 +1,9 @@
 """Errors every face of the project (CLI, server) reports as one line."""
 
 
-class UsageError(ValueError):
+class MaxWhisperError(Exception):
+    """An error the user can fix, reported as one line."""
+
+
+class UsageError(MaxWhisperError, ValueError):
     """A wrong option or argument given by the user."""

@@ -25,7 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .dims import SAMPLE_RATE
-from .transcribe import DEFAULT_TEMPERATURES
+from .errors import UsageError
+from .options import TranscribeOptions
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 SEGMENT_KEYS = ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
@@ -168,7 +169,7 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
             raise ApiError(400, f"'{name}' must be a plain form field, not a file", name)
         return value or None
 
-    def options_from(form, task: str) -> tuple[dict, str, bool]:
+    def options_from(form, task: str) -> tuple[TranscribeOptions, str, bool]:
         from .tokenizer import TokenizerError, normalize_language
 
         fmt = field(form, "response_format") or "json"
@@ -183,7 +184,7 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
         if task == "translate" and not model.is_multilingual:
             raise ApiError(400, f"model {model_id} is English-only: it cannot translate", "model",
                            "model_not_multilingual")
-        options = {"task": task, "word_timestamps": "word" in granularities, "temperature": DEFAULT_TEMPERATURES}
+        options = {"task": task, "word_timestamps": "word" in granularities}
         if field(form, "language"):
             try:
                 options["language"] = normalize_language(form["language"])
@@ -197,15 +198,16 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
             try:
                 options["temperature"] = float(form["temperature"])
             except ValueError:
-                options["temperature"] = math.nan
-            if not 0 <= options["temperature"] <= 1:
-                raise ApiError(400, "temperature must be a number between 0 and 1", "temperature")
-        return options, fmt, "word" in granularities
+                raise ApiError(400, "temperature must be a number between 0 and 1", "temperature") from None
+        try:
+            return TranscribeOptions(**options), fmt, "word" in granularities
+        except UsageError as exc:
+            raise ApiError(400, str(exc), "temperature" if "temperature" in str(exc) else None) from None
 
-    def run_job(upload: UploadFile, options: dict) -> tuple[dict, float]:
+    def run_job(upload: UploadFile, options: TranscribeOptions) -> tuple[dict, float]:
         """On the worker thread: the upload to a temp file (always deleted), decode, transcribe."""
         from .audio import load_audio
-        from .cli import _known_errors
+        from .errors import MaxWhisperError
 
         suffix = os.path.splitext(upload.filename or "")[1]
         fd, path = tempfile.mkstemp(suffix=suffix if re.fullmatch(r"\.\w{1,8}", suffix) else ".bin")
@@ -215,8 +217,8 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
                 while chunk := upload.file.read(1 << 20):
                     f.write(chunk)
             audio = load_audio(path)
-            return model.transcribe(audio, **options), len(audio) / SAMPLE_RATE
-        except _known_errors() as exc:
+            return model.transcribe(audio, options), len(audio) / SAMPLE_RATE
+        except MaxWhisperError as exc:  # the upload's fault (bad audio...): a 400, in one line
             message = str(exc).replace(path, upload.filename or "upload").strip().splitlines()
             raise ApiError(400, message[0] if message else type(exc).__name__, "file") from None
         finally:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from .dims import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, TOKENS_PER_SECOND
+from .backends.base import TranscriptionModel
 from .tokenizer import Tokenizer
-
-if TYPE_CHECKING:
-    from .api import WhisperModel
 
 SENTENCE_END_MARKS = ".。!！?？"
 
@@ -101,7 +99,7 @@ def dtw(x: np.ndarray) -> np.ndarray:
 
 # -- alignment -----------------------------------------------------------------------------------
 def find_alignment(
-    model: "WhisperModel",
+    model: TranscriptionModel,
     tokenizer: Tokenizer,
     text_tokens: list[int],
     features: np.ndarray,
@@ -190,7 +188,7 @@ def merge_punctuations(alignment: list[WordTiming], prepended: str, appended: st
 def add_word_timestamps(
     *,
     segments: list[dict],
-    model: "WhisperModel",
+    model: TranscriptionModel,
     tokenizer: Tokenizer,
     features: np.ndarray,
     num_frames: int,

@@ -12,6 +12,8 @@ import string
 from functools import cached_property, lru_cache
 from pathlib import Path
 
+from .errors import MaxWhisperError
+
 LANGUAGES = {
     "en": "english", "zh": "chinese", "de": "german", "es": "spanish", "ru": "russian",
     "ko": "korean", "fr": "french", "ja": "japanese", "pt": "portuguese", "tr": "turkish",
@@ -49,7 +51,7 @@ TIMESTAMP_STEP = 0.02  # seconds per timestamp token
 N_TIMESTAMPS = 1501
 
 
-class TokenizerError(ValueError):
+class TokenizerError(MaxWhisperError, ValueError):
     pass
 
 

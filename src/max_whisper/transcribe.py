@@ -5,22 +5,15 @@ clip_timestamps and (optionally) word timestamps, on any backend.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
 from .audio import log_mel_spectrogram, pad_or_trim
-from .decoding import DecodingOptions, DecodingResult, decode, detect_language
+from .backends.base import TranscriptionModel
+from .decoding import DecodingResult, decode, detect_language
 from .dims import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE
-
-if TYPE_CHECKING:
-    from .api import WhisperModel
-
-DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-DEFAULT_SILENCE_THRESHOLD = -60.0  # dBFS: a window whose peak stays below this holds no speech
-PREPEND_PUNCTUATIONS = "\"'“¿([{-"
-APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+from .options import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, TranscribeOptions
 
 
 def parse_clip_timestamps(clip_timestamps: str | list[float], content_frames: int) -> list[tuple[int, int]]:
@@ -38,68 +31,50 @@ def is_silent(samples: np.ndarray, threshold_dbfs: float) -> bool:
 
 
 def transcribe(
-    model: "WhisperModel",
+    model: TranscriptionModel,
     audio: np.ndarray,
+    options: TranscribeOptions | None = None,
     *,
-    temperature: float | tuple[float, ...] = DEFAULT_TEMPERATURES,
-    compression_ratio_threshold: float | None = 2.4,
-    logprob_threshold: float | None = -1.0,
-    no_speech_threshold: float | None = 0.6,
-    condition_on_previous_text: bool = True,
-    initial_prompt: str | None = None,
-    carry_initial_prompt: bool = False,
-    word_timestamps: bool = False,
-    prepend_punctuations: str = PREPEND_PUNCTUATIONS,
-    append_punctuations: str = APPEND_PUNCTUATIONS,
-    clip_timestamps: str | list[float] = "0",
-    hallucination_silence_threshold: float | None = None,
-    silence_threshold: float | None = DEFAULT_SILENCE_THRESHOLD,
     on_progress: Callable[[float, float], None] | None = None,
     on_segment: Callable[[dict], None] | None = None,
-    **decode_options,
+    **overrides,
 ) -> dict:
-    """Transcribe 16 kHz mono float32 `audio`. Returns {"text", "segments", "language"}.
+    """Transcribe 16 kHz mono float32 `audio` under `options` (see TranscribeOptions; keyword
+    overrides as openai-whisper's transcribe() takes them). Returns {"text", "segments", "language"}.
 
     silence_threshold (dBFS, None: off) skips windows whose peak level stays below it without
     decoding them: over digital silence Whisper tends to invent a word ("you") that its own
     no-speech rule keeps. Everything else follows openai-whisper's transcribe().
     on_progress(seconds_done, seconds_total) and on_segment(segment) let callers show progress.
     """
+    options = TranscribeOptions.from_kwargs(options, **overrides)
     dims = model.dims
     # 30 s of silence after the content, for slicing the last window
     mel = log_mel_spectrogram(audio, dims.n_mels, padding=N_SAMPLES)
     content_frames = mel.shape[-1] - N_FRAMES
     content_duration = float(content_frames * HOP_LENGTH / SAMPLE_RATE)
 
-    if decode_options.get("language") is None:
+    if options.language is None:
         if not model.is_multilingual:
-            decode_options["language"] = "en"
+            options = options.replace(language="en")
         else:
             features = model.backend.encode(pad_or_trim(mel, N_FRAMES)[None])
             _, probs = detect_language(model.backend, model.tokenizer, features)
-            decode_options["language"] = max(probs[0], key=probs[0].get)
-    language: str = decode_options["language"]
-    task: str = decode_options.get("task", "transcribe")
-    tokenizer = model.tokenizer.with_options(language=language, task=task)
-    option_names = {f.name for f in dataclasses.fields(DecodingOptions)}
-    unknown = set(decode_options) - option_names
-    if unknown:
-        raise TypeError(f"unknown decoding option(s): {', '.join(sorted(unknown))}")
+            options = options.replace(language=max(probs[0], key=probs[0].get))
+    language = options.language
+    tokenizer = model.tokenizer.with_options(language=language, task=options.task)
+    compression_ratio_threshold = options.compression_ratio_threshold
+    logprob_threshold = options.logprob_threshold
+    no_speech_threshold = options.no_speech_threshold
+    initial_prompt = options.initial_prompt
 
-    seek_clips = parse_clip_timestamps(clip_timestamps, content_frames)
+    seek_clips = parse_clip_timestamps(options.clip_timestamps, content_frames)
     punctuation = PREPEND_PUNCTUATIONS + APPEND_PUNCTUATIONS
 
-    def decode_with_fallback(features: np.ndarray) -> DecodingResult:
-        temperatures = [temperature] if isinstance(temperature, (int, float)) else temperature
+    def decode_with_fallback(features: np.ndarray, prompt: list[int]) -> DecodingResult:
         result = None
-        for t in temperatures:
-            kwargs = {**decode_options}
-            if t > 0:  # sampling: no beam search
-                kwargs.pop("beam_size", None)
-                kwargs.pop("patience", None)
-            else:  # greedy or beam: no best_of
-                kwargs.pop("best_of", None)
-            result = decode(model.backend, tokenizer, features, DecodingOptions(**kwargs, temperature=t))[0]
+        for t in options.temperatures:
+            result = decode(model.backend, tokenizer, features, options.window_options(t, prompt))[0]
             needs_fallback = False
             if compression_ratio_threshold is not None and result.compression_ratio > compression_ratio_threshold:
                 needs_fallback = True  # too repetitive
@@ -160,21 +135,21 @@ def transcribe(
         mel_segment = pad_or_trim(mel[:, seek: seek + segment_size], N_FRAMES)
         segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
 
-        if silence_threshold is not None and is_silent(
-                audio[seek * HOP_LENGTH: (seek + segment_size) * HOP_LENGTH], silence_threshold):
+        if options.silence_threshold is not None and is_silent(
+                audio[seek * HOP_LENGTH: (seek + segment_size) * HOP_LENGTH], options.silence_threshold):
             seek += segment_size
             report_progress(seek)
             continue
 
-        if carry_initial_prompt:
+        if options.carry_initial_prompt:
             n_ignored = max(len(initial_prompt_tokens), prompt_reset_since)
             remaining_prompt = all_tokens[n_ignored:][-remaining_prompt_length:]
-            decode_options["prompt"] = initial_prompt_tokens + remaining_prompt
+            prompt = initial_prompt_tokens + remaining_prompt
         else:
-            decode_options["prompt"] = all_tokens[prompt_reset_since:]
+            prompt = all_tokens[prompt_reset_since:]
 
         features = model.backend.encode(mel_segment[None])
-        result = decode_with_fallback(features)
+        result = decode_with_fallback(features, prompt)
         tokens = np.array(result.tokens, dtype=np.int64)
 
         if no_speech_threshold is not None:
@@ -220,20 +195,20 @@ def transcribe(
                 seek=seek, start=time_offset, end=time_offset + duration, tokens=tokens.tolist(), result=result))
             seek += segment_size
 
-        if word_timestamps:
+        if options.word_timestamps:
             from .timing import add_word_timestamps, get_end, skip_hallucinations
 
             add_word_timestamps(
                 segments=current_segments, model=model, tokenizer=tokenizer, features=features,
-                num_frames=segment_size, prepend_punctuations=prepend_punctuations,
-                append_punctuations=append_punctuations, last_speech_timestamp=last_speech_timestamp)
+                num_frames=segment_size, prepend_punctuations=options.prepend_punctuations,
+                append_punctuations=options.append_punctuations, last_speech_timestamp=last_speech_timestamp)
             if not single_timestamp_ending:
                 last_word_end = get_end(current_segments)
                 if last_word_end is not None and last_word_end > time_offset:
                     seek = round(last_word_end * FRAMES_PER_SECOND)
-            if hallucination_silence_threshold is not None:
+            if options.hallucination_silence_threshold is not None:
                 new_seek, restart = skip_hallucinations(
-                    current_segments, threshold=hallucination_silence_threshold,
+                    current_segments, threshold=options.hallucination_silence_threshold,
                     single_timestamp_ending=single_timestamp_ending, time_offset=time_offset,
                     window_end_time=window_end_time, segment_duration=segment_duration,
                     previous_seek=previous_seek, segment_size=segment_size, seek=seek,
@@ -258,7 +233,7 @@ def transcribe(
             if on_segment:
                 on_segment(all_segments[-1])
         all_tokens.extend(t for segment in current_segments for t in segment["tokens"])
-        if not condition_on_previous_text or result.temperature > 0.5:
+        if not options.condition_on_previous_text or result.temperature > 0.5:
             prompt_reset_since = len(all_tokens)  # high temperature: don't feed the prompt on
         report_progress(seek)
 

@@ -13,6 +13,7 @@ import os
 import re
 from typing import Callable, Iterator, TextIO
 
+from .errors import UsageError
 from .timing import get_start
 
 WORD_OPTIONS = ("max_line_width", "max_line_count", "max_words_per_line", "highlight_words")
@@ -197,7 +198,7 @@ _ALIASES = {"text": "txt"}
 def _writer_class(fmt: str) -> type[ResultWriter]:
     name = _ALIASES.get(fmt.lower(), fmt.lower())
     if name not in WRITERS:
-        raise ValueError(f"unknown output format '{fmt}' (choose from {', '.join(FORMATS)})")
+        raise UsageError(f"unknown output format '{fmt}' (choose from {', '.join(FORMATS)})")
     return WRITERS[name]
 
 

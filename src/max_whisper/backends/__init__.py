@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import sys
 
+from ..errors import MaxWhisperError
 from ..weights import ModelWeights
 
 BACKENDS = ("max", "hybrid", "reference")
 DEFAULT_BACKEND = "max"  # exact to the reference, and needs no PyTorch
+DEVICES = ("auto", "cpu", "gpu")  # auto: the GPU where MAX (or PyTorch, for reference) sees one
 
 
-class UnknownBackend(ValueError):
+class UnknownBackend(MaxWhisperError, ValueError):
     pass
 
 
@@ -21,8 +23,8 @@ def create_backend(name: str, weights: ModelWeights, device: str = "auto", encod
     them in a background process and return the NumPy implementation of the same network for now,
     instead of waiting minutes for the compile.
     """
-    if device not in ("auto", "cpu", "gpu"):
-        raise UnknownBackend(f"unknown device '{device}' (auto, cpu or gpu)")
+    if device not in DEVICES:
+        raise UnknownBackend(f"unknown device '{device}' (choose from {', '.join(DEVICES)})")
     if name == "reference":
         from .reference import ReferenceBackend
 

@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from ..dims import ModelDimensions
+from ..tokenizer import Tokenizer
 
 
 class DecoderSession(Protocol):
@@ -45,3 +46,19 @@ class Backend(Protocol):
         """Cross-attention scores for word timing, before softmax: float32
         [n_text_layer, n_text_head, T, n_audio_ctx], for one window ([1, ...] features) and one
         token row [T]. Scores are q.k / sqrt(head_dim), as Whisper's attention computes them."""
+
+
+class TranscriptionModel(Protocol):
+    """What the long-form loop and word timing need of a model: a backend, its tokenizer, dims and
+    the alignment heads (`api.WhisperModel` is one)."""
+
+    backend: Backend
+    dims: ModelDimensions
+    tokenizer: Tokenizer
+
+    @property
+    def is_multilingual(self) -> bool: ...
+
+    @property
+    def alignment_heads(self) -> np.ndarray:
+        """int [k, 2]: (text layer, head) pairs whose cross-attention follows the speech."""

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import MaxWhisperError
 from ..weights import ModelWeights
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(MaxWhisperError, RuntimeError):
     pass
 
 

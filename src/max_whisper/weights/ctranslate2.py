@@ -16,7 +16,11 @@ from typing import Sequence
 import numpy as np
 
 from ..dims import ModelDimensions
-from . import CorruptWeightsError, WeightAdapter, bfloat16_to_float32, dims_from_params, read_files
+from .adapter import WeightAdapter
+from .dtypes import bfloat16_to_float32
+from .errors import CorruptWeightsError
+from .files import read_files
+from .openai_schema import dims_from_params
 
 MAX_BINARY_VERSION = 6
 # CTranslate2's DataType enum; "bf16" is read as uint16 bit patterns.

@@ -13,7 +13,11 @@ from typing import Sequence
 import numpy as np
 
 from ..dims import ModelDimensions
-from . import CorruptWeightsError, WeightAdapter, bfloat16_to_float32, dims_from_params, read_files, read_json
+from .adapter import WeightAdapter
+from .dtypes import bfloat16_to_float32
+from .errors import CorruptWeightsError
+from .files import read_files, read_json
+from .openai_schema import dims_from_params
 
 _DTYPES = {
     "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",  # BF16 as its bit patterns

@@ -11,7 +11,8 @@ from typing import Sequence
 import numpy as np
 
 from ..dims import ModelDimensions
-from . import CorruptWeightsError, WeightsError, dims_from_params
+from .errors import CorruptWeightsError, WeightsError
+from .openai_schema import dims_from_params
 
 
 def read_openai_checkpoint(paths: Sequence[Path]) -> tuple[dict[str, np.ndarray], ModelDimensions]:

