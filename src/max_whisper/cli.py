@@ -9,10 +9,11 @@ import traceback
 from pathlib import Path
 
 from .backends import BACKENDS, DEFAULT_BACKEND, DEVICES
+from .dims import SAMPLE_RATE
 from .errors import MaxWhisperError, UsageError
-from .weights.registry import DEFAULT_MODEL
 from .options import TranscribeOptions, fallback_temperatures
 from .tokenizer import normalize_language
+from .weights.registry import DEFAULT_MODEL
 
 OUTPUT_FORMATS = ("txt", "vtt", "srt", "tsv", "json", "all")
 
@@ -108,41 +109,85 @@ def transcribe_options(args) -> TranscribeOptions:
 
 def cmd_transcribe(args) -> int:
     from . import load_model
-    from .audio import audio_duration, load_audio
-    from .progress import ProgressBar
-    from .writers import get_writer
+    from .inputs import expand_inputs, missing_input
+    from .writers import get_writer, prepare_output_dir
 
     options = transcribe_options(args)
-    for path in args.audio:  # fail fast on a missing file, before the model loads
-        if not Path(path).is_file():
-            raise UsageError(f"no such file: {path}")
     if args.encoder_float64_blocks < 0:
         raise UsageError("--encoder-float64-blocks must not be negative")
-    model = load_model(args.model, backend=args.backend, device=args.device,
-                       encoder_float64_blocks=args.encoder_float64_blocks, warm_start=not args.wait_for_compile)
-    if options.language is None and not model.is_multilingual:
-        options = options.replace(language="en")
+    paths = expand_inputs(args.audio)
     writer = None
-    if args.output_format or args.output_dir:
-        output_dir = args.output_dir or "."
-        os.makedirs(output_dir, exist_ok=True)
-        writer = get_writer(args.output_format or "all", output_dir)
+    if args.output_format or args.output_dir:  # before any work: a bad folder fails now, not after
+        writer = get_writer(args.output_format or "all", prepare_output_dir(args.output_dir or "."))
+    total, failures = len(paths), 0
+    for path in [p for p in paths if missing_input(p)]:  # reported before the model loads
+        _report_failure(path, missing_input(path))
+        failures += 1
+    paths = [p for p in paths if not missing_input(p)]
+    if paths:
+        model = load_model(args.model, backend=args.backend, device=args.device,
+                           encoder_float64_blocks=args.encoder_float64_blocks,
+                           warm_start=not args.wait_for_compile)
+        if options.language is None and not model.is_multilingual:
+            options = options.replace(language="en")
+        for path in paths:
+            try:
+                _transcribe_file(model, path, options, writer, args, many=len(args.audio) > 1 or len(paths) > 1)
+            except (MaxWhisperError, OSError) as exc:  # this file is lost; the others go on
+                _report_failure(path, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                failures += 1
+    if failures:
+        print(f"max-whisper: {failures} of {total} input{'s' if total > 1 else ''} failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _report_failure(path: str, message: str) -> None:
+    print(f"max-whisper: error: {message}" if path in message else f"max-whisper: error: {path}: {message}",
+          file=sys.stderr, flush=True)
+
+
+def _transcribe_file(model, path: str, options: TranscribeOptions, writer, args, many: bool) -> None:
+    """One input, start to written output. On Ctrl-C, the segments finished so far are written
+    (as `.partial` files where files were asked for) before the interrupt goes on."""
+    import tempfile
+
+    from .audio import load_audio
+    from .inputs import STDIN, stdin_to_file
+    from .progress import ProgressBar
+
+    name = "stdin" if path == STDIN else path
+    with tempfile.TemporaryDirectory(prefix="max-whisper-") as spool:
+        audio = load_audio(stdin_to_file(spool) if path == STDIN else path)
     writer_options = {"max_line_width": args.max_line_width, "max_line_count": args.max_line_count,
                       "highlight_words": args.highlight_words}
+    finished: list[dict] = []
 
-    status = 0
-    for path in args.audio:
-        audio = load_audio(path)
-        show = not args.no_progress and sys.stderr.isatty() and len(audio) > 30 * 16000
-        with ProgressBar(total=audio_duration(path), enabled=show, desc=Path(path).name) as bar:
-            on_segment = _print_segment if args.verbose else None
+    def on_segment(segment: dict) -> None:
+        finished.append(segment)
+        if args.verbose:
+            _print_segment(segment)
+
+    show = not args.no_progress and sys.stderr.isatty() and len(audio) > 30 * SAMPLE_RATE
+    try:
+        with ProgressBar(total=len(audio) / SAMPLE_RATE, enabled=show, desc=Path(name).name) as bar:
             result = model.transcribe(audio, options, on_progress=bar.update_to, on_segment=on_segment)
-        if not args.verbose:
-            text = result["text"].strip()
-            print(f"{path}: {text}" if len(args.audio) > 1 else text, flush=True)
-        if writer is not None:
-            writer(result, path, writer_options)
-    return status
+    except KeyboardInterrupt:
+        partial = {"text": "".join(s["text"] for s in finished), "segments": finished,
+                   "language": options.language, "incomplete": True}
+        if writer is not None and finished:
+            written = writer(partial, name, writer_options, partial=True)
+            where = ", ".join(written) if isinstance(written, list) else written
+            print(f"max-whisper: interrupted: the {len(finished)} finished segments of {name} are in {where}",
+                  file=sys.stderr)
+        elif finished and not args.verbose:
+            print(partial["text"].strip(), flush=True)
+        raise
+    if not args.verbose:
+        text = result["text"].strip()
+        print(f"{name}: {text}" if many else text, flush=True)
+    if writer is not None:
+        writer(result, name, writer_options)
 
 
 def _print_segment(segment: dict) -> None:

@@ -89,6 +89,7 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
     class ApiError(HTTPException):
         def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
@@ -184,6 +185,9 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
         if task == "translate" and not model.is_multilingual:
             raise ApiError(400, f"model {model_id} is English-only: it cannot translate", "model",
                            "model_not_multilingual")
+        if (field(form, "stream") or "false").lower() not in ("false", "0"):
+            raise ApiError(400, "stream=true is not supported by this server yet: send stream=false "
+                           "(or leave it out) for the whole result in one response", "stream")
         options = {"task": task, "word_timestamps": "word" in granularities}
         if field(form, "language"):
             try:
@@ -257,7 +261,12 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
                            code="queue_full", kind="server_error", headers={"Retry-After": str(retry)})
         state["active"] += 1
         try:
-            async with request.form(max_files=1, max_fields=32) as form:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    form = await stack.enter_async_context(request.form(max_files=1, max_fields=32))
+                except ClientDisconnect:  # the client hung up mid-upload: nobody to answer
+                    log.info("client disconnected during its upload: request dropped")
+                    return Response(status_code=499)
                 options, fmt, words = options_from(form, task)
                 upload = form.get("file")
                 if not isinstance(upload, UploadFile):

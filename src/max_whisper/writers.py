@@ -7,10 +7,12 @@ max_words_per_line and highlight_words.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import tempfile
 from typing import Callable, Iterator, TextIO
 
 from .errors import UsageError
@@ -31,6 +33,42 @@ def format_timestamp(seconds: float, always_include_hours: bool = False, decimal
     return f"{hours_marker}{minutes:02d}:{secs:02d}{decimal_marker}{ms:03d}"
 
 
+PARTIAL_SUFFIX = ".partial"  # an interrupted run's finished segments
+
+
+def write_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename it over `path`: never a half-written file."""
+    folder = os.path.dirname(os.fspath(path)) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(os.fspath(path))}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; an output file is not
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def prepare_output_dir(path: str | os.PathLike) -> str:
+    """Create the output folder and prove it writable, before any work is spent on the audio."""
+    path = os.fspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write to the output folder '{path}': {exc.strerror or exc}") from None
+    return path
+
+
 class ResultWriter:
     """Writes one transcription result in one format."""
 
@@ -40,12 +78,12 @@ class ResultWriter:
         self.output_dir = os.fspath(output_dir)
 
     def __call__(self, result: dict, audio_path: str | os.PathLike, options: dict | None = None,
-                 **kwargs) -> str:
-        """Write `<audio basename>.<ext>` into output_dir; returns the path written."""
+                 partial: bool = False, **kwargs) -> str:
+        """Write `<audio basename>.<ext>` into output_dir (`.<ext>.partial` for the segments of an
+        interrupted run) and return its path. The file appears whole or not at all."""
         basename = os.path.splitext(os.path.basename(os.fspath(audio_path)))[0]
-        path = os.path.join(self.output_dir, f"{basename}.{self.extension}")
-        with open(path, "w", encoding="utf-8") as file:
-            self.write(result, file, options, **kwargs)
+        path = os.path.join(self.output_dir, f"{basename}.{self.extension}" + (PARTIAL_SUFFIX if partial else ""))
+        write_atomically(path, self.render(result, options, **kwargs))
         return path
 
     def render(self, result: dict, options: dict | None = None, **kwargs) -> str:
@@ -209,8 +247,8 @@ def get_writer(output_format: str, output_dir: str | os.PathLike) -> Callable[..
         writers = [cls(output_dir) for cls in WRITERS.values()]
 
         def write_all(result: dict, audio_path: str | os.PathLike, options: dict | None = None,
-                      **kwargs) -> list[str]:
-            return [writer(result, audio_path, options, **kwargs) for writer in writers]
+                      partial: bool = False, **kwargs) -> list[str]:
+            return [writer(result, audio_path, options, partial, **kwargs) for writer in writers]
 
         return write_all
     return _writer_class(output_format)(output_dir)
