@@ -62,7 +62,7 @@ def test_the_api_and_the_server_share_the_bounds():
 def test_a_bad_file_in_the_middle_does_not_stop_the_run(tmp_path):
     text_as_wav = tmp_path / "notes.wav"
     text_as_wav.write_text("these are not samples\n")
-    proc = run_cli("transcribe", SAMPLE, text_as_wav, SAMPLE, "-f", "txt", "-o", tmp_path / "out")
+    proc = run_cli("transcribe", SAMPLE, text_as_wav, SAMPLE, "-f", "txt", "-o", tmp_path / "out", "--verbose", "False")
     assert proc.returncode == 1
     transcripts = [line for line in proc.stdout.splitlines() if line.startswith(str(SAMPLE))]
     assert len(transcripts) == 2 and all("quick brown fox" in line for line in transcripts)

@@ -8,7 +8,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .backends import BACKENDS, DEFAULT_BACKEND, DEVICES
+from .backends import BACKENDS, DEFAULT_BACKEND, DEVICES, UnknownBackend, normalize_device
 from .dims import SAMPLE_RATE
 from .errors import MaxWhisperError, UsageError
 from .options import TranscribeOptions, fallback_temperatures
@@ -29,11 +29,21 @@ def add_model_options(p: argparse.ArgumentParser, backend_default: str | None = 
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="tiny.en, base, or a path to CTranslate2 / OpenAI .pt / HF safetensors weights")
     if backend_default is not None:
-        p.add_argument("--backend", default=backend_default, choices=BACKENDS)
-    p.add_argument("--device", default="auto", choices=DEVICES)
+        p.add_argument("--backend", default=backend_default, choices=BACKENDS,
+                       help="max: the whole model in MAX; hybrid: MAX encoder + PyTorch decoder; "
+                            "reference: openai-whisper's PyTorch model")
+    p.add_argument("--device", default="auto", type=_device, metavar="{" + ",".join(DEVICES) + ",cuda}",
+                   help="where the model runs (auto: the GPU if there is one)")
     p.add_argument("--encoder-float64-blocks", type=int, default=0, metavar="N",
                    help="MAX encoder: compute the first N blocks in float64 (nearer the exact features; "
-                        "each such block costs about twice a float32 one; default 0)")
+                        "each such block costs about twice a float32 one)")
+
+
+def _device(value: str) -> str:
+    try:
+        return normalize_device(value)
+    except UnknownBackend as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _optional_float(value: str) -> float | None:
@@ -50,44 +60,78 @@ def _str2bool(value: str) -> bool:
 
 def add_transcribe_parser(sub) -> None:
     d = TranscribeOptions.cli_defaults()
-    p = sub.add_parser("transcribe", help="transcribe audio files", description="Transcribe audio files.")
+    p = sub.add_parser("transcribe", help="transcribe audio files", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Transcribe audio files. Decoding defaults are openai-whisper's command line's: "
+                                   "beam search of 5, temperature fallback with 5 samples.")
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, mp3, ogg, m4a, ...)")
     add_model_options(p)
     p.add_argument("-f", "--output-format", "--output_format", choices=OUTPUT_FORMATS, default=None,
-                   help="write transcripts in this format (default: print text only)")
-    p.add_argument("-o", "--output-dir", "--output_dir", default=None, help="folder for the written files")
-    p.add_argument("--language", default=d.language, help="language code or name (default: detect)")
-    p.add_argument("--task", default=d.task, choices=("transcribe", "translate"))
-    p.add_argument("--temperature", type=float, default=d.temperatures[0])
+                   help="write transcripts in this format (None: print them only)")
+    p.add_argument("-o", "--output-dir", "--output_dir", default=None, help="folder for the written files (None: the current folder, if -f is given)")
+    p.add_argument("--language", default=d.language, help="language code or name (None: detect)")
+    p.add_argument("--task", default=d.task, choices=("transcribe", "translate"),
+                   help="translate: speech in any language to English text (multilingual models)")
+    p.add_argument("--temperature", type=float, default=d.temperatures[0], help="sampling temperature, 0 to 1")
     p.add_argument("--temperature-increment-on-fallback", "--temperature_increment_on_fallback",
-                   type=_optional_float, default=round(d.temperatures[1] - d.temperatures[0], 6))
-    p.add_argument("--best-of", "--best_of", type=int, default=d.best_of)
-    p.add_argument("--beam-size", "--beam_size", type=int, default=d.beam_size)
-    p.add_argument("--patience", type=float, default=d.patience)
-    p.add_argument("--length-penalty", "--length_penalty", type=float, default=d.length_penalty)
-    p.add_argument("--suppress-tokens", "--suppress_tokens", default=d.suppress_tokens)
-    p.add_argument("--initial-prompt", "--initial_prompt", default=d.initial_prompt)
+                   type=_optional_float, default=round(d.temperatures[1] - d.temperatures[0], 6),
+                   help="on a failed window, retry at this much higher temperature, up to 1; None: no retry")
+    p.add_argument("--best-of", "--best_of", type=int, default=d.best_of,
+                   help="samples per window at a temperature above 0")
+    p.add_argument("--beam-size", "--beam_size", type=int, default=d.beam_size,
+                   help="beams at temperature 0 (1: greedy)")
+    p.add_argument("--patience", type=float, default=d.patience, help="beam search patience (None: 1)")
+    p.add_argument("--length-penalty", "--length_penalty", type=float, default=d.length_penalty,
+                   help="rank beams by length-normalised log-probability with this alpha (None: plain length)")
+    p.add_argument("--suppress-tokens", "--suppress_tokens", default=d.suppress_tokens,
+                   help="comma-separated token ids never to sample; -1: the non-speech symbols")
+    p.add_argument("--initial-prompt", "--initial_prompt", default=d.initial_prompt,
+                   help="text before the first window (spellings, names, style)")
+    p.add_argument("--carry-initial-prompt", "--carry_initial_prompt", type=_str2bool,
+                   default=d.carry_initial_prompt, help="keep the initial prompt before every window's context")
+    p.add_argument("--prepend-punctuations", "--prepend_punctuations", default=d.prepend_punctuations,
+                   help="word timestamps: punctuation merged into the next word")
+    p.add_argument("--append-punctuations", "--append_punctuations", default=d.append_punctuations,
+                   help="word timestamps: punctuation merged into the previous word")
     p.add_argument("--condition-on-previous-text", "--condition_on_previous_text", type=_str2bool,
-                   default=d.condition_on_previous_text)
+                   default=d.condition_on_previous_text, help="feed each window the text before it")
     p.add_argument("--compression-ratio-threshold", "--compression_ratio_threshold", type=_optional_float,
-                   default=d.compression_ratio_threshold)
-    p.add_argument("--logprob-threshold", "--logprob_threshold", type=_optional_float, default=d.logprob_threshold)
+                   default=d.compression_ratio_threshold, help="above this gzip ratio a window is retried")
+    p.add_argument("--logprob-threshold", "--logprob_threshold", type=_optional_float, default=d.logprob_threshold,
+                   help="below this mean log-probability a window is retried")
     p.add_argument("--no-speech-threshold", "--no_speech_threshold", type=_optional_float,
-                   default=d.no_speech_threshold)
-    p.add_argument("--word-timestamps", "--word_timestamps", type=_str2bool, default=d.word_timestamps)
-    p.add_argument("--clip-timestamps", "--clip_timestamps", default=d.clip_timestamps)
+                   default=d.no_speech_threshold, help="above this no-speech probability (and improbable) a window is "
+                                                        "skipped as silence")
+    p.add_argument("--word-timestamps", "--word_timestamps", type=_str2bool, default=d.word_timestamps,
+                   help="time every word (cross-attention alignment)")
+    p.add_argument("--clip-timestamps", "--clip_timestamps", default=d.clip_timestamps,
+                   help="start,end,start,end,... seconds to transcribe (0: all)")
     p.add_argument("--hallucination-silence-threshold", "--hallucination_silence_threshold",
-                   type=_optional_float, default=d.hallucination_silence_threshold)
+                   type=_optional_float, default=d.hallucination_silence_threshold,
+                   help="with word timestamps: skip silences longer than this around a suspect segment")
     p.add_argument("--silence-threshold", "--silence_threshold", type=_optional_float, default=d.silence_threshold,
                    help="skip 30-s windows whose peak level (dBFS) stays below this; None: off")
-    p.add_argument("--max-line-width", "--max_line_width", type=int, default=None)
-    p.add_argument("--max-line-count", "--max_line_count", type=int, default=None)
-    p.add_argument("--highlight-words", "--highlight_words", type=_str2bool, default=False)
+    p.add_argument("--max-line-width", "--max_line_width", type=int, default=None,
+                   help="subtitles with word timestamps: at most this many characters a line")
+    p.add_argument("--max-line-count", "--max_line_count", type=int, default=None,
+                   help="subtitles with word timestamps: at most this many lines a cue")
+    p.add_argument("--max-words-per-line", "--max_words_per_line", type=int, default=None,
+                   help="subtitles with word timestamps: at most this many words a line")
+    p.add_argument("--highlight-words", "--highlight_words", type=_str2bool, default=False,
+                   help="subtitles with word timestamps: underline each word as it is spoken")
+    p.add_argument("--fp16", type=_str2bool, default=True,
+                   help="accepted as openai-whisper takes it; the model computes in float32 everywhere")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU cores to run on (default 0: all of them)")
+    p.add_argument("--model-dir", "--model_dir", default=None,
+                   help="a folder holding the model's weights (the name given to --model, or NAME.pt); "
+                        "default: the bundled packages. Nothing is ever downloaded")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--wait-for-compile", action="store_true",
                    help="max backend, first run on a machine: wait for the MAX graphs to compile instead of "
                         "running on NumPy while they compile in the background")
-    p.add_argument("--verbose", action="store_true", help="print each segment with its times as it is decoded")
+    p.add_argument("--verbose", type=_str2bool, nargs="?", const=True, default=True,
+                   help="True (default): print each segment with its times as it is decoded; "
+                        "False: print the text once a file is done")
     p.set_defaults(func=cmd_transcribe)
 
 
@@ -98,7 +142,9 @@ def transcribe_options(args) -> TranscribeOptions:
         temperature=fallback_temperatures(args.temperature, args.temperature_increment_on_fallback),
         best_of=args.best_of, beam_size=args.beam_size, patience=args.patience,
         length_penalty=args.length_penalty, suppress_tokens=args.suppress_tokens,
-        initial_prompt=args.initial_prompt, condition_on_previous_text=args.condition_on_previous_text,
+        initial_prompt=args.initial_prompt, carry_initial_prompt=args.carry_initial_prompt,
+        prepend_punctuations=args.prepend_punctuations, append_punctuations=args.append_punctuations,
+        condition_on_previous_text=args.condition_on_previous_text,
         compression_ratio_threshold=args.compression_ratio_threshold,
         logprob_threshold=args.logprob_threshold, no_speech_threshold=args.no_speech_threshold,
         word_timestamps=args.word_timestamps, clip_timestamps=args.clip_timestamps,
@@ -125,21 +171,57 @@ def cmd_transcribe(args) -> int:
         failures += 1
     paths = [p for p in paths if not missing_input(p)]
     if paths:
-        model = load_model(args.model, backend=args.backend, device=args.device,
+        use_cores(args.threads)
+        model = load_model(model_location(args.model, args.model_dir), backend=args.backend, device=args.device,
                            encoder_float64_blocks=args.encoder_float64_blocks,
                            warm_start=not args.wait_for_compile)
-        if options.language is None and not model.is_multilingual:
-            options = options.replace(language="en")
+        options = english_only(model, options)
         for path in paths:
             try:
                 _transcribe_file(model, path, options, writer, args, many=len(args.audio) > 1 or len(paths) > 1)
             except (MaxWhisperError, OSError) as exc:  # this file is lost; the others go on
                 _report_failure(path, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
                 failures += 1
-    if failures:
-        print(f"max-whisper: {failures} of {total} input{'s' if total > 1 else ''} failed", file=sys.stderr)
-        return 1
-    return 0
+    if failures and total > 1:
+        print(f"max-whisper: {failures} of {total} inputs failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def english_only(model, options: TranscribeOptions) -> TranscribeOptions:
+    """On an English-only model: language "en", with a warning (as openai-whisper's) where the
+    user asked for another language or for translation."""
+    if model.is_multilingual:
+        return options
+    if options.language not in (None, "en"):
+        _warn(f"{model.name} is an English-only model but received '{options.language}'; using English instead")
+    if options.task == "translate":
+        _warn(f"{model.name} is an English-only model: it cannot translate; transcribing in English instead")
+    return options.replace(language="en", task="transcribe")
+
+
+def model_location(model: str, model_dir: str | None) -> str:
+    """--model as given, or its weights inside --model_dir (openai-whisper's <dir>/<name>.pt too)."""
+    if model_dir is None:
+        return model
+    if not os.path.isdir(model_dir):
+        raise UsageError(f"--model_dir '{model_dir}' is not a folder")
+    for candidate in (os.path.join(model_dir, model), os.path.join(model_dir, f"{model}.pt")):
+        if os.path.exists(candidate):
+            return candidate
+    return model  # a named model not in the folder: the bundled one
+
+
+def use_cores(threads: int) -> None:
+    """--threads N: run on N of this machine's cores (MAX's runtime sizes its pool by the CPU affinity)."""
+    if threads < 0:
+        raise UsageError("--threads must not be negative")
+    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if threads and available and threads < len(available):
+        os.sched_setaffinity(0, available[:threads])
+
+
+def _warn(message: str) -> None:
+    print(f"max-whisper: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _report_failure(path: str, message: str) -> None:
@@ -160,7 +242,7 @@ def _transcribe_file(model, path: str, options: TranscribeOptions, writer, args,
     with tempfile.TemporaryDirectory(prefix="max-whisper-") as spool:
         audio = load_audio(stdin_to_file(spool) if path == STDIN else path)
     writer_options = {"max_line_width": args.max_line_width, "max_line_count": args.max_line_count,
-                      "highlight_words": args.highlight_words}
+                      "max_words_per_line": args.max_words_per_line, "highlight_words": args.highlight_words}
     finished: list[dict] = []
 
     def on_segment(segment: dict) -> None:

@@ -82,8 +82,9 @@ class TranscribeOptions:
 
     @classmethod
     def cli_defaults(cls, **overrides) -> "TranscribeOptions":
-        """openai-whisper's command-line defaults (its `transcribe()` keeps the class defaults)."""
-        return cls(**{"best_of": 5, **overrides})
+        """openai-whisper's command-line defaults: beam search of 5, 5 samples per fallback
+        temperature (its `transcribe()`, like ours, keeps the class defaults: greedy)."""
+        return cls(**{"best_of": 5, "beam_size": 5, **overrides})
 
     @classmethod
     def from_kwargs(cls, options: "TranscribeOptions | None" = None, **overrides) -> "TranscribeOptions":

@@ -9,10 +9,19 @@ from ..weights import ModelWeights
 BACKENDS = ("max", "hybrid", "reference")
 DEFAULT_BACKEND = "max"  # exact to the reference, and needs no PyTorch
 DEVICES = ("auto", "cpu", "gpu")  # auto: the GPU where MAX (or PyTorch, for reference) sees one
+DEVICE_ALIASES = {"cuda": "gpu"}  # openai-whisper's name for it
 
 
 class UnknownBackend(MaxWhisperError, ValueError):
     pass
+
+
+def normalize_device(device: str) -> str:
+    """"auto", "cpu" or "gpu" (also accepts "cuda"); anything else is an UnknownBackend error."""
+    device = DEVICE_ALIASES.get(device.lower(), device.lower())
+    if device not in DEVICES:
+        raise UnknownBackend(f"unknown device '{device}' (choose from {', '.join(DEVICES)}, or cuda)")
+    return device
 
 
 def create_backend(name: str, weights: ModelWeights, device: str = "auto", encoder_float64_blocks: int = 0,
@@ -23,8 +32,7 @@ def create_backend(name: str, weights: ModelWeights, device: str = "auto", encod
     them in a background process and return the NumPy implementation of the same network for now,
     instead of waiting minutes for the compile.
     """
-    if device not in DEVICES:
-        raise UnknownBackend(f"unknown device '{device}' (choose from {', '.join(DEVICES)})")
+    device = normalize_device(device)
     if name == "reference":
         from .reference import ReferenceBackend
 
