@@ -43,6 +43,11 @@ test: install-test
 bench: install-test
 	$(VENV)/bin/max-whisper bench --audio ../shared/audio --json bench/results/latest.json --chart bench/results/latest.png $(ARGS)
 
+# the other modes of the same command (bench/README.md): stage times, encoder compile, peak RSS of a long file
+.PHONY: bench-stages bench-compile bench-memory
+bench-stages bench-compile bench-memory: bench-%: install-test
+	$(VENV)/bin/max-whisper bench --mode $* $(ARGS)
+
 demo: install-test
 	$(VENV)/bin/max-whisper demo $(ARGS)
 

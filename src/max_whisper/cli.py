@@ -125,7 +125,8 @@ def add_transcribe_parser(sub) -> None:
     p.add_argument("--model-dir", "--model_dir", default=None,
                    help="a folder holding the model's weights (the name given to --model, or NAME.pt); "
                         "default: the bundled packages. Nothing is ever downloaded")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress (else a bar on a terminal, a line every 10 s in a log)")
     p.add_argument("--wait-for-compile", action="store_true",
                    help="max backend, first run on a machine: wait for the MAX graphs to compile instead of "
                         "running on NumPy while they compile in the background")
@@ -244,15 +245,14 @@ def _transcribe_file(model, path: str, options: TranscribeOptions, writer, args,
     writer_options = {"max_line_width": args.max_line_width, "max_line_count": args.max_line_count,
                       "max_words_per_line": args.max_words_per_line, "highlight_words": args.highlight_words}
     finished: list[dict] = []
-
-    def on_segment(segment: dict) -> None:
-        finished.append(segment)
-        if args.verbose:
-            _print_segment(segment)
-
-    show = not args.no_progress and sys.stderr.isatty() and len(audio) > 30 * SAMPLE_RATE
+    mode = ProgressBar.mode_for(not args.no_progress)
     try:
-        with ProgressBar(total=len(audio) / SAMPLE_RATE, enabled=show, desc=Path(name).name) as bar:
+        with ProgressBar(total=len(audio) / SAMPLE_RATE, mode=mode, desc=Path(name).name) as bar:
+            def on_segment(segment: dict) -> None:
+                finished.append(segment)
+                if args.verbose:
+                    bar.write(_segment_line(segment))
+
             result = model.transcribe(audio, options, on_progress=bar.update_to, on_segment=on_segment)
     except KeyboardInterrupt:
         partial = {"text": "".join(s["text"] for s in finished), "segments": finished,
@@ -272,11 +272,10 @@ def _transcribe_file(model, path: str, options: TranscribeOptions, writer, args,
         writer(result, name, writer_options)
 
 
-def _print_segment(segment: dict) -> None:
+def _segment_line(segment: dict) -> str:
     from .writers import format_timestamp
 
-    print(f"[{format_timestamp(segment['start'])} --> {format_timestamp(segment['end'])}] {segment['text']}",
-          flush=True)
+    return f"[{format_timestamp(segment['start'])} --> {format_timestamp(segment['end'])}] {segment['text']}"
 
 
 def build_parser() -> argparse.ArgumentParser:

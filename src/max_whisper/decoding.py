@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -324,7 +324,8 @@ class DecodingTask:
         suppress += [t.transcribe, t.translate, t.sot, t.sot_prev, t.sot_lm, t.no_speech]
         return tuple(sorted(set(suppress)))
 
-    def run(self, audio_features: np.ndarray) -> list[DecodingResult]:
+    def run(self, audio_features: np.ndarray,
+            on_step: Callable[[np.ndarray], None] | None = None) -> list[DecodingResult]:
         """audio_features: [n_audio, n_audio_ctx, d] from backend.encode."""
         tokenizer = self.tokenizer
         n_audio = audio_features.shape[0]
@@ -342,7 +343,7 @@ class DecodingTask:
         decoder = (BeamSearchDecoder(self.options.beam_size, tokenizer.eot, session, self.options.patience)
                    if self.options.beam_size is not None
                    else GreedyDecoder(self.options.temperature, tokenizer.eot, self.rng))
-        tokens, sum_logprobs, no_speech_probs = self._main_loop(session, decoder, tokens)
+        tokens, sum_logprobs, no_speech_probs = self._main_loop(session, decoder, tokens, on_step)
 
         no_speech_probs = no_speech_probs[:: self.n_group]
         tokens = tokens.reshape(n_audio, self.n_group, -1)
@@ -370,7 +371,7 @@ class DecodingTask:
             ))
         return results
 
-    def _main_loop(self, session: DecoderSession, decoder, tokens: np.ndarray):
+    def _main_loop(self, session: DecoderSession, decoder, tokens: np.ndarray, on_step=None):
         n_batch = tokens.shape[0]
         sum_logprobs = np.zeros(n_batch, dtype=np.float32)
         no_speech_probs = [np.nan] * n_batch
@@ -384,6 +385,8 @@ class DecodingTask:
             for logit_filter in self.logit_filters:
                 logit_filter.apply(logits, tokens)
             tokens, completed = decoder.update(tokens, logits, sum_logprobs)
+            if on_step is not None:
+                on_step(tokens)
             if completed or tokens.shape[-1] > self.n_ctx:
                 break
         return tokens, sum_logprobs, no_speech_probs
@@ -406,8 +409,11 @@ def _verify_options(options: DecodingOptions) -> DecodingOptions:
 
 
 def decode(backend: Backend, tokenizer: Tokenizer, audio_features: np.ndarray,
-           options: DecodingOptions = DecodingOptions(), **overrides) -> list[DecodingResult]:
-    """Decode each 30-s window of `audio_features` ([n_audio, n_audio_ctx, d])."""
+           options: DecodingOptions = DecodingOptions(), on_step: Callable[[np.ndarray], None] | None = None,
+           **overrides) -> list[DecodingResult]:
+    """Decode each 30-s window of `audio_features` ([n_audio, n_audio_ctx, d]).
+
+    on_step(tokens) sees the token rows [batch, T] after each step (for progress within a window)."""
     if overrides:
         options = replace(options, **overrides)
-    return DecodingTask(backend, tokenizer, options).run(audio_features)
+    return DecodingTask(backend, tokenizer, options).run(audio_features, on_step)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ...dims import ModelDimensions
 from ...errors import MaxWhisperError
+from ...processes import child_env
 
 PARTS = ("encoder", "decoder")
 MODULE = "max_whisper.backends.max.warmup"  # run as `python -m MODULE` (__name__ is then __main__)
@@ -96,14 +97,9 @@ def _say(message: str) -> None:
     print(f"max-whisper: {message}", file=sys.stderr, flush=True)
 
 
-def _environment() -> dict[str, str]:
-    src = str(Path(__file__).resolve().parents[3])  # the folder holding the max_whisper package
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
-
-
 def _spawn(job: GraphJob, log) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", MODULE, "--job", job.to_json()],
-                            stdout=log, stderr=subprocess.STDOUT, env=_environment())
+                            stdout=log, stderr=subprocess.STDOUT, env=child_env())
 
 
 def compile_all(jobs: list[GraphJob], workers: int | None = None, progress: bool = True) -> dict[str, float]:
@@ -177,7 +173,7 @@ def start_background(jobs: list[GraphJob]) -> Path | None:
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", MODULE, "--jobs", json.dumps([j.to_json() for j in jobs])],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=_environment(), start_new_session=True)
+                                env=child_env(), start_new_session=True)
     pid_file.write_text(str(proc.pid))
     return log_path
 
