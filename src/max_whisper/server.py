@@ -12,6 +12,7 @@ be interrupted) and its result is discarded. Uploads over `max_upload_bytes` get
 Content-Length before the body is read, else by counting bytes as they arrive.
 """
 
+import argparse
 import asyncio
 import contextlib
 import hmac
@@ -31,20 +32,69 @@ from .options import TranscribeOptions
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 SEGMENT_KEYS = ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
                 "compression_ratio", "no_speech_prob")
+PUBLIC_PATHS = ("/", "/health", "/docs", "/openapi.json")  # no API key needed
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_MAX_UPLOAD_MB = 25.0  # OpenAI's own limit
+
+API_DESCRIPTION = ("OpenAI's audio transcription API on max-whisper: the official `openai` client works "
+                   "against it (`base_url=http://HOST:PORT/v1`). Requests run one at a time on one "
+                   "loaded model; the rest wait in a bounded queue (503 when full).")
+
+
+def request_schema(route: str) -> dict:
+    """The multipart fields of a transcription request, for /docs (the route parses the form itself)."""
+    fields = {
+        "file": {"type": "string", "format": "binary",
+                 "description": "the audio: any format FFmpeg reads (wav, mp3, flac, ogg, m4a, webm, ...)"},
+        "model": {"type": "string", "description": "accepted for compatibility; the loaded model answers"},
+        "prompt": {"type": "string", "description": "text before the first window (names, spellings, style)"},
+        "response_format": {"type": "string", "enum": list(FORMATS), "default": "json"},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 1,
+                        "description": "0 to 1; without it, openai-whisper's fallback 0, 0.2, ... 1.0"},
+        "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["segment", "word"]},
+                                      "description": "with response_format=verbose_json"},
+        "stream": {"type": "boolean", "default": False, "description": "not supported yet (400)"},
+    }
+    if route == "transcriptions":
+        fields["language"] = {"type": "string", "description": "ISO-639-1 code (default: detected)"}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"], "properties": fields}}}}}
+
+
+def index_page(model_id: str) -> str:
+    """A self-contained page (no scripts, nothing fetched) saying what this server takes."""
+    from html import escape
+
+    rows = "".join(
+        f"<tr><td><code>{escape(name)}</code></td><td>{escape(spec.get('description', ''))}"
+        f"{escape(' (default: ' + str(spec['default']) + ')') if 'default' in spec else ''}</td></tr>"
+        for name, spec in request_schema("transcriptions")["requestBody"]["content"]["multipart/form-data"]
+        ["schema"]["properties"].items())
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>max-whisper</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="font-family: sans-serif; max-width: 52em; margin: 2em auto; padding: 0 1em">
+<h1>max-whisper</h1><p>{escape(API_DESCRIPTION)}</p><p>Model: <code>{escape(model_id)}</code>.</p>
+<h2>POST /v1/audio/transcriptions, POST /v1/audio/translations</h2>
+<table>{rows}</table>
+<pre>curl http://HOST:PORT/v1/audio/transcriptions -F file=@talk.mp3 -F response_format=srt</pre>
+<p>Also: <code>GET /v1/models</code>, <code>GET /health</code>, the OpenAPI schema at
+<a href="/openapi.json">/openapi.json</a> and its interactive page at <a href="/docs">/docs</a>.</p>
+</body></html>"""
 
 
 def add_parsers(sub) -> None:
     from .cli import add_model_options
 
-    p = sub.add_parser("serve", help="serve an OpenAI-compatible transcription API over HTTP")
+    p = sub.add_parser("serve", help="serve an OpenAI-compatible transcription API over HTTP",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Serve POST /v1/audio/transcriptions and /v1/audio/translations as OpenAI's "
+                                   "API does; the request fields are described at /docs.")
     add_model_options(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--api-key", default=os.environ.get("MAX_WHISPER_API_KEY") or None,
-                   help="require 'Authorization: Bearer KEY' on every route but /health "
-                        "(default: $MAX_WHISPER_API_KEY)")
+                   help="require 'Authorization: Bearer KEY' on every route but /health and /docs "
+                        "(default: $MAX_WHISPER_API_KEY, else none)")
     p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
                    help="requests that may wait behind the running one; more get 503")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
@@ -113,7 +163,8 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
         yield
         worker.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="max-whisper", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(title="max-whisper", description=API_DESCRIPTION, docs_url="/docs", redoc_url=None,
+                  lifespan=lifespan)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request, exc: HTTPException):
@@ -135,7 +186,7 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
             if scope["type"] != "http":
                 return await self.app(scope, receive, send)
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            if api_key and scope["path"] != "/health":
+            if api_key and scope["path"] not in PUBLIC_PATHS:
                 auth = headers.get("authorization", "")
                 given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
                 if not hmac.compare_digest(given.encode(), api_key.encode()):
@@ -298,13 +349,21 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
             return PlainTextResponse(render(result, fmt), media_type="text/vtt" if fmt == "vtt" else "text/plain")
         return JSONResponse(verbose_json(result, task, duration, text, words))
 
-    @app.post("/v1/audio/transcriptions")
+    @app.post("/v1/audio/transcriptions", openapi_extra=request_schema("transcriptions"),
+              summary="Transcribe audio into the language spoken")
     async def transcriptions(request: Request):
         return await handle(request, "transcribe")
 
-    @app.post("/v1/audio/translations")
+    @app.post("/v1/audio/translations", openapi_extra=request_schema("translations"),
+              summary="Translate speech in any language into English text")
     async def translations(request: Request):
         return await handle(request, "translate")
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        from fastapi.responses import HTMLResponse
+
+        return HTMLResponse(index_page(model_id))
 
     @app.get("/v1/models")
     async def models():
