@@ -1,13 +1,16 @@
 """The Python API: `load_model(name, backend=...)` and `WhisperModel.transcribe(audio)`."""
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from .audio import first_window_mel, load_audio
 from .backends import DEFAULT_BACKEND, create_backend
+from .engine import DEFAULT_BATCH_SIZE, BatchingEngine
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
 from .weights.registry import DEFAULT_MODEL, NAMED_MODELS
 from .options import TranscribeOptions
@@ -54,6 +57,23 @@ class WhisperModel:
         if not isinstance(audio, np.ndarray):
             audio = load_audio(audio)
         return transcribe(self, audio, options, **overrides)
+
+    def transcribe_many(self, audios: Iterable[str | os.PathLike | np.ndarray],
+                        options: TranscribeOptions | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                        on_segment: Callable[[int, dict], None] | None = None,
+                        **overrides) -> Iterator[tuple[int, dict | Exception]]:
+        """Transcribe many recordings at once, their windows batched `batch_size` at a time.
+
+        Yields (index into `audios`, result) as each recording finishes: the same result
+        `transcribe` gives it alone, or the exception that stopped that recording (the others go
+        on). on_segment(index, segment) sees each segment as it is decoded."""
+        from .transcribe import transcription_stream
+
+        options = TranscribeOptions.from_kwargs(options, **overrides)
+        streams = (transcription_stream(self, audio, options, on_segment=None if on_segment is None else
+                                        functools.partial(on_segment, index))
+                   for index, audio in enumerate(audios))
+        yield from BatchingEngine(self.backend, self.tokenizer, batch_size).run(streams)
 
     def embed_audio(self, mel: np.ndarray) -> np.ndarray:
         return self.backend.encode(np.ascontiguousarray(mel, dtype=np.float32))

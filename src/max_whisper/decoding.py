@@ -139,8 +139,11 @@ class ApplyTimestampRules:
 
 # -- token selection ----------------------------------------------------------------------------
 class GreedyDecoder:
-    def __init__(self, temperature: float, eot: int, rng: np.random.Generator):
-        self.temperature, self.eot, self.rng = temperature, eot, rng
+    """Greedy or sampling. Each window samples from its own generator (`rngs`, one per window of
+    `group` rows), so a window draws the same tokens whatever else shares its batch."""
+
+    def __init__(self, temperature: float, eot: int, rngs: list[np.random.Generator], group: int = 1):
+        self.temperature, self.eot, self.rngs, self.group = temperature, eot, rngs, group
 
     def reset(self) -> None:
         pass
@@ -149,7 +152,8 @@ class GreedyDecoder:
         if self.temperature == 0:
             next_tokens = logits.argmax(axis=-1)
         else:
-            next_tokens = _sample(logits / self.temperature, self.rng)
+            next_tokens = np.concatenate([_sample(rows, rng) for rows, rng in zip(
+                np.split(logits / self.temperature, len(self.rngs)), self.rngs)])
         logprobs = log_softmax(logits)
         current = logprobs[np.arange(len(next_tokens)), next_tokens]
         finished = tokens[:, -1] == self.eot
@@ -158,10 +162,19 @@ class GreedyDecoder:
         tokens = np.concatenate([tokens, next_tokens[:, None]], axis=-1)
         return tokens, bool((tokens[:, -1] == self.eot).all())
 
-    def finalize(self, tokens, sum_logprobs):
-        """tokens [n_audio, n_group, T] -> candidates per audio, each ending with EOT."""
-        tokens = np.pad(tokens, ((0, 0), (0, 0), (0, 1)), constant_values=self.eot)
-        return [list(group) for group in tokens], sum_logprobs.tolist()
+    def windows_done(self, tokens) -> np.ndarray:
+        return (tokens[:, -1] == self.eot).reshape(-1, self.group).all(axis=1)
+
+    def snapshot(self, window: int, tokens, sum_logprobs):
+        rows = slice(window * self.group, (window + 1) * self.group)
+        return tokens[rows].copy(), sum_logprobs[rows].copy()
+
+    def finalize_window(self, window: int, tokens, sum_logprobs, snapshot=None):
+        """One window's candidates (each ending with EOT) and their log-probabilities, from its
+        rows of the final `tokens` [batch, T], or from the `snapshot` taken when it was frozen."""
+        rows, logprobs = snapshot or self.snapshot(window, tokens, sum_logprobs)
+        rows = np.pad(rows, ((0, 0), (0, 1)), constant_values=self.eot)
+        return list(rows), logprobs.tolist()
 
 
 def _sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -224,15 +237,21 @@ class BeamSearchDecoder:
         completed = all(len(s) >= self.max_candidates for s in self.finished_sequences)
         return tokens, completed
 
-    def finalize(self, preceding_tokens, sum_logprobs):
-        for i, sequences in enumerate(self.finished_sequences):
-            if len(sequences) < self.beam_size:  # not enough finished: add the best unfinished
-                for j in np.argsort(sum_logprobs[i])[::-1]:
-                    sequences[tuple(preceding_tokens[i, j].tolist() + [self.eot])] = float(sum_logprobs[i][j])
-                    if len(sequences) >= self.beam_size:
-                        break
-        tokens = [[np.array(seq) for seq in sequences] for sequences in self.finished_sequences]
-        return tokens, [list(s.values()) for s in self.finished_sequences]
+    def windows_done(self, tokens) -> np.ndarray:
+        return np.array([len(s) >= self.max_candidates for s in self.finished_sequences])
+
+    def snapshot(self, window: int, tokens, sum_logprobs):
+        rows = slice(window * self.beam_size, (window + 1) * self.beam_size)
+        return tokens[rows].copy(), sum_logprobs[rows].copy(), dict(self.finished_sequences[window])
+
+    def finalize_window(self, window: int, tokens, sum_logprobs, snapshot=None):
+        rows, logprobs, sequences = snapshot or self.snapshot(window, tokens, sum_logprobs)
+        if len(sequences) < self.beam_size:  # not enough finished: add the best unfinished
+            for j in np.argsort(logprobs)[::-1]:
+                sequences[tuple(rows[j].tolist() + [self.eot])] = float(logprobs[j])
+                if len(sequences) >= self.beam_size:
+                    break
+        return [np.array(seq) for seq in sequences], list(sequences.values())
 
 
 def _topk(logprobs: np.ndarray, k: int) -> np.ndarray:
@@ -273,6 +292,14 @@ def detect_language(backend: Backend, tokenizer: Tokenizer, audio_features: np.n
 
 
 class DecodingTask:
+    """One decoding pass over a batch of windows that share their options except the prompt.
+
+    Windows whose prompts differ in length are left-padded to the longest (on backends with
+    `ragged_batches`), so every column index (the SOT, the first sampled token) is the same for
+    all rows; each window's own length limit, random generator and end are kept, so a window gets
+    the tokens it would get decoded alone.
+    """
+
     def __init__(self, backend: Backend, tokenizer: Tokenizer, options: DecodingOptions, seed: int = 0):
         self.backend = backend
         self.options = _verify_options(options)
@@ -284,31 +311,30 @@ class DecodingTask:
         self.sot_sequence = self.tokenizer.sot_sequence
         if options.without_timestamps:
             self.sot_sequence = self.tokenizer.sot_sequence_including_notimestamps
-        self.initial_tokens = self._initial_tokens()
-        self.sample_begin = len(self.initial_tokens)
-        self.sot_index = self.initial_tokens.index(self.tokenizer.sot)
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
 
-        self.logit_filters = []
+    def _logit_filters(self, sample_begin: int) -> list:
+        options, filters = self.options, []
         if options.suppress_blank:
-            self.logit_filters.append(SuppressBlank(self.tokenizer, self.sample_begin))
+            filters.append(SuppressBlank(self.tokenizer, sample_begin))
         if options.suppress_tokens:
-            self.logit_filters.append(SuppressTokens(self._suppress_tokens()))
+            filters.append(SuppressTokens(self._suppress_tokens()))
         if not options.without_timestamps:
-            precision = CHUNK_LENGTH / dims.n_audio_ctx  # 0.02 s
+            precision = CHUNK_LENGTH / self.backend.dims.n_audio_ctx  # 0.02 s
             max_initial = None
             if options.max_initial_timestamp:
                 max_initial = round(options.max_initial_timestamp / precision)
-            self.logit_filters.append(ApplyTimestampRules(self.tokenizer, self.sample_begin, max_initial))
+            filters.append(ApplyTimestampRules(self.tokenizer, sample_begin, max_initial))
+        return filters
 
-    def _initial_tokens(self) -> tuple[int, ...]:
+    def _initial_tokens(self, prompt) -> tuple[int, ...]:
         tokens = list(self.sot_sequence)
         if prefix := self.options.prefix:
             prefix_tokens = self.tokenizer.encode(" " + prefix.strip()) if isinstance(prefix, str) else list(prefix)
             max_prefix_len = self.n_ctx // 2 - self.sample_len
             prefix_tokens = prefix_tokens[-max_prefix_len:]
             tokens += prefix_tokens
-        if prompt := self.options.prompt:
+        if prompt:
             prompt_tokens = self.tokenizer.encode(" " + prompt.strip()) if isinstance(prompt, str) else list(prompt)
             tokens = [self.tokenizer.sot_prev] + prompt_tokens[-(self.n_ctx // 2 - 1):] + tokens
         return tuple(tokens)
@@ -324,72 +350,93 @@ class DecodingTask:
         suppress += [t.transcribe, t.translate, t.sot, t.sot_prev, t.sot_lm, t.no_speech]
         return tuple(sorted(set(suppress)))
 
-    def run(self, audio_features: np.ndarray,
-            on_step: Callable[[np.ndarray], None] | None = None) -> list[DecodingResult]:
-        """audio_features: [n_audio, n_audio_ctx, d] from backend.encode."""
+    def run(self, audio_features: np.ndarray, on_step: Callable[[np.ndarray], None] | None = None,
+            prompts: Sequence | None = None) -> list[DecodingResult]:
+        """audio_features: [n_audio, n_audio_ctx, d] from backend.encode; prompts: one per window
+        (default: the options' prompt for all)."""
         tokenizer = self.tokenizer
         n_audio = audio_features.shape[0]
-        tokens = np.tile(np.array(self.initial_tokens, dtype=np.int64), (n_audio, 1))
+        prompts = [self.options.prompt] * n_audio if prompts is None else list(prompts)
+        initial = [self._initial_tokens(p) for p in prompts]
+        sample_begin = max(len(t) for t in initial)
+        pad = np.array([sample_begin - len(t) for t in initial], np.int64)
+        if pad.any() and not getattr(self.backend, "ragged_batches", False):
+            raise DecodingError(f"the {self.backend.name} backend decodes a batch only when its prompts "
+                                "are equally long")
+        # the SOT's column, counted from the right end of the (left-padded) initial tokens
+        sot_index = sample_begin - (len(initial[0]) - initial[0].index(tokenizer.sot))
+        tokens = np.array([[tokenizer.eot] * int(n) + list(t) for n, t in zip(pad, initial)], dtype=np.int64)
 
         languages = [self.options.language] * n_audio
         language_probs = None
         if self.options.language is None and tokenizer.multilingual:
             lang_tokens, language_probs = detect_language(self.backend, tokenizer, audio_features)
             languages = [max(p, key=p.get) for p in language_probs]
-            tokens[:, self.sot_index + 1] = lang_tokens
+            tokens[:, sot_index + 1] = lang_tokens
 
         tokens = np.repeat(tokens, self.n_group, axis=0)
-        session = self.backend.decoder_session(audio_features)
+        session = (self.backend.decoder_session(audio_features, pad=pad.tolist()) if pad.any()
+                   else self.backend.decoder_session(audio_features))
         decoder = (BeamSearchDecoder(self.options.beam_size, tokenizer.eot, session, self.options.patience)
                    if self.options.beam_size is not None
-                   else GreedyDecoder(self.options.temperature, tokenizer.eot, self.rng))
-        tokens, sum_logprobs, no_speech_probs = self._main_loop(session, decoder, tokens, on_step)
-
+                   else GreedyDecoder(self.options.temperature, tokenizer.eot,
+                                      [np.random.default_rng(self.seed) for _ in range(n_audio)], self.n_group))
+        tokens, sum_logprobs, no_speech_probs, snapshots = self._main_loop(
+            session, decoder, tokens, pad, sot_index, self._logit_filters(sample_begin), on_step)
         no_speech_probs = no_speech_probs[:: self.n_group]
-        tokens = tokens.reshape(n_audio, self.n_group, -1)
-        sum_logprobs = sum_logprobs.reshape(n_audio, self.n_group)
-        candidates, candidate_logprobs = decoder.finalize(tokens, sum_logprobs)
-        # keep what lies between the first sampled token and the first EOT
-        candidates = [[t[self.sample_begin: int(np.nonzero(t == tokenizer.eot)[0][0])] for t in s]
-                      for s in candidates]
-        selected = rank_by_likelihood(candidates, candidate_logprobs, self.options.length_penalty)
 
         results = []
         for i in range(n_audio):
-            toks = [int(t) for t in candidates[i][selected[i]]]
+            candidates, logprobs = decoder.finalize_window(i, tokens, sum_logprobs, snapshots.get(i))
+            # keep what lies between the first sampled token and the first EOT
+            candidates = [_until_eot(np.asarray(t)[sample_begin:], tokenizer.eot) for t in candidates]
+            best = rank_by_likelihood([candidates], [logprobs], self.options.length_penalty)[0]
+            toks = [int(t) for t in candidates[best]]
             text = tokenizer.decode(toks).strip()
-            logprob = candidate_logprobs[i][selected[i]]
             results.append(DecodingResult(
                 language=languages[i],
                 language_probs=language_probs[i] if language_probs else None,
                 tokens=toks,
                 text=text,
-                avg_logprob=logprob / (len(toks) + 1),
+                avg_logprob=logprobs[best] / (len(toks) + 1),
                 no_speech_prob=no_speech_probs[i],
                 temperature=self.options.temperature,
                 compression_ratio=compression_ratio(text),
             ))
         return results
 
-    def _main_loop(self, session: DecoderSession, decoder, tokens: np.ndarray, on_step=None):
+    def _main_loop(self, session: DecoderSession, decoder, tokens: np.ndarray, pad: np.ndarray, sot_index: int,
+                   logit_filters: list, on_step=None):
+        """Decode until every window has ended, or reached its length limit (then it is frozen:
+        its state at that step is what it would have been decoded alone)."""
         n_batch = tokens.shape[0]
         sum_logprobs = np.zeros(n_batch, dtype=np.float32)
         no_speech_probs = [np.nan] * n_batch
+        snapshots: dict[int, tuple] = {}
         for i in range(self.sample_len):
             # the first call feeds the prompt: logits only where they are read (SOT and the last)
-            logits = session.logits(tokens, [self.sot_index, tokens.shape[1] - 1] if i == 0 else None)
+            logits = session.logits(tokens, [sot_index, tokens.shape[1] - 1] if i == 0 else None)
             if i == 0:
                 probs_at_sot = np.exp(log_softmax(logits[:, 0]))
                 no_speech_probs = probs_at_sot[:, self.tokenizer.no_speech].tolist()
             logits = np.array(logits[:, -1], dtype=np.float32)  # a copy: the filters write into it
-            for logit_filter in self.logit_filters:
+            for logit_filter in logit_filters:
                 logit_filter.apply(logits, tokens)
             tokens, completed = decoder.update(tokens, logits, sum_logprobs)
             if on_step is not None:
                 on_step(tokens)
-            if completed or tokens.shape[-1] > self.n_ctx:
+            if completed:
                 break
-        return tokens, sum_logprobs, no_speech_probs
+            for window in np.nonzero(tokens.shape[-1] - pad > self.n_ctx)[0]:
+                snapshots.setdefault(int(window), decoder.snapshot(int(window), tokens, sum_logprobs))
+            if len(snapshots) == len(pad) or all(
+                    done or w in snapshots for w, done in enumerate(decoder.windows_done(tokens))):
+                break
+        return tokens, sum_logprobs, no_speech_probs, snapshots
+
+
+def _until_eot(tokens: np.ndarray, eot: int) -> np.ndarray:
+    return tokens[: int(np.nonzero(tokens == eot)[0][0])]
 
 
 def _verify_options(options: DecodingOptions) -> DecodingOptions:
@@ -410,10 +457,11 @@ def _verify_options(options: DecodingOptions) -> DecodingOptions:
 
 def decode(backend: Backend, tokenizer: Tokenizer, audio_features: np.ndarray,
            options: DecodingOptions = DecodingOptions(), on_step: Callable[[np.ndarray], None] | None = None,
-           **overrides) -> list[DecodingResult]:
+           prompts: Sequence | None = None, **overrides) -> list[DecodingResult]:
     """Decode each 30-s window of `audio_features` ([n_audio, n_audio_ctx, d]).
 
+    prompts: each window's own previous-text prompt (default: `options.prompt` for every window).
     on_step(tokens) sees the token rows [batch, T] after each step (for progress within a window)."""
     if overrides:
         options = replace(options, **overrides)
-    return DecodingTask(backend, tokenizer, options).run(audio_features, on_step)
+    return DecodingTask(backend, tokenizer, options).run(audio_features, on_step, prompts)

@@ -5,14 +5,16 @@ clip_timestamps and (optionally) word timestamps, on any backend.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import numpy as np
 
-from .audio import log_mel_spectrogram, pad_or_trim
+from .audio import StreamedAudio, pad_or_trim, window_source
 from .backends.base import TranscriptionModel
-from .decoding import DecodingResult, decode, detect_language
-from .dims import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE
+from .decoding import DecodingResult
+from .engine import BatchingEngine, Decode, DetectLanguage, Encode, Stream
+from .dims import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from .options import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, TranscribeOptions
 
 
@@ -32,7 +34,7 @@ def is_silent(samples: np.ndarray, threshold_dbfs: float) -> bool:
 
 def transcribe(
     model: TranscriptionModel,
-    audio: np.ndarray,
+    audio: np.ndarray | StreamedAudio | str | os.PathLike,
     options: TranscribeOptions | None = None,
     *,
     on_progress: Callable[[float, float], None] | None = None,
@@ -42,25 +44,44 @@ def transcribe(
     """Transcribe 16 kHz mono float32 `audio` under `options` (see TranscribeOptions; keyword
     overrides as openai-whisper's transcribe() takes them). Returns {"text", "segments", "language"}.
 
+    `audio` is samples in memory, or a StreamedAudio (or a path, made one here): that reads the file
+    window by window, so memory stays flat however long it is, with the very same tokens.
+
     silence_threshold (dBFS, None: off) skips windows whose peak level stays below it without
     decoding them: over digital silence Whisper tends to invent a word ("you") that its own
     no-speech rule keeps. Everything else follows openai-whisper's transcribe().
     on_progress(seconds_done, seconds_total) and on_segment(segment) let callers show progress.
     """
     options = TranscribeOptions.from_kwargs(options, **overrides)
+    stream = transcription_stream(model, audio, options, on_progress=on_progress, on_segment=on_segment)
+    return BatchingEngine(model.backend, model.tokenizer, batch_size=1).run_one(stream)
+
+
+def transcription_stream(
+    model: TranscriptionModel,
+    audio: np.ndarray | StreamedAudio | str | os.PathLike,
+    options: TranscribeOptions,
+    *,
+    on_progress: Callable[[float, float], None] | None = None,
+    on_segment: Callable[[dict], None] | None = None,
+) -> Stream:
+    """openai-whisper's long-form loop over one recording, as a stream for the batching engine:
+    it yields each window's Encode and Decode (and a DetectLanguage) and is sent the answers; it
+    returns {"text", "segments", "language"}. The model's backend is called directly only for
+    word timestamps."""
     dims = model.dims
-    # 30 s of silence after the content, for slicing the last window
-    mel = log_mel_spectrogram(audio, dims.n_mels, padding=N_SAMPLES)
-    content_frames = mel.shape[-1] - N_FRAMES
+    # the log-mel with 30 s of silence after the content, for slicing the last window
+    source = window_source(audio, dims.n_mels)
+    content_frames = source.content_frames
     content_duration = float(content_frames * HOP_LENGTH / SAMPLE_RATE)
 
     if options.language is None:
         if not model.is_multilingual:
             options = options.replace(language="en")
         else:
-            features = model.backend.encode(pad_or_trim(mel, N_FRAMES)[None])
-            _, probs = detect_language(model.backend, model.tokenizer, features)
-            options = options.replace(language=max(probs[0], key=probs[0].get))
+            features = yield Encode(pad_or_trim(source.mel_frames(0, N_FRAMES), N_FRAMES))
+            probs = yield DetectLanguage(features)
+            options = options.replace(language=max(probs, key=probs.get))
     language = options.language
     tokenizer = model.tokenizer.with_options(language=language, task=options.task)
     compression_ratio_threshold = options.compression_ratio_threshold
@@ -71,10 +92,10 @@ def transcribe(
     seek_clips = parse_clip_timestamps(options.clip_timestamps, content_frames)
     punctuation = PREPEND_PUNCTUATIONS + APPEND_PUNCTUATIONS
 
-    def decode_with_fallback(features: np.ndarray, prompt: list[int]) -> DecodingResult:
+    def decode_with_fallback(features: np.ndarray, prompt: list[int], on_step) -> Stream:
         result = None
         for t in options.temperatures:
-            result = decode(model.backend, tokenizer, features, options.window_options(t, prompt))[0]
+            result = yield Decode(features, options.window_options(t, prompt), on_step)
             needs_fallback = False
             if compression_ratio_threshold is not None and result.compression_ratio > compression_ratio_threshold:
                 needs_fallback = True  # too repetitive
@@ -118,6 +139,14 @@ def transcribe(
         if on_progress:
             on_progress(min(seek, content_frames) / FRAMES_PER_SECOND, content_duration)
 
+    def window_progress(time_offset: float, duration: float) -> Callable[[np.ndarray], None]:
+        """Progress inside a window: the latest timestamp token the decoder has written."""
+        def on_step(tokens: np.ndarray) -> None:
+            last = int(tokens[0, -1]) - tokenizer.timestamp_begin
+            if 0 <= last <= duration / time_precision:
+                on_progress(min(time_offset + last * time_precision, content_duration), content_duration)
+        return on_step
+
     clip_idx = 0
     seek = seek_clips[0][0]
     last_speech_timestamp = 0.0
@@ -132,11 +161,11 @@ def transcribe(
         time_offset = float(seek * HOP_LENGTH / SAMPLE_RATE)
         window_end_time = float((seek + N_FRAMES) * HOP_LENGTH / SAMPLE_RATE)
         segment_size = min(N_FRAMES, content_frames - seek, seek_clip_end - seek)
-        mel_segment = pad_or_trim(mel[:, seek: seek + segment_size], N_FRAMES)
+        mel_segment = pad_or_trim(source.mel_frames(seek, segment_size), N_FRAMES)
         segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
 
         if options.silence_threshold is not None and is_silent(
-                audio[seek * HOP_LENGTH: (seek + segment_size) * HOP_LENGTH], options.silence_threshold):
+                source.samples(seek, segment_size), options.silence_threshold):
             seek += segment_size
             report_progress(seek)
             continue
@@ -148,8 +177,9 @@ def transcribe(
         else:
             prompt = all_tokens[prompt_reset_since:]
 
-        features = model.backend.encode(mel_segment[None])
-        result = decode_with_fallback(features, prompt)
+        features = yield Encode(mel_segment)
+        result: DecodingResult = yield from decode_with_fallback(
+            features, prompt, window_progress(time_offset, segment_duration) if on_progress else None)
         tokens = np.array(result.tokens, dtype=np.int64)
 
         if no_speech_threshold is not None:
@@ -199,7 +229,7 @@ def transcribe(
             from .timing import add_word_timestamps, get_end, skip_hallucinations
 
             add_word_timestamps(
-                segments=current_segments, model=model, tokenizer=tokenizer, features=features,
+                segments=current_segments, model=model, tokenizer=tokenizer, features=features[None],
                 num_frames=segment_size, prepend_punctuations=options.prepend_punctuations,
                 append_punctuations=options.append_punctuations, last_speech_timestamp=last_speech_timestamp)
             if not single_timestamp_ending:

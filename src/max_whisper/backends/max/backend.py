@@ -13,6 +13,7 @@ class MaxBackend:
     """base.Backend on MAX: `encode(mel)` runs MaxEncoder, decoder sessions run MaxDecoder."""
 
     name = "max"
+    ragged_batches = True  # decoder_session(features, pad): windows with prompts of different lengths in one batch
 
     def __init__(self, weights: ModelWeights, device: str = "auto", encoder_float64_blocks: int = 0):
         from .warmup import compile_all, jobs_for  # here: `python -m ...warmup` imports this package first
@@ -33,8 +34,8 @@ class MaxBackend:
             mel = mel[None]
         return self.encoder(mel)
 
-    def decoder_session(self, audio_features: np.ndarray) -> MaxDecoderSession:
-        return self.decoder.new_session(self._features(audio_features))
+    def decoder_session(self, audio_features: np.ndarray, pad: list[int] | None = None) -> MaxDecoderSession:
+        return self.decoder.new_session(self._features(audio_features), pad)
 
     def cross_attention(self, audio_features: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         return self.decoder.cross_attention_scores(self._features(audio_features), np.asarray(tokens))

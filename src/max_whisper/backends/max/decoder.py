@@ -32,6 +32,28 @@ def compiled_decoder(runtime: MaxRuntime, dims: ModelDimensions):
                           decoder_signature(dims), decoder_label(dims), DECODER_COMPILE_ESTIMATE_S)
 
 
+PADDING_SCORE = np.float32(-1e9)
+
+
+def step_positions(n_past: int, n_new: int, pad: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions [A, G, n] and additive mask [A, G, n, past + n] of the new columns n_past.. of
+    windows whose rows start with pad[a] padding columns: causal, padding hidden from real tokens
+    (a padding column sees only itself, so that it stays finite), positions counted from each
+    row's first real token."""
+    n_total = n_past + n_new
+    cols = np.arange(n_total)[None, None, :]
+    query = np.arange(n_past, n_total)[None, :, None]
+    pad = pad[:, None, None]
+    padding = (cols < pad) & (cols != query)
+    # padding gets a large finite negative, not -inf: MAX's softmax turns a row whose leading block
+    # of columns is all -inf into NaN; exp(-1e9 - max) is exactly 0 all the same
+    mask = np.where(cols > query, np.float32(-np.inf), np.where(padding, PADDING_SCORE, np.float32(0)))
+    positions = np.maximum(np.arange(n_past, n_total)[None, :] - pad[:, :, 0], 0)  # [A, n]
+    shape = (len(pad), group)
+    return (np.ascontiguousarray(np.broadcast_to(positions[:, None], (*shape, n_new)), dtype=np.int64),
+            np.ascontiguousarray(np.broadcast_to(mask[:, None], (*shape, n_new, n_total)), dtype=np.float32))
+
+
 class MaxDecoder:
     """The compiled decoder graphs of one model with its weights bound; sessions share it.
 
@@ -52,7 +74,6 @@ class MaxDecoder:
         self._last_cross: tuple[np.ndarray, list[Buffer]] | None = None
         d, heads = dims.n_text_state, dims.n_text_head
         self._cache_shapes = ((heads, d // heads, 0), (heads, 0, d // heads))  # after [A, G]
-        self._zero_mask = np.zeros((1, dims.n_text_ctx), np.float32)
 
     def _registry(self, registry: dict[str, np.ndarray]) -> dict:
         self._keep.append(registry)
@@ -88,29 +109,23 @@ class MaxDecoder:
         return [self._to_device(np.zeros((n_audio, group, *shape), np.float32))
                 for _ in range(self.dims.n_text_layer) for shape in (k_shape, v_shape)]
 
-    def _mask(self, n_past: int, n_new: int) -> np.ndarray:
-        total = n_past + n_new
-        if n_new == 1:
-            return self._zero_mask[:, :total]
-        cols = np.arange(total)[None, :]
-        rows = np.arange(n_past, total)[:, None]
-        mask = np.where(cols > rows, np.float32(-np.inf), np.float32(0)).astype(np.float32)
-        return mask
-
     def step(self, tokens: np.ndarray, n_past: int, cross: list[Buffer], cache: list[Buffer],
-             rows: np.ndarray | None = None):
+             rows: np.ndarray | None = None, pad: np.ndarray | None = None):
         """tokens [A, G, n] (the new ones only) -> (logits Buffer [A, G, k, vocab], new cache).
 
         rows: the k indices (into the n new tokens) whose logits are computed; default the last.
+        pad [A]: leading padding columns of each window's rows (default none).
         """
-        n_new = tokens.shape[2]
-        if n_past + n_new > self.dims.n_text_ctx:
+        n_audio, group, n_new = tokens.shape
+        pad = np.zeros(n_audio, np.int64) if pad is None else np.asarray(pad, np.int64)
+        if n_past + n_new - int(pad.max()) > self.dims.n_text_ctx:  # no row within the context
             raise ValueError(f"{n_past + n_new} tokens exceed the text context ({self.dims.n_text_ctx})")
         rows = np.array([n_new - 1], np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        positions, mask = step_positions(n_past, n_new, pad, group)
+        positions = np.minimum(positions, self.dims.n_text_ctx - 1)  # rows past their end: ignored
         logits, *new_cache = self._step.execute(
-            self._to_device(np.asarray(tokens, dtype=np.int64)),
-            self._to_device(np.arange(n_past, n_past + n_new, dtype=np.int64)),
-            self._to_device(rows), self._to_device(self._mask(n_past, n_new)), *cross, *cache)
+            self._to_device(np.asarray(tokens, dtype=np.int64)), self._to_device(positions),
+            self._to_device(rows), self._to_device(mask), *cross, *cache)
         return logits, new_cache
 
     def cross_attention_scores(self, audio_features: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -120,20 +135,22 @@ class MaxDecoder:
         if n > self.dims.n_text_ctx:
             raise ValueError(f"{n} tokens exceed the text context ({self.dims.n_text_ctx})")
         cross = self.cross_kv(np.asarray(audio_features, dtype=np.float32)[:1])
-        scores = self._scores.execute(self._to_device(tokens), self._to_device(np.arange(n, dtype=np.int64)),
-                                      self._to_device(self._mask(0, n)), *cross, *self.empty_cache(1, 1))
+        positions, mask = step_positions(0, n, np.zeros(1, np.int64), 1)
+        scores = self._scores.execute(self._to_device(tokens), self._to_device(positions), self._to_device(mask),
+                                      *cross, *self.empty_cache(1, 1))
         return np.stack([self._to_numpy(s)[0] for s in scores])
 
-    def new_session(self, audio_features: np.ndarray) -> "MaxDecoderSession":
-        return MaxDecoderSession(self, audio_features)
+    def new_session(self, audio_features: np.ndarray, pad: list[int] | None = None) -> "MaxDecoderSession":
+        return MaxDecoderSession(self, audio_features, pad)
 
 
 class MaxDecoderSession:
     """One decoding pass over a batch of windows (base.DecoderSession); the KV cache stays on the device."""
 
-    def __init__(self, decoder: MaxDecoder, audio_features: np.ndarray):
+    def __init__(self, decoder: MaxDecoder, audio_features: np.ndarray, pad: list[int] | None = None):
         self.decoder = decoder
         self.n_audio = audio_features.shape[0]
+        self.pad = None if pad is None or not any(pad) else np.asarray(pad, np.int64)
         self.cross = decoder.cross_kv(audio_features)
         self.cache: list[Buffer] | None = None
         self.n_cached = 0
@@ -152,13 +169,14 @@ class MaxDecoderSession:
         if self.cache is None and group > 1 and (new == new[:, :1]).all():
             # Prefill of beams (or samples) that all start alike: run one row per window and copy
             # its cache and logits to the others (5x less work for a beam of 5 after a long prompt).
-            logits, cache = decoder.step(new[:, :1], 0, self.cross, decoder.empty_cache(self.n_audio, 1), rows)
+            logits, cache = decoder.step(new[:, :1], 0, self.cross, decoder.empty_cache(self.n_audio, 1), rows,
+                                         self.pad)
             self.cache = [decoder._to_device(np.repeat(decoder._to_numpy(b), group, axis=1)) for b in cache]
             logits = np.repeat(decoder._to_numpy(logits), group, axis=1)
         else:
             if self.cache is None:
                 self.cache = decoder.empty_cache(self.n_audio, group)
-            logits, self.cache = decoder.step(new, self.n_cached, self.cross, self.cache, rows)
+            logits, self.cache = decoder.step(new, self.n_cached, self.cross, self.cache, rows, self.pad)
             logits = decoder._to_numpy(logits)
         self.n_cached = n_tokens
         return logits.reshape(batch, -1, logits.shape[-1])

@@ -3,14 +3,17 @@
 One module, compiled once per model shape:
   - cross K/V graph: encoder features [A, n_audio_ctx, d] -> every layer's cross-attention K and V,
     run once per window (and reused by every session opened on the same features);
-  - step graph: tokens [A, G, n] + positions [n] + causal mask -> token + positional embedding,
+  - step graph: tokens [A, G, n] + positions [A, G, n] + mask [A, G, n, past + n] -> token +
+    positional embedding,
     N pre-LN blocks (causal self-attention over cached + new K/V, cross-attention, MLP), then, for
     the k positions asked for (logit_rows: the last one after a prompt; the SOT's too on a first
     call), final LayerNorm and logits from a pre-transposed [d, vocab] copy of the token embedding.
     It takes each layer's past self-attention K/V and returns them concatenated with the new
     positions; the session feeds those buffers back on the next call, so the cache never visits
     the host. Symbolic sizes: one compiled graph serves prefill and single-token steps, greedy
-    and beam search, one window or several.
+    and beam search, one window or several. Positions and mask are per row, so windows whose
+    prompts differ in length decode in one batch: each row is left-padded to the longest, its
+    padding masked out and its positions counted from its first real token.
   - scores graph: the step graph's variant for word timestamps, each layer's cross-attention scores
     q.k / sqrt(head_dim) before the softmax instead of logits (in the same module: it shares every
     kernel with the step graph, so it adds little to the compile).
@@ -64,7 +67,8 @@ def _block(x: TensorValue, mask: TensorValue, past_k: TensorValue, past_v: Tenso
     k_all = ops.concat([past_k, new_k], axis=4)  # [A, G, H, hd, past + n]
     v_all = ops.concat([past_v, new_v], axis=3)  # [A, G, H, past + n, hd]
     n_total = k_all.shape[4]
-    scores = q @ ops.reshape(k_all, [rows, heads, hd, n_total]) + ops.rebind(mask, [n_new, n_total])
+    mask = ops.reshape(ops.rebind(mask, [n_audio, group, n_new, n_total]), [rows, 1, n_new, n_total])
+    scores = q @ ops.reshape(k_all, [rows, heads, hd, n_total]) + mask
     attn = ops.softmax(scores) @ ops.reshape(v_all, [rows, heads, n_total, hd])  # [AG, H, n, hd]
     attn = ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [rows * n_new, d])
     x = x + linear(attn, f"{prefix}attn.out", d, d, device)
@@ -88,7 +92,7 @@ def _block(x: TensorValue, mask: TensorValue, past_k: TensorValue, past_v: Tenso
 def _embed(tokens: TensorValue, positions: TensorValue, dims: ModelDimensions, device: DeviceRef) -> TensorValue:
     d = dims.n_text_state
     tok = ops.gather(weight("token_embedding", [dims.n_vocab, d], device), tokens, axis=0)  # [A, G, n, d]
-    pos = ops.gather(weight("positional_embedding", [dims.n_text_ctx, d], device), positions, axis=0)  # [n, d]
+    pos = ops.gather(weight("positional_embedding", [dims.n_text_ctx, d], device), positions, axis=0)  # [A, G, n, d]
     return tok + pos
 
 
@@ -111,9 +115,9 @@ def _types(dims: ModelDimensions, device: DeviceRef) -> dict[str, TensorType]:
     f32 = DType.float32
     return {
         "tokens": TensorType(DType.int64, [N_AUDIO, GROUP, N_NEW], device=device),
-        "positions": TensorType(DType.int64, [N_NEW], device=device),
+        "positions": TensorType(DType.int64, [N_AUDIO, GROUP, N_NEW], device=device),
         "logit_rows": TensorType(DType.int64, [N_LOGITS], device=device),
-        "mask": TensorType(f32, [N_NEW, N_TOTAL], device=device),
+        "mask": TensorType(f32, [N_AUDIO, GROUP, N_NEW, N_TOTAL], device=device),
         "past_k": TensorType(f32, [N_AUDIO, GROUP, heads, hd, N_PAST], device=device),
         "past_v": TensorType(f32, [N_AUDIO, GROUP, heads, N_PAST, hd], device=device),
         "cross_k": TensorType(f32, [N_AUDIO, heads, hd, ctx], device=device),
@@ -145,7 +149,7 @@ def build_step_graph(dims: ModelDimensions, device: DeviceRef, scores: bool = Fa
                      module: Module | None = None) -> Graph:
     """The whole decoder step in one graph.
 
-    Inputs: tokens [A, G, n], positions [n], logit_rows [k], mask [n, past + n], then cross_k,
+    Inputs: tokens [A, G, n], positions [A, G, n], logit_rows [k], mask [A, G, n, past + n], then cross_k,
     cross_v per layer, then past_k, past_v per layer. Outputs: logits [A, G, k, vocab], then k_all,
     v_all per layer; or, with `scores` (no logit_rows input), only each layer's cross-attention
     scores before the softmax [A, H, G*n, ctx].
