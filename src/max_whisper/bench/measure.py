@@ -20,12 +20,14 @@ def measure(runner, clips: list[Clip], repeats: int = 3, warmup: bool = True) ->
     """Warm-up pass, then `repeats` timed passes over all clips. Texts come from the last pass."""
     if repeats < 1:
         raise BenchError("repeats must be at least 1")
+    def one_pass() -> list[Pass]:
+        if getattr(runner, "batched", False) and hasattr(runner, "transcribe_set"):
+            return runner.transcribe_set([clip.samples for clip in clips])
+        return [runner.transcribe(clip.samples) for clip in clips]
+
     if warmup:
-        for clip in clips:
-            runner.transcribe(clip.samples)
-    passes: list[list[Pass]] = []
-    for _ in range(repeats):
-        passes.append([runner.transcribe(clip.samples) for clip in clips])
+        one_pass()
+    passes: list[list[Pass]] = [one_pass() for _ in range(repeats)]
     walls = [sum(p.wall_s for p in run) for run in passes]
     encoder_ms = [1000 * sum(p.encoder_s for p in run) / max(1, sum(p.windows for p in run)) for run in passes]
     decoder_ms = [1000 * sum(p.decoder_s for p in run) / max(1, sum(p.tokens for p in run)) for run in passes

@@ -117,13 +117,20 @@ def plan_rows(requested: Iterable[str], device: str = "auto",
                         add(row, missing or "CTranslate2 sees no CUDA device")
             continue
         base, _, suffix = name.partition("-")
-        if base not in OUR_BACKENDS or suffix not in ("", "gpu", "cuda"):
-            raise BenchError(f"unknown backend '{name}' (choose from max, hybrid, reference, faster-whisper, "
-                             "faster-whisper-int8, faster-whisper-fp32; add -gpu / -cuda for a GPU row)")
+        if base not in OUR_BACKENDS or suffix not in ("", "gpu", "cuda", "batched") or (
+                suffix == "batched" and base != "max"):
+            raise BenchError(f"unknown backend '{name}' (choose from max, max-batched, hybrid, reference, "
+                             "faster-whisper, faster-whisper-int8, faster-whisper-fp32; add -gpu / -cuda for a "
+                             "GPU row)")
         missing = _our_backend_unavailable(base)
         gpu_name = f"{base}-cuda" if base == "reference" else f"{base}-gpu"
-        if device in ("auto", "cpu") and not suffix:
-            add(Row(base, "max-whisper", base, "cpu"), missing)
+        if device in ("auto", "cpu") and suffix in ("", "batched"):
+            if suffix == "":
+                add(Row(base, "max-whisper", base, "cpu"), missing)
+            if base == "max":  # + the batching engine over the workload's files together
+                add(Row("max-batched", "max-whisper", base, "cpu", batched=True), missing)
+            if suffix == "batched":
+                continue
         if device in ("auto", "gpu") or suffix:
             has_gpu = {"reference": gpus.torch_cuda, "max": gpus.max_accelerators > 0,
                        "hybrid": gpus.torch_cuda and gpus.max_accelerators > 0}[base]

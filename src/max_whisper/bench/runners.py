@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .settings import DecodeSettings, Row
+from .settings import BATCHED_SIZE, DecodeSettings, Row
 
 
 @dataclass
@@ -35,7 +35,7 @@ class TimedDecoderSession:
         start = time.perf_counter()
         out = self._inner.logits(tokens, positions)
         self._times.decoder_s += time.perf_counter() - start
-        self._times.tokens += 1
+        self._times.tokens += getattr(self._inner, "n_audio", 1)  # a token per window of the batch
         return out
 
     def rearrange(self, source_indices: list[int]) -> None:
@@ -61,8 +61,8 @@ class TimedBackend:
         self.times.windows += int(mel.shape[0])
         return out
 
-    def decoder_session(self, audio_features: np.ndarray) -> TimedDecoderSession:
-        return TimedDecoderSession(self._inner.decoder_session(audio_features), self.times)
+    def decoder_session(self, audio_features: np.ndarray, **kwargs) -> TimedDecoderSession:
+        return TimedDecoderSession(self._inner.decoder_session(audio_features, **kwargs), self.times)
 
     def __getattr__(self, name):  # name, dims, device, cross_attention, ...
         return getattr(self._inner, name)
@@ -90,8 +90,9 @@ class WhisperRunner:
     """One of our backends. `model` may be given (already loaded) to reuse it."""
 
     def __init__(self, model_name: str, backend: str, device: str = "cpu",
-                 settings: DecodeSettings = DecodeSettings(), model=None):
+                 settings: DecodeSettings = DecodeSettings(), model=None, batched: bool = False):
         self.model_name, self.backend, self.device, self.settings = model_name, backend, device, settings
+        self.batched = batched  # the workload's clips together through the batching engine
         self.model = model
         self.times = PhaseTimes()
         self._timed = None
@@ -113,6 +114,20 @@ class WhisperRunner:
         result = self._timed.transcribe(samples, self.settings.ours())
         return Pass.timed(result["text"].strip(), time.perf_counter() - start, self.times)
 
+    def transcribe_set(self, clips: list[np.ndarray]) -> list[Pass]:
+        """All clips at once through the batching engine (BATCHED_SIZE streams): one Pass per clip,
+        the wall time shared out by duration, the stage times on the first."""
+        if self._timed is None:
+            self.load()
+        self.times.reset()
+        start = time.perf_counter()
+        results = dict(self._timed.transcribe_many(clips, self.settings.ours(), batch_size=BATCHED_SIZE))
+        wall = time.perf_counter() - start
+        total = sum(len(c) for c in clips) or 1
+        passes = [Pass(results[i]["text"].strip(), wall * len(c) / total, 0.0, 0, 0.0, 0) for i, c in enumerate(clips)]
+        passes[0] = Pass.timed(passes[0].text, passes[0].wall_s, self.times)
+        return passes
+
 
 def make_runner(row: Row, model_name: str, settings: DecodeSettings, ct2_folder: str | None = None,
                 model=None):
@@ -121,4 +136,4 @@ def make_runner(row: Row, model_name: str, settings: DecodeSettings, ct2_folder:
 
         return FasterWhisperRunner(ct2_folder or faster_whisper_folder(model_name, tempfile.gettempdir()),
                                    row.backend, row.device, settings, batched=row.batched)
-    return WhisperRunner(model_name, row.backend, row.device, settings, model=model)
+    return WhisperRunner(model_name, row.backend, row.device, settings, model=model, batched=row.batched)
