@@ -169,10 +169,10 @@ class GreedyDecoder:
         rows = slice(window * self.group, (window + 1) * self.group)
         return tokens[rows].copy(), sum_logprobs[rows].copy()
 
-    def finalize_window(self, window: int, tokens, sum_logprobs, snapshot=None):
-        """One window's candidates (each ending with EOT) and their log-probabilities, from its
-        rows of the final `tokens` [batch, T], or from the `snapshot` taken when it was frozen."""
-        rows, logprobs = snapshot or self.snapshot(window, tokens, sum_logprobs)
+    def finalize_window(self, snapshot):
+        """One window's candidates (each ending with EOT) and their log-probabilities, from the
+        snapshot of its rows taken when it ended (or was frozen at its length limit)."""
+        rows, logprobs = snapshot
         rows = np.pad(rows, ((0, 0), (0, 1)), constant_values=self.eot)
         return list(rows), logprobs.tolist()
 
@@ -244,8 +244,8 @@ class BeamSearchDecoder:
         rows = slice(window * self.beam_size, (window + 1) * self.beam_size)
         return tokens[rows].copy(), sum_logprobs[rows].copy(), dict(self.finished_sequences[window])
 
-    def finalize_window(self, window: int, tokens, sum_logprobs, snapshot=None):
-        rows, logprobs, sequences = snapshot or self.snapshot(window, tokens, sum_logprobs)
+    def finalize_window(self, snapshot):
+        rows, logprobs, sequences = snapshot
         if len(sequences) < self.beam_size:  # not enough finished: add the best unfinished
             for j in np.argsort(logprobs)[::-1]:
                 sequences[tuple(rows[j].tolist() + [self.eot])] = float(logprobs[j])
@@ -350,7 +350,7 @@ class DecodingTask:
         suppress += [t.transcribe, t.translate, t.sot, t.sot_prev, t.sot_lm, t.no_speech]
         return tuple(sorted(set(suppress)))
 
-    def run(self, audio_features: np.ndarray, on_step: Callable[[np.ndarray], None] | None = None,
+    def run(self, audio_features: np.ndarray, on_step: Callable[[np.ndarray, list[int]], None] | None = None,
             prompts: Sequence | None = None) -> list[DecodingResult]:
         """audio_features: [n_audio, n_audio_ctx, d] from backend.encode; prompts: one per window
         (default: the options' prompt for all)."""
@@ -381,13 +381,13 @@ class DecodingTask:
                    if self.options.beam_size is not None
                    else GreedyDecoder(self.options.temperature, tokenizer.eot,
                                       [np.random.default_rng(self.seed) for _ in range(n_audio)], self.n_group))
-        tokens, sum_logprobs, no_speech_probs, snapshots = self._main_loop(
+        final, no_speech_probs = self._main_loop(
             session, decoder, tokens, pad, sot_index, self._logit_filters(sample_begin), on_step)
         no_speech_probs = no_speech_probs[:: self.n_group]
 
         results = []
         for i in range(n_audio):
-            candidates, logprobs = decoder.finalize_window(i, tokens, sum_logprobs, snapshots.get(i))
+            candidates, logprobs = decoder.finalize_window(final[i])
             # keep what lies between the first sampled token and the first EOT
             candidates = [_until_eot(np.asarray(t)[sample_begin:], tokenizer.eot) for t in candidates]
             best = rank_by_likelihood([candidates], [logprobs], self.options.length_penalty)[0]
@@ -408,11 +408,15 @@ class DecodingTask:
     def _main_loop(self, session: DecoderSession, decoder, tokens: np.ndarray, pad: np.ndarray, sot_index: int,
                    logit_filters: list, on_step=None):
         """Decode until every window has ended, or reached its length limit (then it is frozen:
-        its state at that step is what it would have been decoded alone)."""
-        n_batch = tokens.shape[0]
+        its state at that step is what it would have been decoded alone). Where the session can
+        (greedy and sampling), windows that have ended leave the batch."""
+        n_batch, group = tokens.shape[0], self.n_group
         sum_logprobs = np.zeros(n_batch, dtype=np.float32)
         no_speech_probs = [np.nan] * n_batch
         snapshots: dict[int, tuple] = {}
+        alive = list(range(len(pad)))  # the windows still in the batch, by their index in the task
+        compact = isinstance(decoder, GreedyDecoder) and hasattr(session, "keep_windows")
+        final: dict[int, tuple] = {}  # windows that left the batch: their rows and log-probabilities
         for i in range(self.sample_len):
             # the first call feeds the prompt: logits only where they are read (SOT and the last)
             logits = session.logits(tokens, [sot_index, tokens.shape[1] - 1] if i == 0 else None)
@@ -424,15 +428,29 @@ class DecodingTask:
                 logit_filter.apply(logits, tokens)
             tokens, completed = decoder.update(tokens, logits, sum_logprobs)
             if on_step is not None:
-                on_step(tokens)
+                on_step(tokens, alive)
             if completed:
                 break
-            for window in np.nonzero(tokens.shape[-1] - pad > self.n_ctx)[0]:
-                snapshots.setdefault(int(window), decoder.snapshot(int(window), tokens, sum_logprobs))
-            if len(snapshots) == len(pad) or all(
-                    done or w in snapshots for w, done in enumerate(decoder.windows_done(tokens))):
+            for k in np.nonzero(tokens.shape[-1] - pad[alive] > self.n_ctx)[0]:
+                snapshots.setdefault(alive[k], decoder.snapshot(int(k), tokens, sum_logprobs))
+            done = decoder.windows_done(tokens)
+            if all(d or w in snapshots for w, d in zip(alive, done)):
                 break
-        return tokens, sum_logprobs, no_speech_probs, snapshots
+            leaving = [k for k, w in enumerate(alive) if done[k] or w in snapshots]
+            if compact and leaving:
+                for k in leaving:
+                    final[alive[k]] = decoder.snapshot(k, tokens, sum_logprobs)
+                keep = [k for k in range(len(alive)) if k not in leaving]
+                rows = [k * group + g for k in keep for g in range(group)]
+                session.keep_windows(keep)
+                decoder.rngs = [decoder.rngs[k] for k in keep]
+                tokens, sum_logprobs = tokens[rows], sum_logprobs[rows]
+                alive = [alive[k] for k in keep]
+        for k, w in enumerate(alive):
+            final.setdefault(w, decoder.snapshot(k, tokens, sum_logprobs))
+        for w, snapshot in snapshots.items():
+            final[w] = snapshot  # frozen at its length limit: that state, whatever came after
+        return final, no_speech_probs
 
 
 def _until_eot(tokens: np.ndarray, eot: int) -> np.ndarray:
@@ -456,12 +474,13 @@ def _verify_options(options: DecodingOptions) -> DecodingOptions:
 
 
 def decode(backend: Backend, tokenizer: Tokenizer, audio_features: np.ndarray,
-           options: DecodingOptions = DecodingOptions(), on_step: Callable[[np.ndarray], None] | None = None,
+           options: DecodingOptions = DecodingOptions(), on_step: Callable[[np.ndarray, list[int]], None] | None = None,
            prompts: Sequence | None = None, **overrides) -> list[DecodingResult]:
     """Decode each 30-s window of `audio_features` ([n_audio, n_audio_ctx, d]).
 
     prompts: each window's own previous-text prompt (default: `options.prompt` for every window).
-    on_step(tokens) sees the token rows [batch, T] after each step (for progress within a window)."""
+    on_step(tokens, windows) sees the token rows [rows, T] after each step and the windows (indices
+    into `audio_features`) they belong to, `rows // len(windows)` each (for progress within a window)."""
     if overrides:
         options = replace(options, **overrides)
     return DecodingTask(backend, tokenizer, options).run(audio_features, on_step, prompts)

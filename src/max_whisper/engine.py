@@ -132,15 +132,15 @@ class BatchingEngine:
         return results
 
 
-def _each_window(callbacks: list) -> Callable[[np.ndarray], None] | None:
+def _each_window(callbacks: list) -> Callable[[np.ndarray, list[int]], None] | None:
     """One on_step for a batch that hands each window's callback its own rows."""
     if not any(callbacks):
         return None
 
-    def on_step(tokens: np.ndarray) -> None:
-        rows = tokens.shape[0] // len(callbacks)
-        for i, callback in enumerate(callbacks):
-            if callback is not None:
-                callback(tokens[i * rows: (i + 1) * rows])
+    def on_step(tokens: np.ndarray, windows: list[int]) -> None:
+        rows = tokens.shape[0] // len(windows)
+        for k, window in enumerate(windows):
+            if callbacks[window] is not None:
+                callbacks[window](tokens[k * rows: (k + 1) * rows])
 
     return on_step

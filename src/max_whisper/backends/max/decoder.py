@@ -193,3 +193,13 @@ class MaxDecoderSession:
             rows = rows.reshape(-1, *rows.shape[2:])[index]
             cache.append(self.decoder._to_device(rows.reshape(self.n_audio, -1, *rows.shape[1:])))
         self.cache = cache
+
+    def keep_windows(self, windows: list[int]) -> None:
+        """Go on with only these windows (indices into the current ones): their cache rows, cross
+        K/V and padding; the others have ended and leave the batch."""
+        index = np.asarray(windows, dtype=np.int64)
+        select = [self.decoder._to_device(self.decoder._to_numpy(b)[index]) for b in (self.cache or [])]
+        self.cross = [self.decoder._to_device(self.decoder._to_numpy(b)[index]) for b in self.cross]
+        self.cache = select or None
+        self.pad = None if self.pad is None else self.pad[index]
+        self.n_audio = len(index)
