@@ -59,7 +59,9 @@ def _str2bool(value: str) -> bool:
 
 
 def add_transcribe_parser(sub) -> None:
-    d = TranscribeOptions.cli_defaults()
+    from .vad import VadOptions
+
+    d, vd = TranscribeOptions.cli_defaults(), VadOptions()
     p = sub.add_parser("transcribe", help="transcribe audio files", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Transcribe audio files. Decoding defaults are openai-whisper's command line's: "
                                    "beam search of 5, temperature fallback with 5 samples.")
@@ -125,6 +127,14 @@ def add_transcribe_parser(sub) -> None:
     p.add_argument("--model-dir", "--model_dir", default=None,
                    help="a folder holding the model's weights (the name given to --model, or NAME.pt); "
                         "default: the bundled packages. Nothing is ever downloaded")
+    p.add_argument("--vad", "--vad-filter", "--vad_filter", dest="vad", type=_str2bool, nargs="?", const=True,
+                   default=d.vad_filter, help="transcribe only the speech Silero VAD finds (the vad extra): "
+                                              "long silences cannot swallow the speech after them")
+    p.add_argument("--vad-threshold", type=float, default=vd.threshold, help="VAD: speech probability threshold")
+    p.add_argument("--vad-min-silence-ms", type=float, default=vd.min_silence_duration_ms,
+                   help="VAD: silences shorter than this stay inside speech")
+    p.add_argument("--vad-speech-pad-ms", type=float, default=vd.speech_pad_ms,
+                   help="VAD: audio kept around each stretch")
     p.add_argument("--batch-size", "--batch_size", type=int, default=1,
                    help="transcribe this many files at once, their windows decoded in one batch "
                         "(the same text as one by one; faster on many files)")
@@ -153,8 +163,17 @@ def transcribe_options(args) -> TranscribeOptions:
         logprob_threshold=args.logprob_threshold, no_speech_threshold=args.no_speech_threshold,
         word_timestamps=args.word_timestamps, clip_timestamps=args.clip_timestamps,
         hallucination_silence_threshold=args.hallucination_silence_threshold,
-        silence_threshold=args.silence_threshold,
+        silence_threshold=args.silence_threshold, vad_filter=args.vad, vad_options=_vad_options(args),
     )
+
+
+def _vad_options(args):
+    if not args.vad:
+        return None
+    from .vad import VadOptions
+
+    return VadOptions(threshold=args.vad_threshold, min_silence_duration_ms=args.vad_min_silence_ms,
+                      speech_pad_ms=args.vad_speech_pad_ms)
 
 
 def cmd_transcribe(args) -> int:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from .decoding import DecodingOptions
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .vad import VadOptions
 
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 DEFAULT_SILENCE_THRESHOLD = -60.0  # dBFS: a window whose peak stays below this holds no speech
@@ -55,6 +58,8 @@ class TranscribeOptions:
     clip_timestamps: str | Sequence[float] = "0"
     hallucination_silence_threshold: float | None = None
     silence_threshold: float | None = DEFAULT_SILENCE_THRESHOLD  # dBFS; None: off
+    vad_filter: bool = False  # transcribe only the speech Silero VAD finds (the vad extra)
+    vad_options: VadOptions | None = None  # its threshold, min silence, speech pad (None: defaults)
 
     def __post_init__(self):
         temperatures = (self.temperature,) if isinstance(self.temperature, (int, float)) else self.temperature

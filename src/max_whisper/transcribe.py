@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from .audio import StreamedAudio, pad_or_trim, window_source
+from .audio import StreamedAudio, load_audio, pad_or_trim, window_source
 from .backends.base import TranscriptionModel
 from .decoding import DecodingResult
 from .engine import BatchingEngine, Decode, DetectLanguage, Encode, Stream
@@ -68,7 +68,21 @@ def transcription_stream(
     """openai-whisper's long-form loop over one recording, as a stream for the batching engine:
     it yields each window's Encode and Decode (and a DetectLanguage) and is sent the answers; it
     returns {"text", "segments", "language"}. The model's backend is called directly only for
-    word timestamps."""
+    word timestamps. With `vad_filter`, the loop runs over the speech alone (Silero VAD) and the
+    times are mapped back to the recording's."""
+    if options.vad_filter:
+        from .vad import SpeechMap, VadOptions, speech_spans
+
+        samples = audio if isinstance(audio, np.ndarray) else load_audio(audio)
+        speech = SpeechMap(speech_spans(samples, options.vad_options or VadOptions()))
+        if not speech.spans:
+            return {"text": "", "segments": [], "language": options.language or "en"}
+        restored = (None if on_segment is None else
+                    lambda segment: on_segment(speech.restore({"segments": [segment]})["segments"][0]))
+        result = yield from transcription_stream(
+            model, speech.collect(samples), options.replace(vad_filter=False), on_progress=on_progress,
+            on_segment=restored)
+        return speech.restore(result)
     dims = model.dims
     # the log-mel with 30 s of silence after the content, for slicing the last window
     source = window_source(audio, dims.n_mels)
@@ -272,3 +286,34 @@ def transcription_stream(
         "segments": all_segments,
         "language": language,
     }
+
+
+def transcribe_chunked(model: TranscriptionModel, audio: np.ndarray | str | os.PathLike,
+                       options: TranscribeOptions, batch_size: int,
+                       on_segment: Callable[[dict], None] | None = None) -> dict:
+    """One long recording cut at its VAD pauses into chunks of at most 30 s, transcribed as
+    `batch_size` streams at a time (each chunk keeps the fallback and no-speech rules; no text
+    carries over between chunks); the segments come back in order, in the recording's time."""
+    from .vad import VadOptions, chunks, speech_spans
+
+    samples = audio if isinstance(audio, np.ndarray) else load_audio(audio)
+    pieces = chunks(speech_spans(samples, options.vad_options or VadOptions()), N_FRAMES / FRAMES_PER_SECOND)
+    chunk_options = options.replace(vad_filter=False)
+    streams = (transcription_stream(model, samples[start:end], chunk_options) for start, end in pieces)
+    results = dict(BatchingEngine(model.backend, model.tokenizer, batch_size).run(streams))
+    segments, language = [], options.language
+    for index, (start, _) in enumerate(pieces):
+        result = results[index]
+        if isinstance(result, Exception):
+            raise result
+        language = language or result["language"]
+        for segment in result["segments"]:
+            segment = {**segment, "id": len(segments), "start": segment["start"] + start / SAMPLE_RATE,
+                       "end": segment["end"] + start / SAMPLE_RATE}
+            if "words" in segment:
+                segment["words"] = [{**w, "start": w["start"] + start / SAMPLE_RATE,
+                                     "end": w["end"] + start / SAMPLE_RATE} for w in segment["words"]]
+            segments.append(segment)
+            if on_segment is not None:
+                on_segment(segment)
+    return {"text": "".join(s["text"] for s in segments), "segments": segments, "language": language or "en"}
