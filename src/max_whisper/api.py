@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import first_window_mel, load_audio
+from .audio import StreamedAudio, first_window_mel, load_audio
 from .backends import DEFAULT_BACKEND, create_backend
 from .engine import DEFAULT_BATCH_SIZE, BatchingEngine
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
@@ -56,8 +56,6 @@ class WhisperModel:
         and `on_segment` callbacks (see transcribe.transcribe). batch_size > 1: the recording is
         cut at its VAD pauses into chunks of at most 30 s, decoded `batch_size` at a time (the vad
         extra; faster on long files, no previous text carried between chunks)."""
-        if not isinstance(audio, np.ndarray):
-            audio = load_audio(audio)
         if batch_size > 1:
             from .transcribe import transcribe_chunked
 
@@ -65,6 +63,8 @@ class WhisperModel:
             overrides.pop("on_progress", None)
             return transcribe_chunked(self, audio, TranscribeOptions.from_kwargs(options, **overrides),
                                       batch_size, on_segment)
+        if not isinstance(audio, (np.ndarray, StreamedAudio)):
+            audio = StreamedAudio(audio, n_mels=self.dims.n_mels)  # window by window: flat memory
         return transcribe(self, audio, options, **overrides)
 
     def transcribe_many(self, audios: Iterable[str | os.PathLike | np.ndarray],

@@ -338,13 +338,14 @@ def _transcribe_file(model, path: str, options: TranscribeOptions, writer, args,
     (as `.partial` files where files were asked for) before the interrupt goes on."""
     import tempfile
 
-    from .audio import load_audio
+    from .audio import StreamedAudio, load_audio
     from .inputs import STDIN, stdin_to_file
     from .progress import ProgressBar
 
     name = "stdin" if path == STDIN else path
     with tempfile.TemporaryDirectory(prefix="max-whisper-") as spool:
-        audio = load_audio(stdin_to_file(spool) if path == STDIN else path)
+        audio = (load_audio(stdin_to_file(spool)) if path == STDIN  # a file: read window by window
+                 else StreamedAudio(path, n_mels=model.dims.n_mels))
     writer_options = _writer_options(args)
     finished: list[dict] = []
     mode = ProgressBar.mode_for(not args.no_progress)

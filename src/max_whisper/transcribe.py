@@ -73,7 +73,7 @@ def transcription_stream(
     if options.vad_filter:
         from .vad import SpeechMap, VadOptions, speech_spans
 
-        samples = audio if isinstance(audio, np.ndarray) else load_audio(audio)
+        samples = _samples(audio)
         speech = SpeechMap(speech_spans(samples, options.vad_options or VadOptions()))
         if not speech.spans:
             return {"text": "", "segments": [], "language": options.language or "en"}
@@ -291,29 +291,34 @@ def transcription_stream(
 def transcribe_chunked(model: TranscriptionModel, audio: np.ndarray | str | os.PathLike,
                        options: TranscribeOptions, batch_size: int,
                        on_segment: Callable[[dict], None] | None = None) -> dict:
-    """One long recording cut at its VAD pauses into chunks of at most 30 s, transcribed as
-    `batch_size` streams at a time (each chunk keeps the fallback and no-speech rules; no text
-    carries over between chunks); the segments come back in order, in the recording's time."""
-    from .vad import VadOptions, chunks, speech_spans
+    """One long recording as chunks of at most 30 s of speech (Silero VAD: the stretches of speech
+    merged up to 30 s, the pauses between them cut out), transcribed as `batch_size` streams at a
+    time, each with the fallback and no-speech rules (no text carries over between chunks); the
+    segments come back in order, in the recording's time."""
+    from .vad import SpeechMap, VadOptions, chunks, speech_spans
 
-    samples = audio if isinstance(audio, np.ndarray) else load_audio(audio)
-    pieces = chunks(speech_spans(samples, options.vad_options or VadOptions()), N_FRAMES / FRAMES_PER_SECOND)
+    samples = _samples(audio)
+    spans = speech_spans(samples, options.vad_options or VadOptions())
+    maps = [SpeechMap([(max(s, start), min(e, end)) for s, e in spans if s < end and e > start])
+            for start, end in chunks(spans, N_FRAMES / FRAMES_PER_SECOND)]
     chunk_options = options.replace(vad_filter=False)
-    streams = (transcription_stream(model, samples[start:end], chunk_options) for start, end in pieces)
+    streams = (transcription_stream(model, speech.collect(samples), chunk_options) for speech in maps)
     results = dict(BatchingEngine(model.backend, model.tokenizer, batch_size).run(streams))
     segments, language = [], options.language
-    for index, (start, _) in enumerate(pieces):
-        result = results[index]
-        if isinstance(result, Exception):
-            raise result
+    for index, speech in enumerate(maps):
+        if isinstance(results[index], Exception):
+            raise results[index]
+        result = speech.restore(results[index])
         language = language or result["language"]
         for segment in result["segments"]:
-            segment = {**segment, "id": len(segments), "start": segment["start"] + start / SAMPLE_RATE,
-                       "end": segment["end"] + start / SAMPLE_RATE}
-            if "words" in segment:
-                segment["words"] = [{**w, "start": w["start"] + start / SAMPLE_RATE,
-                                     "end": w["end"] + start / SAMPLE_RATE} for w in segment["words"]]
-            segments.append(segment)
+            segments.append({**segment, "id": len(segments)})
             if on_segment is not None:
-                on_segment(segment)
+                on_segment(segments[-1])
     return {"text": "".join(s["text"] for s in segments), "segments": segments, "language": language or "en"}
+
+
+def _samples(audio: np.ndarray | StreamedAudio | str | os.PathLike) -> np.ndarray:
+    """The whole recording in memory (what the VAD scans)."""
+    if isinstance(audio, np.ndarray):
+        return audio
+    return load_audio(audio.path if isinstance(audio, StreamedAudio) else audio)
