@@ -1,4 +1,5 @@
 """The Python API: `load_model(name, backend=...)` and `WhisperModel.transcribe(audio)`."""
+
 from __future__ import annotations
 
 import functools
@@ -10,25 +11,32 @@ import numpy as np
 
 from .audio import StreamedAudio, first_window_mel, load_audio
 from .backends import DEFAULT_BACKEND, create_backend
-from .engine import DEFAULT_BATCH_SIZE, BatchingEngine
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
-from .weights.registry import DEFAULT_MODEL, NAMED_MODELS
+from .engine import DEFAULT_BATCH_SIZE, BatchingEngine
 from .options import TranscribeOptions
 from .tokenizer import Tokenizer, TokenizerError, get_tokenizer
 from .transcribe import transcribe
 from .weights import ModelWeights, load_model_weights
+from .weights.registry import DEFAULT_MODEL, NAMED_MODELS
 
 
 class WhisperModel:
     """One model (weights + tokenizer) running on one backend."""
 
-    def __init__(self, weights: ModelWeights, backend: str = DEFAULT_BACKEND, device: str = "auto",
-                 encoder_float64_blocks: int = 0, warm_start: bool = False):
+    def __init__(
+        self,
+        weights: ModelWeights,
+        backend: str = DEFAULT_BACKEND,
+        device: str = "auto",
+        encoder_float64_blocks: int = 0,
+        warm_start: bool = False,
+    ):
         self.weights = weights
         self.name = weights.name
         self.dims = weights.dims
         self.tokenizer: Tokenizer = get_tokenizer(
-            str(_tokenizer_path(weights)), self.dims.is_multilingual, self.dims.num_languages)
+            str(_tokenizer_path(weights)), self.dims.is_multilingual, self.dims.num_languages
+        )
         self.backend = create_backend(backend, weights, device, encoder_float64_blocks, warm_start)
         self.backend_name = backend
 
@@ -46,10 +54,15 @@ class WhisperModel:
         if self.weights.alignment_heads is not None:
             return np.asarray(self.weights.alignment_heads)
         layers, heads = self.dims.n_text_layer, self.dims.n_text_head
-        return np.array([(l, h) for l in range(layers // 2, layers) for h in range(heads)])
+        return np.array([(layer, h) for layer in range(layers // 2, layers) for h in range(heads)])
 
-    def transcribe(self, audio: str | os.PathLike | np.ndarray, options: TranscribeOptions | None = None,
-                   batch_size: int = 1, **overrides) -> dict:
+    def transcribe(
+        self,
+        audio: str | os.PathLike | np.ndarray,
+        options: TranscribeOptions | None = None,
+        batch_size: int = 1,
+        **overrides,
+    ) -> dict:
         """Transcribe a file or 16 kHz mono float32 samples: {"text", "segments", "language"}.
 
         `options` (a TranscribeOptions) and/or keyword overrides of its fields, plus `on_progress`
@@ -61,16 +74,25 @@ class WhisperModel:
 
             on_segment = overrides.pop("on_segment", None)
             overrides.pop("on_progress", None)
-            return transcribe_chunked(self, audio, TranscribeOptions.from_kwargs(options, **overrides),
-                                      batch_size, on_segment)
+            return transcribe_chunked(
+                self,
+                audio,
+                TranscribeOptions.from_kwargs(options, **overrides),
+                batch_size,
+                on_segment,
+            )
         if not isinstance(audio, (np.ndarray, StreamedAudio)):
             audio = StreamedAudio(audio, n_mels=self.dims.n_mels)  # window by window: flat memory
         return transcribe(self, audio, options, **overrides)
 
-    def transcribe_many(self, audios: Iterable[str | os.PathLike | np.ndarray],
-                        options: TranscribeOptions | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                        on_segment: Callable[[int, dict], None] | None = None,
-                        **overrides) -> Iterator[tuple[int, dict | Exception]]:
+    def transcribe_many(
+        self,
+        audios: Iterable[str | os.PathLike | np.ndarray],
+        options: TranscribeOptions | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        on_segment: Callable[[int, dict], None] | None = None,
+        **overrides,
+    ) -> Iterator[tuple[int, dict | Exception]]:
         """Transcribe many recordings at once, their windows batched `batch_size` at a time.
 
         Yields (index into `audios`, result) as each recording finishes: the same result
@@ -79,20 +101,31 @@ class WhisperModel:
         from .transcribe import transcription_stream
 
         options = TranscribeOptions.from_kwargs(options, **overrides)
-        streams = (transcription_stream(self, audio, options, on_segment=None if on_segment is None else
-                                        functools.partial(on_segment, index))
-                   for index, audio in enumerate(audios))
+        streams = (
+            transcription_stream(
+                self,
+                audio,
+                options,
+                on_segment=None if on_segment is None else functools.partial(on_segment, index),
+            )
+            for index, audio in enumerate(audios)
+        )
         yield from BatchingEngine(self.backend, self.tokenizer, batch_size).run(streams)
 
     def embed_audio(self, mel: np.ndarray) -> np.ndarray:
         return self.backend.encode(np.ascontiguousarray(mel, dtype=np.float32))
 
-    def decode(self, mel_or_features: np.ndarray, options: DecodingOptions = DecodingOptions(),
-               **overrides) -> list[DecodingResult]:
+    def decode(
+        self, mel_or_features: np.ndarray, options: DecodingOptions = DecodingOptions(), **overrides
+    ) -> list[DecodingResult]:
         """Decode 30-s windows given as mel [n, n_mels, 3000] or encoder features [n, ctx, d]."""
-        return decode(self.backend, self.tokenizer, self._features(mel_or_features), options, **overrides)
+        return decode(
+            self.backend, self.tokenizer, self._features(mel_or_features), options, **overrides
+        )
 
-    def detect_language(self, audio: str | os.PathLike | np.ndarray) -> tuple[str, dict[str, float]]:
+    def detect_language(
+        self, audio: str | os.PathLike | np.ndarray
+    ) -> tuple[str, dict[str, float]]:
         """Language of the first 30 s: (code, {code: probability})."""
         if not isinstance(audio, np.ndarray):
             audio = load_audio(audio)
@@ -110,18 +143,26 @@ class WhisperModel:
 
 
 def _tokenizer_path(weights: ModelWeights) -> Path:
-    """The model's own tokenizer.json, else the bundled one of the same kind (English or multilingual)."""
+    """The model's own tokenizer.json, else the bundled one of the same kind (English or
+    multilingual)."""
     if weights.tokenizer_path is not None:
         return Path(weights.tokenizer_path)
     fallback = "base" if weights.dims.is_multilingual else "tiny.en"
     try:
         return NAMED_MODELS[fallback].locate()[0].parent / "tokenizer.json"
     except Exception as exc:
-        raise TokenizerError(f"no tokenizer.json beside the weights and none bundled: {exc}") from None
+        raise TokenizerError(
+            f"no tokenizer.json beside the weights and none bundled: {exc}"
+        ) from None
 
 
-def load_model(name: str | os.PathLike = DEFAULT_MODEL, backend: str = DEFAULT_BACKEND,
-               device: str = "auto", encoder_float64_blocks: int = 0, warm_start: bool = False) -> WhisperModel:
+def load_model(
+    name: str | os.PathLike = DEFAULT_MODEL,
+    backend: str = DEFAULT_BACKEND,
+    device: str = "auto",
+    encoder_float64_blocks: int = 0,
+    warm_start: bool = False,
+) -> WhisperModel:
     """Load a named model ("tiny.en", "base") or a path (CTranslate2, OpenAI .pt, HF safetensors).
 
     encoder_float64_blocks (max and hybrid backends): compute that many leading encoder blocks in
@@ -130,5 +171,10 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, backend: str = DEFAULT_B
     compiling them in the background and run this model on the NumPy implementation of the same
     network (said on stderr) instead of waiting.
     """
-    return WhisperModel(load_model_weights(name), backend=backend, device=device,
-                        encoder_float64_blocks=encoder_float64_blocks, warm_start=warm_start)
+    return WhisperModel(
+        load_model_weights(name),
+        backend=backend,
+        device=device,
+        encoder_float64_blocks=encoder_float64_blocks,
+        warm_start=warm_start,
+    )

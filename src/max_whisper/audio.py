@@ -8,11 +8,12 @@ also keep the codec's end padding of the last frame (< 1024 samples), which that
 `StreamedAudio` gives the same samples and the same mel frames (bit for bit) of a file without ever
 holding the whole of it: memory stays flat however long the file is.
 """
+
 from __future__ import annotations
 
 import os
-from functools import lru_cache
-from typing import Iterator, Union
+from collections.abc import Iterator
+from functools import cache
 
 import av
 import numpy as np
@@ -21,7 +22,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .dims import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
 from .errors import MaxWhisperError
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 __all__ = [
     "AudioError",
@@ -40,19 +41,22 @@ class AudioError(MaxWhisperError, ValueError):
     """The audio could not be read; the message is one line naming the file and the problem."""
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Decoding
 
 
 def load_audio(path: PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode a whole file (any container/codec FFmpeg reads) to mono float32 at `sr` Hz, in [-1, 1)."""
+    """Decode a whole file (any container/codec FFmpeg reads) to mono float32 at `sr` Hz, in
+    [-1, 1)."""
     pcm = list(_decode_pcm16(path, sr))
     if not pcm:
         raise AudioError(f"'{os.fspath(path)}' contains no audio samples")
     return _to_float(np.concatenate(pcm))
 
 
-def iter_audio_chunks(path: PathLike, chunk_seconds: float, sr: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
+def iter_audio_chunks(
+    path: PathLike, chunk_seconds: float, sr: int = SAMPLE_RATE
+) -> Iterator[np.ndarray]:
     """Decode incrementally: mono float32 chunks of `chunk_seconds` (the last may be shorter), so
     memory stays bounded however long the file is."""
     chunk = int(round(chunk_seconds * sr))
@@ -101,12 +105,16 @@ def _open(path: PathLike) -> av.container.InputContainer:
     try:
         return av.open(name, metadata_errors="ignore")
     except av.error.InvalidDataError:
-        raise AudioError(f"cannot decode '{name}': not an audio file or unsupported format") from None
+        raise AudioError(
+            f"cannot decode '{name}': not an audio file or unsupported format"
+        ) from None
     except (av.error.FFmpegError, OSError) as exc:
         raise AudioError(f"cannot open '{name}': {exc.strerror or exc}") from None
 
 
-def _audio_stream(container: av.container.InputContainer, path: PathLike) -> av.audio.stream.AudioStream:
+def _audio_stream(
+    container: av.container.InputContainer, path: PathLike
+) -> av.audio.stream.AudioStream:
     if not container.streams.audio:
         raise AudioError(f"'{os.fspath(path)}' has no audio stream")
     return container.streams.audio[0]
@@ -127,7 +135,9 @@ def _decode_pcm16(path: PathLike, sr: int) -> Iterator[np.ndarray]:
             yield from _frames_pcm(resampler.resample(None))
 
 
-def _decoded_frames(container: av.container.InputContainer, path: PathLike) -> Iterator[av.AudioFrame]:
+def _decoded_frames(
+    container: av.container.InputContainer, path: PathLike
+) -> Iterator[av.AudioFrame]:
     """The first audio stream's frames. Like the ffmpeg CLI, skip packets the decoder rejects and
     take a read error as the end of the file; fail only when nothing at all decodes."""
     stream = _audio_stream(container, path)
@@ -144,7 +154,9 @@ def _decoded_frames(container: av.container.InputContainer, path: PathLike) -> I
     except av.error.FFmpegError:
         n_errors += 1
     if n_errors and not n_frames:
-        raise AudioError(f"cannot decode '{os.fspath(path)}': not an audio file or unsupported format")
+        raise AudioError(
+            f"cannot decode '{os.fspath(path)}': not an audio file or unsupported format"
+        )
 
 
 def _frames_pcm(frames: list) -> Iterator[np.ndarray]:
@@ -154,7 +166,7 @@ def _frames_pcm(frames: list) -> Iterator[np.ndarray]:
             yield pcm
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Padding and the log-Mel spectrogram
 
 
@@ -170,7 +182,7 @@ def pad_or_trim(array: np.ndarray, length: int = N_SAMPLES, *, axis: int = -1) -
     return array
 
 
-@lru_cache(maxsize=None)
+@cache
 def mel_filters(n_mels: int, sr: int = SAMPLE_RATE, n_fft: int = N_FFT) -> np.ndarray:
     """Slaney-style mel filterbank, float32 [n_mels, 1 + n_fft // 2]: what
     librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels) returns (htk=False, norm="slaney"),
@@ -207,32 +219,37 @@ def _mel_to_hz(mel):
     return np.where(mel >= _MIN_LOG_MEL, log_part, mel * _F_SP)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _hann_window(n: int) -> np.ndarray:
     """Periodic Hann window, as torch.hann_window(n)."""
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)
 
 
 def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -> np.ndarray:
-    """Whisper's log-Mel spectrogram, float32 [n_mels, len(audio + padding) // 160], from 16 kHz mono
-    samples: centred STFT (reflect padding, periodic Hann, n_fft 400, hop 160) without its last
-    frame, power, mel filterbank, log10 clamped at 1e-10, floored 8 below the maximum, (x + 4) / 4."""
+    """Whisper's log-Mel spectrogram, float32 [n_mels, len(audio + padding) // 160], from 16 kHz
+    mono samples: centred STFT (reflect padding, periodic Hann, n_fft 400, hop 160) without its
+    last frame, power, mel filterbank, log10 clamped at 1e-10, floored 8 below the maximum,
+    (x + 4) / 4."""
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 1:
         raise ValueError(f"audio must be 1-D samples, got shape {audio.shape}")
     if padding > 0:
         audio = np.pad(audio, (0, padding))
     if len(audio) <= N_FFT // 2:
-        raise ValueError(f"audio too short for a spectrogram: {len(audio)} samples (need > {N_FFT // 2})")
+        raise ValueError(
+            f"audio too short for a spectrogram: {len(audio)} samples (need > {N_FFT // 2})"
+        )
     padded = np.pad(audio, N_FFT // 2, mode="reflect")
     n_frames = len(audio) // HOP_LENGTH  # torch.stft gives one more; Whisper drops it
-    frames = sliding_window_view(padded, N_FFT)[: n_frames * HOP_LENGTH: HOP_LENGTH]
+    frames = sliding_window_view(padded, N_FFT)[: n_frames * HOP_LENGTH : HOP_LENGTH]
     mel = np.empty((n_mels, n_frames), dtype=np.float32)
     # In blocks of frames, so that hours of audio need no hours-long intermediate arrays. float32
     # like torch.stft; float64 is no closer to openai-whisper (both within ~3e-5).
     # StreamedAudio computes the very same blocks (same frames, same shapes): keep the two in step.
     for start in range(0, n_frames, _FRAMES_PER_BLOCK):
-        mel[:, start: start + _FRAMES_PER_BLOCK] = _mel_power(frames[start: start + _FRAMES_PER_BLOCK], n_mels)
+        mel[:, start : start + _FRAMES_PER_BLOCK] = _mel_power(
+            frames[start : start + _FRAMES_PER_BLOCK], n_mels
+        )
     log_spec = _log10_power(mel)
     return _floor_and_scale(log_spec, log_spec.max())
 
@@ -240,7 +257,7 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
 def _mel_power(frames: np.ndarray, n_mels: int) -> np.ndarray:
     """Mel power [n_mels, n] of STFT frames [n, N_FFT] (a view of the padded samples)."""
     spectrum = np.fft.rfft(frames * _hann_window(N_FFT), axis=-1)
-    power = spectrum.real ** 2 + spectrum.imag ** 2
+    power = spectrum.real**2 + spectrum.imag**2
     return (power @ mel_filters(n_mels).T).T
 
 
@@ -265,7 +282,7 @@ def first_window_mel(audio: np.ndarray, n_mels: int = 80) -> np.ndarray:
     return pad_or_trim(log_mel_spectrogram(audio, n_mels), N_FRAMES)
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Streaming: a file's samples and mel frames, window by window, in bounded memory
 
 _BLOCK_HOP = _FRAMES_PER_BLOCK * HOP_LENGTH  # samples between the first frames of two blocks
@@ -313,7 +330,7 @@ class _PcmReader:
                 end += len(pcm)
         if new:
             self._buffer = np.concatenate([self._buffer, *new])
-        out = self._buffer[start - self._start: max(0, stop - self._start)]
+        out = self._buffer[start - self._start : max(0, stop - self._start)]
         if len(out) < stop - start:
             out = np.concatenate([out, np.zeros(stop - start - len(out), dtype=np.int16)])
         return out
@@ -322,7 +339,7 @@ class _PcmReader:
         """Samples before `before` will not be read again (or only after a restart)."""
         before = min(before, self._end)
         if before > self._start:
-            self._buffer = self._buffer[before - self._start:]
+            self._buffer = self._buffer[before - self._start :]
             self._start = before
 
     def close(self) -> None:
@@ -333,9 +350,9 @@ class _PcmReader:
 
 def _block_log_mel(reader: _PcmReader, block: int, n_frames: int | None, n_mels: int) -> np.ndarray:
     """log10 mel power [n_mels, n] of frames [block * 4096, + n), n = min(4096, n_frames - that):
-    exactly the block log_mel_spectrogram(whole file, padding=N_SAMPLES) computes. n_frames None: not
-    known yet (then the block must be full: the caller has more samples than it spans, or is at the
-    end of the file, when reader.n_samples is set)."""
+    exactly the block log_mel_spectrogram(whole file, padding=N_SAMPLES) computes. n_frames None:
+    not known yet (then the block must be full: the caller has more samples than it spans, or is at
+    the end of the file, when reader.n_samples is set)."""
     first = block * _FRAMES_PER_BLOCK
     lo, hi = first * HOP_LENGTH - _CONTEXT, (first + _FRAMES_PER_BLOCK - 1) * HOP_LENGTH + _CONTEXT
     if lo < 0:  # the very start: reflect padding, as np.pad(mode="reflect") of the whole file
@@ -344,9 +361,13 @@ def _block_log_mel(reader: _PcmReader, block: int, n_frames: int | None, n_mels:
     else:
         padded = _to_float(reader.read(lo, hi))
     if n_frames is None:
-        n_frames = _n_frames(reader.n_samples) if reader.n_samples is not None else first + _FRAMES_PER_BLOCK
+        n_frames = (
+            _n_frames(reader.n_samples)
+            if reader.n_samples is not None
+            else first + _FRAMES_PER_BLOCK
+        )
     count = min(_FRAMES_PER_BLOCK, n_frames - first)
-    frames = sliding_window_view(padded, N_FFT)[: count * HOP_LENGTH: HOP_LENGTH]
+    frames = sliding_window_view(padded, N_FFT)[: count * HOP_LENGTH : HOP_LENGTH]
     return _log10_power(np.ascontiguousarray(_mel_power(frames, n_mels)))
 
 
@@ -363,8 +384,8 @@ class StreamedAudio:
 
     Whisper floors the log-mel 8 below the whole file's maximum: the constructor makes a first pass
     over the file for that maximum (and the number of samples), then windows are decoded again as
-    they are asked for. Each mel frame is computed from the same samples in the same 4096-frame block
-    as the whole-file computation, so the frames are the same to the bit.
+    they are asked for. Each mel frame is computed from the same samples in the same 4096-frame
+    block as the whole-file computation, so the frames are the same to the bit.
     """
 
     def __init__(self, path: PathLike, n_mels: int = 80):
@@ -374,7 +395,9 @@ class StreamedAudio:
         log_max, block = None, 0
         try:
             while True:
-                if reader.n_samples is not None and block * _FRAMES_PER_BLOCK >= _n_frames(reader.n_samples):
+                if reader.n_samples is not None and block * _FRAMES_PER_BLOCK >= _n_frames(
+                    reader.n_samples
+                ):
                     break
                 block_max = _block_log_mel(reader, block, None, n_mels).max()
                 log_max = block_max if log_max is None else max(log_max, block_max)
@@ -416,10 +439,11 @@ class StreamedAudio:
         self._release(seek)
         out = np.concatenate([blocks[b] for b in range(first, last + 1)], axis=1)
         offset = seek - first * _FRAMES_PER_BLOCK
-        return out[:, offset: offset + stop - seek]
+        return out[:, offset : offset + stop - seek]
 
     def samples(self, seek: int, n: int) -> np.ndarray:
-        """float32 samples of frames [seek, seek + n): load_audio(path)[seek * 160: (seek + n) * 160]."""
+        """float32 samples of frames [seek, seek + n):
+        load_audio(path)[seek * 160: (seek + n) * 160]."""
         start, stop = seek * HOP_LENGTH, min((seek + n) * HOP_LENGTH, self.n_samples)
         if stop <= start:
             return np.zeros(0, dtype=np.float32)
@@ -457,17 +481,19 @@ class _InMemoryAudio:
 
     def __init__(self, audio: np.ndarray, n_mels: int):
         self.audio = audio
-        self.mel = log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES)  # + 30 s for the last window
+        self.mel = log_mel_spectrogram(
+            audio, n_mels, padding=N_SAMPLES
+        )  # + 30 s for the last window
         self.content_frames = self.mel.shape[-1] - N_FRAMES
 
     def mel_frames(self, seek: int, n: int) -> np.ndarray:
-        return self.mel[:, seek: seek + n]
+        return self.mel[:, seek : seek + n]
 
     def samples(self, seek: int, n: int) -> np.ndarray:
-        return self.audio[seek * HOP_LENGTH: (seek + n) * HOP_LENGTH]
+        return self.audio[seek * HOP_LENGTH : (seek + n) * HOP_LENGTH]
 
 
-def window_source(audio: Union[np.ndarray, "StreamedAudio", PathLike], n_mels: int):
+def window_source(audio: np.ndarray | StreamedAudio | PathLike, n_mels: int):
     """What transcribe() reads windows from: `content_frames`, `mel_frames(seek, n)` and
     `samples(seek, n)`. A path streams (StreamedAudio); samples (an array) are taken as they are."""
     if isinstance(audio, (str, os.PathLike)):

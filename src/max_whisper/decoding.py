@@ -3,11 +3,12 @@
 Backend-agnostic: the model is reached only through `Backend.decoder_session(...).logits(tokens)`.
 The rules (and their order) follow openai-whisper's decoding so that tokens match the reference.
 """
+
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -96,7 +97,9 @@ class ApplyTimestampRules:
     """Timestamps come in pairs, never decrease, start the text, and win when their total
     probability beats every single text token."""
 
-    def __init__(self, tokenizer: Tokenizer, sample_begin: int, max_initial_timestamp_index: int | None):
+    def __init__(
+        self, tokenizer: Tokenizer, sample_begin: int, max_initial_timestamp_index: int | None
+    ):
         self.tokenizer = tokenizer
         self.sample_begin = sample_begin
         self.max_initial_timestamp_index = max_initial_timestamp_index
@@ -106,7 +109,7 @@ class ApplyTimestampRules:
         logits[:, self.tokenizer.no_timestamps] = -np.inf
 
         for k in range(tokens.shape[0]):
-            sampled = tokens[k, self.sample_begin:]
+            sampled = tokens[k, self.sample_begin :]
             last_was_timestamp = len(sampled) >= 1 and sampled[-1] >= ts_begin
             penultimate_was_timestamp = len(sampled) < 2 or sampled[-2] >= ts_begin
             if last_was_timestamp:
@@ -127,7 +130,7 @@ class ApplyTimestampRules:
         if tokens.shape[1] == self.sample_begin:
             logits[:, :ts_begin] = -np.inf  # the text must start with a timestamp
             if self.max_initial_timestamp_index is not None:
-                logits[:, ts_begin + self.max_initial_timestamp_index + 1:] = -np.inf
+                logits[:, ts_begin + self.max_initial_timestamp_index + 1 :] = -np.inf
 
         logprobs = log_softmax(logits)
         for k in range(tokens.shape[0]):
@@ -142,7 +145,9 @@ class GreedyDecoder:
     """Greedy or sampling. Each window samples from its own generator (`rngs`, one per window of
     `group` rows), so a window draws the same tokens whatever else shares its batch."""
 
-    def __init__(self, temperature: float, eot: int, rngs: list[np.random.Generator], group: int = 1):
+    def __init__(
+        self, temperature: float, eot: int, rngs: list[np.random.Generator], group: int = 1
+    ):
         self.temperature, self.eot, self.rngs, self.group = temperature, eot, rngs, group
 
     def reset(self) -> None:
@@ -152,8 +157,14 @@ class GreedyDecoder:
         if self.temperature == 0:
             next_tokens = logits.argmax(axis=-1)
         else:
-            next_tokens = np.concatenate([_sample(rows, rng) for rows, rng in zip(
-                np.split(logits / self.temperature, len(self.rngs)), self.rngs)])
+            next_tokens = np.concatenate(
+                [
+                    _sample(rows, rng)
+                    for rows, rng in zip(
+                        np.split(logits / self.temperature, len(self.rngs)), self.rngs
+                    )
+                ]
+            )
         logprobs = log_softmax(logits)
         current = logprobs[np.arange(len(next_tokens)), next_tokens]
         finished = tokens[:, -1] == self.eot
@@ -184,7 +195,9 @@ def _sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class BeamSearchDecoder:
-    def __init__(self, beam_size: int, eot: int, session: DecoderSession, patience: float | None = None):
+    def __init__(
+        self, beam_size: int, eot: int, session: DecoderSession, patience: float | None = None
+    ):
         self.beam_size, self.eot, self.session = beam_size, eot, session
         self.patience = patience or 1.0
         self.max_candidates = round(beam_size * self.patience)
@@ -262,12 +275,15 @@ def _topk(logprobs: np.ndarray, k: int) -> np.ndarray:
 
 def rank_by_likelihood(tokens, sum_logprobs, length_penalty: float | None) -> list[int]:
     """Best candidate per audio: logprob / length, or the Google NMT length penalty."""
+
     def score(logprob, length):
         penalty = length if length_penalty is None else ((5 + length) / 6) ** length_penalty
         return logprob / penalty
 
-    return [int(np.argmax([score(lp, len(t)) for lp, t in zip(lps, ts)]))
-            for ts, lps in zip(tokens, sum_logprobs)]
+    return [
+        int(np.argmax([score(lp, len(t)) for lp, t in zip(lps, ts)]))
+        for ts, lps in zip(tokens, sum_logprobs)
+    ]
 
 
 # -- the task -----------------------------------------------------------------------------------
@@ -277,7 +293,9 @@ def detect_language(backend: Backend, tokenizer: Tokenizer, audio_features: np.n
         raise DecodingError("this model is English-only: it cannot detect languages")
     session = backend.decoder_session(audio_features)
     n_audio = audio_features.shape[0]
-    logits = session.logits(np.full((n_audio, 1), tokenizer.sot, dtype=np.int64))[:, 0].astype(np.float32)
+    logits = session.logits(np.full((n_audio, 1), tokenizer.sot, dtype=np.int64))[:, 0].astype(
+        np.float32
+    )
     lang_tokens = np.array(tokenizer.all_language_tokens)
     mask = np.full(logits.shape[-1], True)
     mask[lang_tokens] = False
@@ -300,10 +318,14 @@ class DecodingTask:
     the tokens it would get decoded alone.
     """
 
-    def __init__(self, backend: Backend, tokenizer: Tokenizer, options: DecodingOptions, seed: int = 0):
+    def __init__(
+        self, backend: Backend, tokenizer: Tokenizer, options: DecodingOptions, seed: int = 0
+    ):
         self.backend = backend
         self.options = _verify_options(options)
-        self.tokenizer = tokenizer.with_options(language=options.language or "en", task=options.task)
+        self.tokenizer = tokenizer.with_options(
+            language=options.language or "en", task=options.task
+        )
         dims = backend.dims
         self.n_group = options.beam_size or options.best_of or 1
         self.n_ctx = dims.n_text_ctx
@@ -330,13 +352,21 @@ class DecodingTask:
     def _initial_tokens(self, prompt) -> tuple[int, ...]:
         tokens = list(self.sot_sequence)
         if prefix := self.options.prefix:
-            prefix_tokens = self.tokenizer.encode(" " + prefix.strip()) if isinstance(prefix, str) else list(prefix)
+            prefix_tokens = (
+                self.tokenizer.encode(" " + prefix.strip())
+                if isinstance(prefix, str)
+                else list(prefix)
+            )
             max_prefix_len = self.n_ctx // 2 - self.sample_len
             prefix_tokens = prefix_tokens[-max_prefix_len:]
             tokens += prefix_tokens
         if prompt:
-            prompt_tokens = self.tokenizer.encode(" " + prompt.strip()) if isinstance(prompt, str) else list(prompt)
-            tokens = [self.tokenizer.sot_prev] + prompt_tokens[-(self.n_ctx // 2 - 1):] + tokens
+            prompt_tokens = (
+                self.tokenizer.encode(" " + prompt.strip())
+                if isinstance(prompt, str)
+                else list(prompt)
+            )
+            tokens = [self.tokenizer.sot_prev] + prompt_tokens[-(self.n_ctx // 2 - 1) :] + tokens
         return tuple(tokens)
 
     def _suppress_tokens(self) -> tuple[int, ...]:
@@ -350,8 +380,12 @@ class DecodingTask:
         suppress += [t.transcribe, t.translate, t.sot, t.sot_prev, t.sot_lm, t.no_speech]
         return tuple(sorted(set(suppress)))
 
-    def run(self, audio_features: np.ndarray, on_step: Callable[[np.ndarray, list[int]], None] | None = None,
-            prompts: Sequence | None = None) -> list[DecodingResult]:
+    def run(
+        self,
+        audio_features: np.ndarray,
+        on_step: Callable[[np.ndarray, list[int]], None] | None = None,
+        prompts: Sequence | None = None,
+    ) -> list[DecodingResult]:
         """audio_features: [n_audio, n_audio_ctx, d] from backend.encode; prompts: one per window
         (default: the options' prompt for all)."""
         tokenizer = self.tokenizer
@@ -361,11 +395,15 @@ class DecodingTask:
         sample_begin = max(len(t) for t in initial)
         pad = np.array([sample_begin - len(t) for t in initial], np.int64)
         if pad.any() and not getattr(self.backend, "ragged_batches", False):
-            raise DecodingError(f"the {self.backend.name} backend decodes a batch only when its prompts "
-                                "are equally long")
+            raise DecodingError(
+                f"the {self.backend.name} backend decodes a batch only when its prompts "
+                "are equally long"
+            )
         # the SOT's column, counted from the right end of the (left-padded) initial tokens
         sot_index = sample_begin - (len(initial[0]) - initial[0].index(tokenizer.sot))
-        tokens = np.array([[tokenizer.eot] * int(n) + list(t) for n, t in zip(pad, initial)], dtype=np.int64)
+        tokens = np.array(
+            [[tokenizer.eot] * int(n) + list(t) for n, t in zip(pad, initial)], dtype=np.int64
+        )
 
         languages = [self.options.language] * n_audio
         language_probs = None
@@ -375,38 +413,60 @@ class DecodingTask:
             tokens[:, sot_index + 1] = lang_tokens
 
         tokens = np.repeat(tokens, self.n_group, axis=0)
-        session = (self.backend.decoder_session(audio_features, pad=pad.tolist()) if pad.any()
-                   else self.backend.decoder_session(audio_features))
-        decoder = (BeamSearchDecoder(self.options.beam_size, tokenizer.eot, session, self.options.patience)
-                   if self.options.beam_size is not None
-                   else GreedyDecoder(self.options.temperature, tokenizer.eot,
-                                      [np.random.default_rng(self.seed) for _ in range(n_audio)], self.n_group))
+        session = (
+            self.backend.decoder_session(audio_features, pad=pad.tolist())
+            if pad.any()
+            else self.backend.decoder_session(audio_features)
+        )
+        decoder = (
+            BeamSearchDecoder(self.options.beam_size, tokenizer.eot, session, self.options.patience)
+            if self.options.beam_size is not None
+            else GreedyDecoder(
+                self.options.temperature,
+                tokenizer.eot,
+                [np.random.default_rng(self.seed) for _ in range(n_audio)],
+                self.n_group,
+            )
+        )
         final, no_speech_probs = self._main_loop(
-            session, decoder, tokens, pad, sot_index, self._logit_filters(sample_begin), on_step)
+            session, decoder, tokens, pad, sot_index, self._logit_filters(sample_begin), on_step
+        )
         no_speech_probs = no_speech_probs[:: self.n_group]
 
         results = []
         for i in range(n_audio):
             candidates, logprobs = decoder.finalize_window(final[i])
             # keep what lies between the first sampled token and the first EOT
-            candidates = [_until_eot(np.asarray(t)[sample_begin:], tokenizer.eot) for t in candidates]
+            candidates = [
+                _until_eot(np.asarray(t)[sample_begin:], tokenizer.eot) for t in candidates
+            ]
             best = rank_by_likelihood([candidates], [logprobs], self.options.length_penalty)[0]
             toks = [int(t) for t in candidates[best]]
             text = tokenizer.decode(toks).strip()
-            results.append(DecodingResult(
-                language=languages[i],
-                language_probs=language_probs[i] if language_probs else None,
-                tokens=toks,
-                text=text,
-                avg_logprob=logprobs[best] / (len(toks) + 1),
-                no_speech_prob=no_speech_probs[i],
-                temperature=self.options.temperature,
-                compression_ratio=compression_ratio(text),
-            ))
+            results.append(
+                DecodingResult(
+                    language=languages[i],
+                    language_probs=language_probs[i] if language_probs else None,
+                    tokens=toks,
+                    text=text,
+                    avg_logprob=logprobs[best] / (len(toks) + 1),
+                    no_speech_prob=no_speech_probs[i],
+                    temperature=self.options.temperature,
+                    compression_ratio=compression_ratio(text),
+                )
+            )
         return results
 
-    def _main_loop(self, session: DecoderSession, decoder, tokens: np.ndarray, pad: np.ndarray, sot_index: int,
-                   logit_filters: list, on_step=None):
+    def _main_loop(
+        self,
+        session: DecoderSession,
+        decoder,
+        tokens: np.ndarray,
+        pad: np.ndarray,
+        sot_index: int,
+        logit_filters: list,
+        on_step=None,
+    ):
         """Decode until every window has ended, or reached its length limit (then it is frozen:
         its state at that step is what it would have been decoded alone). Where the session can
         (greedy and sampling), windows that have ended leave the batch."""
@@ -416,7 +476,9 @@ class DecodingTask:
         snapshots: dict[int, tuple] = {}
         alive = list(range(len(pad)))  # the windows still in the batch, by their index in the task
         compact = isinstance(decoder, GreedyDecoder) and hasattr(session, "keep_windows")
-        final: dict[int, tuple] = {}  # windows that left the batch: their rows and log-probabilities
+        final: dict[
+            int, tuple
+        ] = {}  # windows that left the batch: their rows and log-probabilities
         for i in range(self.sample_len):
             # the first call feeds the prompt: logits only where they are read (SOT and the last)
             logits = session.logits(tokens, [sot_index, tokens.shape[1] - 1] if i == 0 else None)
@@ -473,14 +535,21 @@ def _verify_options(options: DecodingOptions) -> DecodingOptions:
     return options
 
 
-def decode(backend: Backend, tokenizer: Tokenizer, audio_features: np.ndarray,
-           options: DecodingOptions = DecodingOptions(), on_step: Callable[[np.ndarray, list[int]], None] | None = None,
-           prompts: Sequence | None = None, **overrides) -> list[DecodingResult]:
+def decode(
+    backend: Backend,
+    tokenizer: Tokenizer,
+    audio_features: np.ndarray,
+    options: DecodingOptions = DecodingOptions(),
+    on_step: Callable[[np.ndarray, list[int]], None] | None = None,
+    prompts: Sequence | None = None,
+    **overrides,
+) -> list[DecodingResult]:
     """Decode each 30-s window of `audio_features` ([n_audio, n_audio_ctx, d]).
 
     prompts: each window's own previous-text prompt (default: `options.prompt` for every window).
     on_step(tokens, windows) sees the token rows [rows, T] after each step and the windows (indices
-    into `audio_features`) they belong to, `rows // len(windows)` each (for progress within a window)."""
+    into `audio_features`) they belong to, `rows // len(windows)` each (for progress within a
+    window)."""
     if overrides:
         options = replace(options, **overrides)
     return DecodingTask(backend, tokenizer, options).run(audio_features, on_step, prompts)

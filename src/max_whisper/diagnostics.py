@@ -1,4 +1,5 @@
 """`max-whisper compare` (MAX vs reference encoder, layer by layer) and `max-whisper doctor`."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -16,22 +17,38 @@ from .weights.registry import NAMED_MODELS
 def add_parsers(sub) -> None:
     from .cli import add_model_options
 
-    p = sub.add_parser("compare", help="run the reference and MAX encoders side by side, layer by layer")
+    p = sub.add_parser(
+        "compare", help="run the reference and MAX encoders side by side, layer by layer"
+    )
     p.add_argument("audio", help="an audio file (its first 30 s are compared)")
     add_model_options(p, backend_default=None)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("doctor", help="report MAX, devices, CPU, cache, models and optional packages")
+    p = sub.add_parser(
+        "doctor", help="report MAX, devices, CPU, cache, models and optional packages"
+    )
     p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser("warmup", help="compile and cache every MAX graph the models need (for images and CI)",
-                       description="Compile the MAX graphs of the given models for this machine, in parallel "
-                                   "processes, and keep them in the graph cache (see `doctor`).")
-    p.add_argument("--model", nargs="+", default=["tiny.en"], help="model names or paths (default: tiny.en)")
+    p = sub.add_parser(
+        "warmup",
+        help="compile and cache every MAX graph the models need (for images and CI)",
+        description="Compile the MAX graphs of the given models for this machine, in parallel "
+        "processes, and keep them in the graph cache (see `doctor`).",
+    )
+    p.add_argument(
+        "--model", nargs="+", default=["tiny.en"], help="model names or paths (default: tiny.en)"
+    )
     p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--encoder-float64-blocks", type=int, default=0, metavar="N",
-                   help="the encoder variant with N float64 leading blocks (default 0)")
-    p.add_argument("--jobs", type=int, default=None, help="compiles at once (default: one per core)")
+    p.add_argument(
+        "--encoder-float64-blocks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the encoder variant with N float64 leading blocks (default 0)",
+    )
+    p.add_argument(
+        "--jobs", type=int, default=None, help="compiles at once (default: one per core)"
+    )
     p.set_defaults(func=cmd_warmup)
 
 
@@ -39,16 +56,27 @@ def cmd_warmup(args) -> int:
     from .backends.max.warmup import compile_all, jobs_for
     from .weights import load_model_weights
 
-    jobs = [job for name in args.model
-            for job in jobs_for(load_model_weights(name).dims, args.encoder_float64_blocks, args.device)]
+    jobs = [
+        job
+        for name in args.model
+        for job in jobs_for(load_model_weights(name).dims, args.encoder_float64_blocks, args.device)
+    ]
     compile_all(list(dict.fromkeys(jobs)), workers=args.jobs)  # models with equal dims share graphs
-    print(f"max-whisper: MAX graphs for {', '.join(args.model)} are compiled and cached", file=sys.stderr)
+    print(
+        f"max-whisper: MAX graphs for {', '.join(args.model)} are compiled and cached",
+        file=sys.stderr,
+    )
     return 0
 
 
 # -- compare --------------------------------------------------------------------------------------
 def tensor_stats(x: np.ndarray) -> dict[str, float]:
-    return {"mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max())}
+    return {
+        "mean": float(x.mean()),
+        "std": float(x.std()),
+        "min": float(x.min()),
+        "max": float(x.max()),
+    }
 
 
 def difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -58,16 +86,25 @@ def difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 
 def reference_intermediates(torch_model, mel: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """The PyTorch encoder's stem output, each block's output and ln_post, in the MAX encoder's names."""
+    """The PyTorch encoder's stem output, each block's output and ln_post, in the MAX encoder's
+    names."""
     import torch
 
     encoder = torch_model.encoder
     captured: list[tuple[str, np.ndarray]] = []
-    hooks = [encoder.blocks[0].register_forward_pre_hook(
-        lambda _m, args: captured.append(("stem", args[0].detach().numpy().copy())))]
+    hooks = [
+        encoder.blocks[0].register_forward_pre_hook(
+            lambda _m, args: captured.append(("stem", args[0].detach().numpy().copy()))
+        )
+    ]
     for i, block in enumerate(encoder.blocks):
-        hooks.append(block.register_forward_hook(
-            lambda _m, _i, out, i=i: captured.append((f"block.{i}", out.detach().numpy().copy()))))
+        hooks.append(
+            block.register_forward_hook(
+                lambda _m, _i, out, i=i: captured.append(
+                    (f"block.{i}", out.detach().numpy().copy())
+                )
+            )
+        )
     try:
         with torch.no_grad():
             features = encoder(torch.from_numpy(mel))
@@ -77,8 +114,9 @@ def reference_intermediates(torch_model, mel: np.ndarray) -> list[tuple[str, np.
     return captured + [("ln_post", features.numpy())]
 
 
-def compare_encoders(model_name: str, audio_path: str, device: str = "auto",
-                     float64_blocks: int = 0) -> list[dict]:
+def compare_encoders(
+    model_name: str, audio_path: str, device: str = "auto", float64_blocks: int = 0
+) -> list[dict]:
     from .audio import first_window_mel, load_audio
     from .backends.max.encoder import MaxEncoder
     from .backends.reference import build_torch_model
@@ -90,22 +128,33 @@ def compare_encoders(model_name: str, audio_path: str, device: str = "auto",
     ours = dict(encoder.run_with_intermediates(mel))
     rows = []
     for name, ref in reference_intermediates(build_torch_model(weights, "cpu"), mel):
-        rows.append({"tensor": name, "dtype": encoder.stage_dtypes[name],
-                     **{f"ref_{k}": v for k, v in tensor_stats(ref).items()},
-                     **{f"max_{k}": v for k, v in tensor_stats(ours[name]).items()},
-                     **difference(ours[name], ref)})
+        rows.append(
+            {
+                "tensor": name,
+                "dtype": encoder.stage_dtypes[name],
+                **{f"ref_{k}": v for k, v in tensor_stats(ref).items()},
+                **{f"max_{k}": v for k, v in tensor_stats(ours[name]).items()},
+                **difference(ours[name], ref),
+            }
+        )
     return rows
 
 
 def cmd_compare(args) -> int:
     rows = compare_encoders(args.model, args.audio, args.device, args.encoder_float64_blocks)
-    header = f"{'tensor':<9} {'dtype':<7} {'ref mean':>9} {'ref std':>8} {'ref min':>8} {'ref max':>8} " \
-             f"{'max mean':>9} {'max std':>8} {'max min':>8} {'max max':>8} {'max|diff|':>10} {'cosine':>10}"
+    header = (
+        f"{'tensor':<9} {'dtype':<7} {'ref mean':>9} {'ref std':>8} {'ref min':>8} {'ref max':>8} "
+        f"{'max mean':>9} {'max std':>8} {'max min':>8} {'max max':>8} "
+        f"{'max|diff|':>10} {'cosine':>10}"
+    )
     print(header)
     for r in rows:
-        print(f"{r['tensor']:<9} {r['dtype']:<7} {r['ref_mean']:>9.4f} {r['ref_std']:>8.4f} {r['ref_min']:>8.3f} {r['ref_max']:>8.3f} "
-              f"{r['max_mean']:>9.4f} {r['max_std']:>8.4f} {r['max_min']:>8.3f} {r['max_max']:>8.3f} "
-              f"{r['max_abs']:>10.2e} {r['cosine']:>10.7f}")
+        print(
+            f"{r['tensor']:<9} {r['dtype']:<7} {r['ref_mean']:>9.4f} {r['ref_std']:>8.4f} "
+            f"{r['ref_min']:>8.3f} {r['ref_max']:>8.3f} "
+            f"{r['max_mean']:>9.4f} {r['max_std']:>8.4f} {r['max_min']:>8.3f} {r['max_max']:>8.3f} "
+            f"{r['max_abs']:>10.2e} {r['cosine']:>10.7f}"
+        )
     worst = rows[-1]["max_abs"]
     verdict = "OK" if worst <= 1e-3 else "MISMATCH"
     print(f"{verdict}: final features max |diff| {worst:.2e} (tolerance 1e-3)")
@@ -131,10 +180,25 @@ def cpu_info() -> dict[str, object]:
                 flags = set(value.split())
     except OSError:
         pass
-    interesting = ["avx", "avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx_vnni", "amx_tile", "neon", "asimd"]
+    interesting = [
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512_bf16",
+        "avx_vnni",
+        "amx_tile",
+        "neon",
+        "asimd",
+    ]
     import os
 
-    return {"model": model, "cores": os.cpu_count(), "features": [f for f in interesting if f in flags]}
+    return {
+        "model": model,
+        "cores": os.cpu_count(),
+        "features": [f for f in interesting if f in flags],
+    }
 
 
 def _dir_size(path: Path) -> int:
@@ -155,8 +219,11 @@ def doctor_report() -> dict[str, object]:
         from .backends.max.compile_cache import cache_dir
 
         cache = cache_dir()
-        report["graph_cache"] = {"path": str(cache), "files": len(list(cache.glob("*.mef"))) if cache.is_dir() else 0,
-                                 "mb": round(_dir_size(cache) / 1e6, 1)}
+        report["graph_cache"] = {
+            "path": str(cache),
+            "files": len(list(cache.glob("*.mef"))) if cache.is_dir() else 0,
+            "mb": round(_dir_size(cache) / 1e6, 1),
+        }
     except Exception as exc:
         report["graph_cache"] = f"unavailable ({exc})"
     models = {}
@@ -167,11 +234,15 @@ def doctor_report() -> dict[str, object]:
             models[name] = f"not installed ({exc})"
     report["models"] = models
     # find_spec, not import: the doctor must not pull torch into the process
-    report["optional"] = {name: (_version(dist) if importlib.util.find_spec(mod) else None)
-                          for name, mod, dist in [("torch", "torch", "torch"),
-                                                  ("openai-whisper", "whisper", "openai-whisper"),
-                                                  ("faster-whisper", "faster_whisper", "faster-whisper"),
-                                                  ("fastapi", "fastapi", "fastapi")]}
+    report["optional"] = {
+        name: (_version(dist) if importlib.util.find_spec(mod) else None)
+        for name, mod, dist in [
+            ("torch", "torch", "torch"),
+            ("openai-whisper", "whisper", "openai-whisper"),
+            ("faster-whisper", "faster_whisper", "faster-whisper"),
+            ("fastapi", "fastapi", "fastapi"),
+        ]
+    }
     return report
 
 
@@ -181,10 +252,15 @@ def cmd_doctor(args) -> int:
     print(f"MAX             {report['max'] or 'NOT INSTALLED'}")
     print(f"accelerators    {report['accelerators']}")
     cpu = report["cpu"]
-    print(f"CPU             {cpu['model']}, {cpu['cores']} cores, features: {' '.join(cpu['features']) or 'none'}")
+    print(
+        f"CPU             {cpu['model']}, {cpu['cores']} cores, "
+        f"features: {' '.join(cpu['features']) or 'none'}"
+    )
     cache = report["graph_cache"]
     if isinstance(cache, dict):
-        print(f"graph cache     {cache['path']} ({cache['files']} compiled graphs, {cache['mb']} MB)")
+        print(
+            f"graph cache     {cache['path']} ({cache['files']} compiled graphs, {cache['mb']} MB)"
+        )
     else:
         print(f"graph cache     {cache}")
     for name, where in report["models"].items():

@@ -1,4 +1,5 @@
 """Model dimensions and Whisper's fixed audio constants."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

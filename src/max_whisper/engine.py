@@ -10,6 +10,7 @@ one (continuous batching), so a short file never waits for a long one.
 
 Batching changes no result: each window is decoded as it would be alone (see decoding.DecodingTask).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,7 +51,9 @@ Stream = Generator[Request, Any, Any]
 class BatchingEngine:
     """Runs streams on one backend, `batch_size` windows at a time."""
 
-    def __init__(self, backend: Backend, tokenizer: Tokenizer, batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(
+        self, backend: Backend, tokenizer: Tokenizer, batch_size: int = DEFAULT_BATCH_SIZE
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.backend, self.tokenizer, self.batch_size = backend, tokenizer, batch_size
@@ -65,9 +68,12 @@ class BatchingEngine:
 
     def run(self, streams: Iterable[Stream]) -> Iterator[tuple[int, Any]]:
         """Yield (index of the stream, its result) as each stream ends. A stream that fails on its
-        own (its audio cannot be read, ...) ends with the exception as its result; the others go on."""
+        own (its audio cannot be read, ...) ends with the exception as its result; the others go
+        on."""
         waiting = enumerate(streams)
-        active: dict[int, tuple[Stream, Request]] = {}  # stream index -> (stream, what it asked for)
+        active: dict[
+            int, tuple[Stream, Request]
+        ] = {}  # stream index -> (stream, what it asked for)
 
         def admit() -> Iterator[tuple[int, Any]]:
             while len(active) < self.batch_size:
@@ -90,7 +96,9 @@ class BatchingEngine:
             yield from admit()
 
     @staticmethod
-    def _advance(active, index: int, stream: Stream, answer, first: bool = False) -> Iterator[tuple[int, Any]]:
+    def _advance(
+        active, index: int, stream: Stream, answer, first: bool = False
+    ) -> Iterator[tuple[int, Any]]:
         try:
             active[index] = (stream, next(stream) if first else stream.send(answer))
         except StopIteration as done:
@@ -102,12 +110,15 @@ class BatchingEngine:
 
     def _batches(self, kind, asking: list[tuple[int, Request]]) -> list[list[tuple[int, Request]]]:
         if kind is not Decode:
-            return [asking[i: i + self.batch_size] for i in range(0, len(asking), self.batch_size)]
+            return [asking[i : i + self.batch_size] for i in range(0, len(asking), self.batch_size)]
         groups: dict[tuple, list[tuple[int, Request]]] = {}
         for index, request in asking:
             groups.setdefault(self._decode_key(request.options), []).append((index, request))
-        return [group[i: i + self.batch_size] for group in groups.values()
-                for i in range(0, len(group), self.batch_size)]
+        return [
+            group[i : i + self.batch_size]
+            for group in groups.values()
+            for i in range(0, len(group), self.batch_size)
+        ]
 
     def _decode_key(self, options: DecodingOptions) -> tuple:
         """Windows decode together when everything but the prompt is the same (and, on backends
@@ -127,8 +138,13 @@ class BatchingEngine:
             return detect_language(self.backend, self.tokenizer, features)[1]
         options = requests[0].options
         results: list[DecodingResult] = decode(
-            self.backend, self.tokenizer, features, dataclasses.replace(options, prompt=None),
-            prompts=[r.options.prompt for r in requests], on_step=_each_window([r.on_step for r in requests]))
+            self.backend,
+            self.tokenizer,
+            features,
+            dataclasses.replace(options, prompt=None),
+            prompts=[r.options.prompt for r in requests],
+            on_step=_each_window([r.on_step for r in requests]),
+        )
         return results
 
 
@@ -141,6 +157,6 @@ def _each_window(callbacks: list) -> Callable[[np.ndarray, list[int]], None] | N
         rows = tokens.shape[0] // len(windows)
         for k, window in enumerate(windows):
             if callbacks[window] is not None:
-                callbacks[window](tokens[k * rows: (k + 1) * rows])
+                callbacks[window](tokens[k * rows : (k + 1) * rows])
 
     return on_step

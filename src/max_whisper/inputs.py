@@ -1,4 +1,5 @@
 """Which audio a command runs on: files, folders of audio files, and `-` for standard input."""
+
 from __future__ import annotations
 
 import os
@@ -8,15 +9,35 @@ from pathlib import Path
 
 from .errors import UsageError
 
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".mp4", ".aac",
-                              ".webm", ".mkv", ".mov", ".wma", ".aiff", ".aif"})
+AUDIO_EXTENSIONS = frozenset(
+    {
+        ".wav",
+        ".flac",
+        ".mp3",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".m4a",
+        ".mp4",
+        ".aac",
+        ".webm",
+        ".mkv",
+        ".mov",
+        ".wma",
+        ".aiff",
+        ".aif",
+    }
+)
 STDIN = "-"
 
 
 def audio_files_in(folder: str | os.PathLike) -> list[str]:
     """Every audio file below `folder` (by extension), in path order."""
-    return sorted(os.fspath(p) for p in Path(folder).rglob("*")
-                  if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    return sorted(
+        os.fspath(p)
+        for p in Path(folder).rglob("*")
+        if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
+    )
 
 
 def expand_inputs(items: list[str]) -> list[str]:
@@ -27,8 +48,10 @@ def expand_inputs(items: list[str]) -> list[str]:
         if item != STDIN and os.path.isdir(item):
             found = audio_files_in(item)
             if not found:
-                raise UsageError(f"'{item}' is a directory with no audio files in it "
-                                 f"({', '.join(sorted(AUDIO_EXTENSIONS))})")
+                raise UsageError(
+                    f"'{item}' is a directory with no audio files in it "
+                    f"({', '.join(sorted(AUDIO_EXTENSIONS))})"
+                )
             paths += found
         else:
             paths.append(item)

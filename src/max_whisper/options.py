@@ -5,12 +5,14 @@ reads it. The defaults are openai-whisper's `transcribe()` defaults; `cli_defaul
 ones its command line uses. Validation happens here, so every face rejects the same values with
 the same one-line message.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from .decoding import DecodingOptions
 from .errors import UsageError
@@ -62,15 +64,21 @@ class TranscribeOptions:
     vad_options: VadOptions | None = None  # its threshold, min silence, speech pad (None: defaults)
 
     def __post_init__(self):
-        temperatures = (self.temperature,) if isinstance(self.temperature, (int, float)) else self.temperature
+        temperatures = (
+            (self.temperature,) if isinstance(self.temperature, (int, float)) else self.temperature
+        )
         temperatures = tuple(float(t) for t in temperatures)
         if not temperatures:
             raise UsageError("temperature: give at least one value")
         low, high = TEMPERATURE_RANGE
         for t in temperatures:
             if not math.isfinite(t) or not low <= t <= high:
-                raise UsageError(f"temperature must be a number between {low:g} and {high:g}, got {t:g}")
-        object.__setattr__(self, "temperature", temperatures if len(temperatures) > 1 else temperatures[0])
+                raise UsageError(
+                    f"temperature must be a number between {low:g} and {high:g}, got {t:g}"
+                )
+        object.__setattr__(
+            self, "temperature", temperatures if len(temperatures) > 1 else temperatures[0]
+        )
         _check_count("beam_size", self.beam_size, MAX_BEAM_SIZE)
         _check_count("best_of", self.best_of, MAX_BEST_OF)
         if self.patience is not None and not (math.isfinite(self.patience) and self.patience > 0):
@@ -79,20 +87,27 @@ class TranscribeOptions:
             raise UsageError(f"length_penalty must be between 0 and 1, got {self.length_penalty}")
         if self.task not in ("transcribe", "translate"):
             raise UsageError(f"task must be 'transcribe' or 'translate', got '{self.task}'")
-        for name in ("compression_ratio_threshold", "logprob_threshold", "no_speech_threshold",
-                     "hallucination_silence_threshold", "silence_threshold"):
+        for name in (
+            "compression_ratio_threshold",
+            "logprob_threshold",
+            "no_speech_threshold",
+            "hallucination_silence_threshold",
+            "silence_threshold",
+        ):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise UsageError(f"{name} must be a finite number or None, got {value}")
 
     @classmethod
-    def cli_defaults(cls, **overrides) -> "TranscribeOptions":
+    def cli_defaults(cls, **overrides) -> TranscribeOptions:
         """openai-whisper's command-line defaults: beam search of 5, 5 samples per fallback
         temperature (its `transcribe()`, like ours, keeps the class defaults: greedy)."""
         return cls(**{"best_of": 5, "beam_size": 5, **overrides})
 
     @classmethod
-    def from_kwargs(cls, options: "TranscribeOptions | None" = None, **overrides) -> "TranscribeOptions":
+    def from_kwargs(
+        cls, options: TranscribeOptions | None = None, **overrides
+    ) -> TranscribeOptions:
         """`options` (default: the defaults) with `overrides`; an unknown name is a UsageError."""
         unknown = set(overrides) - FIELD_NAMES
         if unknown:
@@ -103,30 +118,44 @@ class TranscribeOptions:
     def temperatures(self) -> tuple[float, ...]:
         return self.temperature if isinstance(self.temperature, tuple) else (self.temperature,)
 
-    def replace(self, **changes) -> "TranscribeOptions":
+    def replace(self, **changes) -> TranscribeOptions:
         return dataclasses.replace(self, **changes)
 
-    def window_options(self, temperature: float, prompt: list[int] | None = None) -> DecodingOptions:
+    def window_options(
+        self, temperature: float, prompt: list[int] | None = None
+    ) -> DecodingOptions:
         """The decoding options of one window at one temperature of the fallback."""
         sampling = temperature > 0
         return DecodingOptions(
-            task=self.task, language=self.language, temperature=temperature, sample_len=self.sample_len,
+            task=self.task,
+            language=self.language,
+            temperature=temperature,
+            sample_len=self.sample_len,
             best_of=self.best_of if sampling else None,  # greedy or beam: no best_of
             beam_size=None if sampling else self.beam_size,  # sampling: no beam search
-            patience=None if sampling else self.patience, length_penalty=self.length_penalty,
-            prompt=prompt, prefix=self.prefix, suppress_tokens=self.suppress_tokens, suppress_blank=self.suppress_blank,
-            without_timestamps=self.without_timestamps, max_initial_timestamp=self.max_initial_timestamp)
+            patience=None if sampling else self.patience,
+            length_penalty=self.length_penalty,
+            prompt=prompt,
+            prefix=self.prefix,
+            suppress_tokens=self.suppress_tokens,
+            suppress_blank=self.suppress_blank,
+            without_timestamps=self.without_timestamps,
+            max_initial_timestamp=self.max_initial_timestamp,
+        )
 
 
 FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(TranscribeOptions))
 
 
 def fallback_temperatures(start: float, increment: float | None) -> float | tuple[float, ...]:
-    """openai-whisper's CLI: `start`, then `start + increment`, ... up to 1.0 (None: `start` only)."""
+    """openai-whisper's CLI: `start`, then `start + increment`, ... up to 1.0
+    (None: `start` only)."""
     if increment is None:
         return start
     if not (math.isfinite(increment) and increment > 0):
-        raise UsageError(f"temperature increment must be a positive number or None, got {increment:g}")
+        raise UsageError(
+            f"temperature increment must be a positive number or None, got {increment:g}"
+        )
     steps = []
     t = start
     while t <= 1.0 + 1e-6:
@@ -141,5 +170,7 @@ def _check_count(name: str, value: int | None, limit: int) -> None:
     if value < 1:
         raise UsageError(f"{name} must be at least 1, got {value}")
     if value > limit:
-        raise UsageError(f"{name} must be at most {limit} (each is one decoder row with its own cache: "
-                         f"more only costs memory and time), got {value}")
+        raise UsageError(
+            f"{name} must be at most {limit} (each is one decoder row with its own cache: "
+            f"more only costs memory and time), got {value}"
+        )

@@ -1,10 +1,13 @@
 """The environment of a child Python process that must import this same max_whisper."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])  # the folder holding the max_whisper package
+PACKAGE_PARENT = str(
+    Path(__file__).resolve().parents[1]
+)  # the folder holding the max_whisper package
 
 
 def child_env(extra: dict[str, str] | None = None, *, clean: bool = False) -> dict[str, str]:

@@ -1,4 +1,5 @@
 """Progress over audio seconds: a bar on a terminal, plain periodic lines in a log, or nothing."""
+
 from __future__ import annotations
 
 import sys
@@ -8,7 +9,8 @@ LINE_INTERVAL_S = 10.0  # a log gets a line at most this often
 
 
 class ProgressBar:
-    """mode "bar" (tqdm on stderr), "lines" (a line every LINE_INTERVAL_S and one at the end) or "off"."""
+    """mode "bar" (tqdm on stderr), "lines" (a line every LINE_INTERVAL_S and one at the end) or
+    "off"."""
 
     def __init__(self, total: float, mode: str = "bar", desc: str = "", stream=None):
         self.mode, self.desc, self.total = mode, desc, total
@@ -19,9 +21,15 @@ class ProgressBar:
         if mode == "bar":
             from tqdm import tqdm
 
-            self._bar = tqdm(total=round(total, 1), unit="s", desc=desc, file=self.stream, leave=False,
-                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio "
-                                        "[{elapsed}<{remaining}]")
+            self._bar = tqdm(
+                total=round(total, 1),
+                unit="s",
+                desc=desc,
+                file=self.stream,
+                leave=False,
+                bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio "
+                "[{elapsed}<{remaining}]",
+            )
 
     @staticmethod
     def mode_for(enabled: bool, stream=None) -> str:
@@ -52,17 +60,29 @@ class ProgressBar:
         elapsed = now - self._started
         percent = 100 * self._done / self.total if self.total else 100.0
         eta = elapsed * (self.total - self._done) / self._done if self._done else None
-        status = (f"done in {elapsed:.0f} s" if final else f"{elapsed:.0f} s elapsed"
-                  + (f", about {eta:.0f} s to go" if eta is not None else ""))
-        print(f"max-whisper: {self.desc}: {self._done:.0f}/{self.total:.0f} s of audio ({percent:.0f}%), {status}",
-              file=self.stream, flush=True)
+        status = (
+            f"done in {elapsed:.0f} s"
+            if final
+            else f"{elapsed:.0f} s elapsed"
+            + (f", about {eta:.0f} s to go" if eta is not None else "")
+        )
+        print(
+            f"max-whisper: {self.desc}: {self._done:.0f}/{self.total:.0f} s of audio "
+            f"({percent:.0f}%), {status}",
+            file=self.stream,
+            flush=True,
+        )
 
-    def __enter__(self) -> "ProgressBar":
+    def __enter__(self) -> ProgressBar:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif self.mode == "lines" and exc_type is None and time.monotonic() - self._started >= LINE_INTERVAL_S:
+        elif (
+            self.mode == "lines"
+            and exc_type is None
+            and time.monotonic() - self._started >= LINE_INTERVAL_S
+        ):
             self._done = self.total
             self._line(final=True)  # a long run says when it ended; a short one stays quiet

@@ -30,35 +30,73 @@ from .errors import UsageError
 from .options import TranscribeOptions
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
-SEGMENT_KEYS = ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
-                "compression_ratio", "no_speech_prob")
+SEGMENT_KEYS = (
+    "id",
+    "seek",
+    "start",
+    "end",
+    "text",
+    "tokens",
+    "temperature",
+    "avg_logprob",
+    "compression_ratio",
+    "no_speech_prob",
+)
 PUBLIC_PATHS = ("/", "/health", "/docs", "/openapi.json")  # no API key needed
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_MAX_UPLOAD_MB = 25.0  # OpenAI's own limit
 
-API_DESCRIPTION = ("OpenAI's audio transcription API on max-whisper: the official `openai` client works "
-                   "against it (`base_url=http://HOST:PORT/v1`). Requests run one at a time on one "
-                   "loaded model; the rest wait in a bounded queue (503 when full).")
+API_DESCRIPTION = (
+    "OpenAI's audio transcription API on max-whisper: the official `openai` client works "
+    "against it (`base_url=http://HOST:PORT/v1`). Requests run one at a time on one "
+    "loaded model; the rest wait in a bounded queue (503 when full)."
+)
 
 
 def request_schema(route: str) -> dict:
-    """The multipart fields of a transcription request, for /docs (the route parses the form itself)."""
+    """The multipart fields of a transcription request, for /docs (the route parses the form
+    itself)."""
     fields = {
-        "file": {"type": "string", "format": "binary",
-                 "description": "the audio: any format FFmpeg reads (wav, mp3, flac, ogg, m4a, webm, ...)"},
-        "model": {"type": "string", "description": "accepted for compatibility; the loaded model answers"},
-        "prompt": {"type": "string", "description": "text before the first window (names, spellings, style)"},
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "the audio: any format FFmpeg reads "
+            "(wav, mp3, flac, ogg, m4a, webm, ...)",
+        },
+        "model": {
+            "type": "string",
+            "description": "accepted for compatibility; the loaded model answers",
+        },
+        "prompt": {
+            "type": "string",
+            "description": "text before the first window (names, spellings, style)",
+        },
         "response_format": {"type": "string", "enum": list(FORMATS), "default": "json"},
-        "temperature": {"type": "number", "minimum": 0, "maximum": 1,
-                        "description": "0 to 1; without it, openai-whisper's fallback 0, 0.2, ... 1.0"},
-        "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["segment", "word"]},
-                                      "description": "with response_format=verbose_json"},
+        "temperature": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "description": "0 to 1; without it, openai-whisper's fallback 0, 0.2, ... 1.0",
+        },
+        "timestamp_granularities[]": {
+            "type": "array",
+            "items": {"type": "string", "enum": ["segment", "word"]},
+            "description": "with response_format=verbose_json",
+        },
         "stream": {"type": "boolean", "default": False, "description": "not supported yet (400)"},
     }
     if route == "transcriptions":
         fields["language"] = {"type": "string", "description": "ISO-639-1 code (default: detected)"}
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": ["file"], "properties": fields}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file"], "properties": fields}
+                }
+            },
+        }
+    }
 
 
 def index_page(model_id: str) -> str:
@@ -67,9 +105,12 @@ def index_page(model_id: str) -> str:
 
     rows = "".join(
         f"<tr><td><code>{escape(name)}</code></td><td>{escape(spec.get('description', ''))}"
-        f"{escape(' (default: ' + str(spec['default']) + ')') if 'default' in spec else ''}</td></tr>"
-        for name, spec in request_schema("transcriptions")["requestBody"]["content"]["multipart/form-data"]
-        ["schema"]["properties"].items())
+        f"{escape(' (default: ' + str(spec['default']) + ')') if 'default' in spec else ''}"
+        "</td></tr>"
+        for name, spec in request_schema("transcriptions")["requestBody"]["content"][
+            "multipart/form-data"
+        ]["schema"]["properties"].items()
+    )
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>max-whisper</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"></head>
 <body style="font-family: sans-serif; max-width: 52em; margin: 2em auto; padding: 0 1em">
@@ -85,20 +126,36 @@ def index_page(model_id: str) -> str:
 def add_parsers(sub) -> None:
     from .cli import add_model_options
 
-    p = sub.add_parser("serve", help="serve an OpenAI-compatible transcription API over HTTP",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="Serve POST /v1/audio/transcriptions and /v1/audio/translations as OpenAI's "
-                                   "API does; the request fields are described at /docs.")
+    p = sub.add_parser(
+        "serve",
+        help="serve an OpenAI-compatible transcription API over HTTP",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Serve POST /v1/audio/transcriptions and /v1/audio/translations as OpenAI's "
+        "API does; the request fields are described at /docs.",
+    )
     add_model_options(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
+    )
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
-    p.add_argument("--api-key", default=os.environ.get("MAX_WHISPER_API_KEY") or None,
-                   help="require 'Authorization: Bearer KEY' on every route but /health and /docs "
-                        "(default: $MAX_WHISPER_API_KEY, else none)")
-    p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
-                   help="requests that may wait behind the running one; more get 503")
-    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
-                   help="largest accepted upload; larger ones get 413")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("MAX_WHISPER_API_KEY") or None,
+        help="require 'Authorization: Bearer KEY' on every route but /health and /docs "
+        "(default: $MAX_WHISPER_API_KEY, else none)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=DEFAULT_MAX_QUEUE,
+        help="requests that may wait behind the running one; more get 503",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        help="largest accepted upload; larger ones get 413",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -122,18 +179,34 @@ def cmd_serve(args) -> int:
         sock.close()
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     with sock:
-        model = load_model(args.model, backend=args.backend, device=args.device,
-                           encoder_float64_blocks=args.encoder_float64_blocks)
-        app = create_app(model, api_key=args.api_key, max_queue=args.max_queue,
-                         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
-        print(f"max-whisper: serving {model.name} ({model.backend_name}, {model.device}) "
-              f"on http://{args.host}:{args.port}/v1", flush=True)
+        model = load_model(
+            args.model,
+            backend=args.backend,
+            device=args.device,
+            encoder_float64_blocks=args.encoder_float64_blocks,
+        )
+        app = create_app(
+            model,
+            api_key=args.api_key,
+            max_queue=args.max_queue,
+            max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        )
+        print(
+            f"max-whisper: serving {model.name} ({model.backend_name}, {model.device}) "
+            f"on http://{args.host}:{args.port}/v1",
+            flush=True,
+        )
         uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port)).run(sockets=[sock])
     return 0
 
 
-def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
-               max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024)):
+def create_app(
+    model,
+    *,
+    api_key: str | None = None,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024),
+):
     """The FastAPI app serving `model` (already loaded)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -142,17 +215,29 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
     from starlette.requests import ClientDisconnect
 
     class ApiError(HTTPException):
-        def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                     kind: str = "invalid_request_error", headers: dict | None = None):
+        def __init__(
+            self,
+            status: int,
+            message: str,
+            param: str | None = None,
+            code: str | None = None,
+            kind: str = "invalid_request_error",
+            headers: dict | None = None,
+        ):
             super().__init__(status, message, headers)
             self.param, self.code, self.kind = param, code, kind
 
-    def error_response(status: int, message: str, param=None, code=None, kind="invalid_request_error",
-                       headers=None) -> JSONResponse:
+    def error_response(
+        status: int, message: str, param=None, code=None, kind="invalid_request_error", headers=None
+    ) -> JSONResponse:
         body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
         return JSONResponse(body, status, headers=headers)
 
-    state = {"active": 0, "running": 0, "seconds": 1.0}  # admitted requests, on the model, avg job time
+    state = {
+        "active": 0,
+        "running": 0,
+        "seconds": 1.0,
+    }  # admitted requests, on the model, avg job time
     lock = asyncio.Lock()
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="max-whisper-model")
     model_id = str(model.name)
@@ -163,13 +248,20 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
         yield
         worker.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="max-whisper", description=API_DESCRIPTION, docs_url="/docs", redoc_url=None,
-                  lifespan=lifespan)
+    app = FastAPI(
+        title="max-whisper",
+        description=API_DESCRIPTION,
+        docs_url="/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
 
     @app.exception_handler(HTTPException)
     async def _http_error(request, exc: HTTPException):
         if isinstance(exc, ApiError):
-            return error_response(exc.status_code, exc.detail, exc.param, exc.code, exc.kind, exc.headers)
+            return error_response(
+                exc.status_code, exc.detail, exc.param, exc.code, exc.kind, exc.headers
+            )
         return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
@@ -177,7 +269,8 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
         return error_response(500, f"{type(exc).__name__}: {exc}", kind="server_error")
 
     class Guard:
-        """API key on every route but /health; uploads over the limit by Content-Length or by count."""
+        """API key on every route but /health; uploads over the limit by Content-Length or by
+        count."""
 
         def __init__(self, app):
             self.app = app
@@ -190,8 +283,11 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
                 auth = headers.get("authorization", "")
                 given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
                 if not hmac.compare_digest(given.encode(), api_key.encode()):
-                    return await error_response(401, "invalid or missing API key: send 'Authorization: Bearer "
-                                                "<key>'", code="invalid_api_key")(scope, receive, send)
+                    return await error_response(
+                        401,
+                        "invalid or missing API key: send 'Authorization: Bearer <key>'",
+                        code="invalid_api_key",
+                    )(scope, receive, send)
             length = headers.get("content-length", "")
             if length.isdigit() and int(length) > max_body:
                 return await too_large()(scope, receive, send)
@@ -226,19 +322,38 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
 
         fmt = field(form, "response_format") or "json"
         if fmt not in FORMATS:
-            raise ApiError(400, f"response_format must be one of {', '.join(FORMATS)}", "response_format")
-        granularities = form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")
+            raise ApiError(
+                400, f"response_format must be one of {', '.join(FORMATS)}", "response_format"
+            )
+        granularities = form.getlist("timestamp_granularities[]") + form.getlist(
+            "timestamp_granularities"
+        )
         if set(granularities) - {"word", "segment"}:
-            raise ApiError(400, "timestamp_granularities must be 'word' and/or 'segment'", "timestamp_granularities")
+            raise ApiError(
+                400,
+                "timestamp_granularities must be 'word' and/or 'segment'",
+                "timestamp_granularities",
+            )
         if granularities and fmt != "verbose_json":
-            raise ApiError(400, "timestamp_granularities requires response_format=verbose_json",
-                           "timestamp_granularities")
+            raise ApiError(
+                400,
+                "timestamp_granularities requires response_format=verbose_json",
+                "timestamp_granularities",
+            )
         if task == "translate" and not model.is_multilingual:
-            raise ApiError(400, f"model {model_id} is English-only: it cannot translate", "model",
-                           "model_not_multilingual")
+            raise ApiError(
+                400,
+                f"model {model_id} is English-only: it cannot translate",
+                "model",
+                "model_not_multilingual",
+            )
         if (field(form, "stream") or "false").lower() not in ("false", "0"):
-            raise ApiError(400, "stream=true is not supported by this server yet: send stream=false "
-                           "(or leave it out) for the whole result in one response", "stream")
+            raise ApiError(
+                400,
+                "stream=true is not supported by this server yet: send stream=false "
+                "(or leave it out) for the whole result in one response",
+                "stream",
+            )
         options = {"task": task, "word_timestamps": "word" in granularities}
         if field(form, "language"):
             try:
@@ -246,18 +361,24 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
             except TokenizerError as exc:
                 raise ApiError(400, str(exc), "language") from None
             if not model.is_multilingual and options["language"] != "en":
-                raise ApiError(400, f"model {model_id} is English-only: language must be 'en'", "language")
+                raise ApiError(
+                    400, f"model {model_id} is English-only: language must be 'en'", "language"
+                )
         if field(form, "prompt"):
             options["initial_prompt"] = form["prompt"]
         if field(form, "temperature"):
             try:
                 options["temperature"] = float(form["temperature"])
             except ValueError:
-                raise ApiError(400, "temperature must be a number between 0 and 1", "temperature") from None
+                raise ApiError(
+                    400, "temperature must be a number between 0 and 1", "temperature"
+                ) from None
         try:
             return TranscribeOptions(**options), fmt, "word" in granularities
         except UsageError as exc:
-            raise ApiError(400, str(exc), "temperature" if "temperature" in str(exc) else None) from None
+            raise ApiError(
+                400, str(exc), "temperature" if "temperature" in str(exc) else None
+            ) from None
 
     def run_job(upload: UploadFile, options: TranscribeOptions) -> tuple[dict, float]:
         """On the worker thread: the upload to a temp file (always deleted), decode, transcribe."""
@@ -286,8 +407,8 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
     async def wait_turn(request: Request) -> bool:
         """Take the model lock (True), or leave the line as soon as the client disconnects (False).
 
-        Listening for the disconnect while waiting (not one is_disconnected() poll at the front of the
-        line) matters: uvicorn may not have read the client's EOF yet when the turn comes."""
+        Listening for the disconnect while waiting (not one is_disconnected() poll at the front of
+        the line) matters: uvicorn may not have read the client's EOF yet when the turn comes."""
         turn = asyncio.ensure_future(lock.acquire())
         gone = asyncio.ensure_future(client_gone(request))
         try:
@@ -308,8 +429,13 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
     async def handle(request: Request, task: str):
         if state["active"] > max_queue:  # one running + max_queue waiting
             retry = max(1, math.ceil(state["seconds"] * state["active"]))
-            raise ApiError(503, f"the server is busy ({state['active']} requests queued or running); retry later",
-                           code="queue_full", kind="server_error", headers={"Retry-After": str(retry)})
+            raise ApiError(
+                503,
+                f"the server is busy ({state['active']} requests queued or running); retry later",
+                code="queue_full",
+                kind="server_error",
+                headers={"Retry-After": str(retry)},
+            )
         state["active"] += 1
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -321,7 +447,11 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
                 options, fmt, words = options_from(form, task)
                 upload = form.get("file")
                 if not isinstance(upload, UploadFile):
-                    raise ApiError(400, "'file' is required: the audio to transcribe, as a multipart upload", "file")
+                    raise ApiError(
+                        400,
+                        "'file' is required: the audio to transcribe, as a multipart upload",
+                        "file",
+                    )
                 if upload.size and upload.size > max_upload_bytes:
                     raise ApiError(413, too_large_message, "file", "file_too_large")
                 if upload.size == 0:
@@ -331,7 +461,9 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
                     return Response(status_code=499)
                 state["running"], started = 1, time.monotonic()
                 try:
-                    result, duration = await asyncio.wrap_future(worker.submit(run_job, upload, options))
+                    result, duration = await asyncio.wrap_future(
+                        worker.submit(run_job, upload, options)
+                    )
                 finally:
                     lock.release()
                     state["running"] = 0
@@ -346,16 +478,24 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
         if fmt in ("srt", "vtt"):
             from .writers import render
 
-            return PlainTextResponse(render(result, fmt), media_type="text/vtt" if fmt == "vtt" else "text/plain")
+            return PlainTextResponse(
+                render(result, fmt), media_type="text/vtt" if fmt == "vtt" else "text/plain"
+            )
         return JSONResponse(verbose_json(result, task, duration, text, words))
 
-    @app.post("/v1/audio/transcriptions", openapi_extra=request_schema("transcriptions"),
-              summary="Transcribe audio into the language spoken")
+    @app.post(
+        "/v1/audio/transcriptions",
+        openapi_extra=request_schema("transcriptions"),
+        summary="Transcribe audio into the language spoken",
+    )
     async def transcriptions(request: Request):
         return await handle(request, "transcribe")
 
-    @app.post("/v1/audio/translations", openapi_extra=request_schema("translations"),
-              summary="Translate speech in any language into English text")
+    @app.post(
+        "/v1/audio/translations",
+        openapi_extra=request_schema("translations"),
+        summary="Translate speech in any language into English text",
+    )
     async def translations(request: Request):
         return await handle(request, "translate")
 
@@ -367,13 +507,22 @@ def create_app(model, *, api_key: str | None = None, max_queue: int = DEFAULT_MA
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "max-whisper"}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "max-whisper"}],
+        }
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_id, "backend": model.backend_name, "device": model.device,
-                "queue_depth": state["active"] - state["running"], "running": state["running"],
-                "max_queue": max_queue}
+        return {
+            "status": "ok",
+            "model": model_id,
+            "backend": model.backend_name,
+            "device": model.device,
+            "queue_depth": state["active"] - state["running"],
+            "running": state["running"],
+            "max_queue": max_queue,
+        }
 
     return app
 
@@ -382,12 +531,25 @@ def verbose_json(result: dict, task: str, duration: float, text: str, words: boo
     from .tokenizer import LANGUAGES
 
     def plain(value):  # numpy scalars -> JSON numbers
-        return [int(t) for t in value] if isinstance(value, list) else value.item() if hasattr(value, "item") else value
+        return (
+            [int(t) for t in value]
+            if isinstance(value, list)
+            else value.item()
+            if hasattr(value, "item")
+            else value
+        )
 
-    body = {"task": task, "language": LANGUAGES.get(result["language"], result["language"]),
-            "duration": round(duration, 3), "text": text,
-            "segments": [{k: plain(s[k]) for k in SEGMENT_KEYS if k in s} for s in result["segments"]]}
+    body = {
+        "task": task,
+        "language": LANGUAGES.get(result["language"], result["language"]),
+        "duration": round(duration, 3),
+        "text": text,
+        "segments": [{k: plain(s[k]) for k in SEGMENT_KEYS if k in s} for s in result["segments"]],
+    }
     if words:
-        body["words"] = [{"word": w["word"].strip(), "start": float(w["start"]), "end": float(w["end"])}
-                         for s in result["segments"] for w in s.get("words", [])]
+        body["words"] = [
+            {"word": w["word"].strip(), "start": float(w["start"]), "end": float(w["end"])}
+            for s in result["segments"]
+            for w in s.get("words", [])
+        ]
     return body

@@ -5,16 +5,17 @@ the text tokens is normalised, median-filtered and averaged, then dynamic time w
 token with audio positions; word boundaries come from the tokenizer. Backend-agnostic: the model is
 reached only through `backend.cross_attention(...)` and `backend.decoder_session(...).logits(...)`.
 """
+
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
-from .dims import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, TOKENS_PER_SECOND
 from .backends.base import TranscriptionModel
+from .dims import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, TOKENS_PER_SECOND
 from .tokenizer import Tokenizer
 
 SENTENCE_END_MARKS = ".。!！?？"
@@ -117,8 +118,10 @@ def find_alignment(
     if features.ndim == 2:
         features = features[None]
     n_sot = len(tokenizer.sot_sequence)
-    tokens = np.array([*tokenizer.sot_sequence, tokenizer.no_timestamps, *text_tokens, tokenizer.eot],
-                      dtype=np.int64)
+    tokens = np.array(
+        [*tokenizer.sot_sequence, tokenizer.no_timestamps, *text_tokens, tokenizer.eot],
+        dtype=np.int64,
+    )
 
     # probability of each text token given the ones before it
     logits = model.backend.decoder_session(features).logits(tokens[None])[0]
@@ -148,12 +151,15 @@ def find_alignment(
     jump_times = time_indices[jumps] / TOKENS_PER_SECOND
     start_times = jump_times[word_boundaries[:-1]]
     end_times = jump_times[word_boundaries[1:]]
-    word_probabilities = [float(np.mean(text_token_probs[i:j]))
-                          for i, j in zip(word_boundaries[:-1], word_boundaries[1:])]
+    word_probabilities = [
+        float(np.mean(text_token_probs[i:j]))
+        for i, j in zip(word_boundaries[:-1], word_boundaries[1:])
+    ]
     return [
         WordTiming(word, list(toks), float(start), float(end), probability)
-        for word, toks, start, end, probability in zip(words, word_tokens, start_times, end_times,
-                                                       word_probabilities)
+        for word, toks, start, end, probability in zip(
+            words, word_tokens, start_times, end_times, word_probabilities
+        )
     ]
 
 
@@ -202,7 +208,9 @@ def add_word_timestamps(
     if len(segments) == 0:
         return
 
-    text_tokens_per_segment = [[t for t in segment["tokens"] if t < tokenizer.eot] for segment in segments]
+    text_tokens_per_segment = [
+        [t for t in segment["tokens"] if t < tokenizer.eot] for segment in segments
+    ]
     text_tokens = list(itertools.chain.from_iterable(text_tokens_per_segment))
     alignment = find_alignment(model, tokenizer, text_tokens, features, num_frames, **kwargs)
     word_durations = np.array([t.end - t.start for t in alignment])
@@ -230,12 +238,14 @@ def add_word_timestamps(
         while word_index < len(alignment) and saved_tokens < len(seg_text_tokens):
             timing = alignment[word_index]
             if timing.word:
-                words.append({
-                    "word": timing.word,
-                    "start": round(time_offset + timing.start, 2),
-                    "end": round(time_offset + timing.end, 2),
-                    "probability": timing.probability,
-                })
+                words.append(
+                    {
+                        "word": timing.word,
+                        "start": round(time_offset + timing.start, 2),
+                        "end": round(time_offset + timing.end, 2),
+                        "probability": timing.probability,
+                    }
+                )
             saved_tokens += len(timing.tokens)
             word_index += 1
 
@@ -270,14 +280,18 @@ def add_word_timestamps(
 # -- segment helpers -----------------------------------------------------------------------------
 def get_start(segments: Sequence[dict]) -> float | None:
     """Start of the first word, else of the first segment; None without segments."""
-    return next((w["start"] for s in segments for w in s.get("words") or ()),
-                segments[0]["start"] if segments else None)
+    return next(
+        (w["start"] for s in segments for w in s.get("words") or ()),
+        segments[0]["start"] if segments else None,
+    )
 
 
 def get_end(segments: Sequence[dict]) -> float | None:
     """End of the last word, else of the last segment; None without segments."""
-    return next((w["end"] for s in reversed(segments) for w in reversed(s.get("words") or ())),
-                segments[-1]["end"] if segments else None)
+    return next(
+        (w["end"] for s in reversed(segments) for w in reversed(s.get("words") or ())),
+        segments[-1]["end"] if segments else None,
+    )
 
 
 def word_anomaly_score(word: dict) -> float:
@@ -325,9 +339,9 @@ def skip_hallucinations(
     """openai-whisper's `hallucination_silence_threshold` rules for one window with word timings.
 
     Returns (seek, restart). restart=True: the window's first words look like a hallucination after
-    a long silence; the caller must re-decode from the returned seek and keep none of these segments.
-    Otherwise segments from a hallucination surrounded by silence onwards are removed from
-    `current_segments` in place, and seek moves past it.
+    a long silence; the caller must re-decode from the returned seek and keep none of these
+    segments. Otherwise segments from a hallucination surrounded by silence onwards are removed
+    from `current_segments` in place, and seek moves past it.
     """
     if not single_timestamp_ending:
         last_word_end = get_end(current_segments)
@@ -351,15 +365,22 @@ def skip_hallucinations(
         if not segment["words"]:
             continue
         if is_segment_anomaly(segment, punctuation):
-            next_segment = next_words_segment(current_segments[si + 1:])
-            hal_next_start = next_segment["words"][0]["start"] if next_segment is not None \
+            next_segment = next_words_segment(current_segments[si + 1 :])
+            hal_next_start = (
+                next_segment["words"][0]["start"]
+                if next_segment is not None
                 else time_offset + segment_duration
-            silence_before = (segment["start"] - hal_last_end > threshold
-                              or segment["start"] < threshold
-                              or segment["start"] - time_offset < 2.0)
-            silence_after = (hal_next_start - segment["end"] > threshold
-                             or is_segment_anomaly(next_segment, punctuation)
-                             or window_end_time - segment["end"] < 2.0)
+            )
+            silence_before = (
+                segment["start"] - hal_last_end > threshold
+                or segment["start"] < threshold
+                or segment["start"] - time_offset < 2.0
+            )
+            silence_after = (
+                hal_next_start - segment["end"] > threshold
+                or is_segment_anomaly(next_segment, punctuation)
+                or window_end_time - segment["end"] < 2.0
+            )
             if silence_before and silence_after:
                 seek = round(max(time_offset + 1, segment["start"]) * FRAMES_PER_SECOND)
                 if content_duration - segment["end"] < threshold:

@@ -4,44 +4,134 @@ Special tokens sit after the text vocabulary in a fixed order: <|endoftext|>, <|
 one token per language, <|translate|>, <|transcribe|>, <|startoflm|>, <|startofprev|>, <|nospeech|>,
 <|notimestamps|>, then 1501 timestamp tokens <|0.00|> ... <|30.00|> (not listed in tokenizer.json).
 """
+
 from __future__ import annotations
 
 import bisect
 import json
 import string
-from functools import cached_property, lru_cache
+from functools import cache, cached_property, lru_cache
 from pathlib import Path
 
 from .errors import MaxWhisperError
 
 LANGUAGES = {
-    "en": "english", "zh": "chinese", "de": "german", "es": "spanish", "ru": "russian",
-    "ko": "korean", "fr": "french", "ja": "japanese", "pt": "portuguese", "tr": "turkish",
-    "pl": "polish", "ca": "catalan", "nl": "dutch", "ar": "arabic", "sv": "swedish",
-    "it": "italian", "id": "indonesian", "hi": "hindi", "fi": "finnish", "vi": "vietnamese",
-    "he": "hebrew", "uk": "ukrainian", "el": "greek", "ms": "malay", "cs": "czech",
-    "ro": "romanian", "da": "danish", "hu": "hungarian", "ta": "tamil", "no": "norwegian",
-    "th": "thai", "ur": "urdu", "hr": "croatian", "bg": "bulgarian", "lt": "lithuanian",
-    "la": "latin", "mi": "maori", "ml": "malayalam", "cy": "welsh", "sk": "slovak", "te": "telugu",
-    "fa": "persian", "lv": "latvian", "bn": "bengali", "sr": "serbian", "az": "azerbaijani",
-    "sl": "slovenian", "kn": "kannada", "et": "estonian", "mk": "macedonian", "br": "breton",
-    "eu": "basque", "is": "icelandic", "hy": "armenian", "ne": "nepali", "mn": "mongolian",
-    "bs": "bosnian", "kk": "kazakh", "sq": "albanian", "sw": "swahili", "gl": "galician",
-    "mr": "marathi", "pa": "punjabi", "si": "sinhala", "km": "khmer", "sn": "shona", "yo": "yoruba",
-    "so": "somali", "af": "afrikaans", "oc": "occitan", "ka": "georgian", "be": "belarusian",
-    "tg": "tajik", "sd": "sindhi", "gu": "gujarati", "am": "amharic", "yi": "yiddish", "lo": "lao",
-    "uz": "uzbek", "fo": "faroese", "ht": "haitian creole", "ps": "pashto", "tk": "turkmen",
-    "nn": "nynorsk", "mt": "maltese", "sa": "sanskrit", "lb": "luxembourgish", "my": "myanmar",
-    "bo": "tibetan", "tl": "tagalog", "mg": "malagasy", "as": "assamese", "tt": "tatar",
-    "haw": "hawaiian", "ln": "lingala", "ha": "hausa", "ba": "bashkir", "jw": "javanese",
-    "su": "sundanese", "yue": "cantonese",
+    "en": "english",
+    "zh": "chinese",
+    "de": "german",
+    "es": "spanish",
+    "ru": "russian",
+    "ko": "korean",
+    "fr": "french",
+    "ja": "japanese",
+    "pt": "portuguese",
+    "tr": "turkish",
+    "pl": "polish",
+    "ca": "catalan",
+    "nl": "dutch",
+    "ar": "arabic",
+    "sv": "swedish",
+    "it": "italian",
+    "id": "indonesian",
+    "hi": "hindi",
+    "fi": "finnish",
+    "vi": "vietnamese",
+    "he": "hebrew",
+    "uk": "ukrainian",
+    "el": "greek",
+    "ms": "malay",
+    "cs": "czech",
+    "ro": "romanian",
+    "da": "danish",
+    "hu": "hungarian",
+    "ta": "tamil",
+    "no": "norwegian",
+    "th": "thai",
+    "ur": "urdu",
+    "hr": "croatian",
+    "bg": "bulgarian",
+    "lt": "lithuanian",
+    "la": "latin",
+    "mi": "maori",
+    "ml": "malayalam",
+    "cy": "welsh",
+    "sk": "slovak",
+    "te": "telugu",
+    "fa": "persian",
+    "lv": "latvian",
+    "bn": "bengali",
+    "sr": "serbian",
+    "az": "azerbaijani",
+    "sl": "slovenian",
+    "kn": "kannada",
+    "et": "estonian",
+    "mk": "macedonian",
+    "br": "breton",
+    "eu": "basque",
+    "is": "icelandic",
+    "hy": "armenian",
+    "ne": "nepali",
+    "mn": "mongolian",
+    "bs": "bosnian",
+    "kk": "kazakh",
+    "sq": "albanian",
+    "sw": "swahili",
+    "gl": "galician",
+    "mr": "marathi",
+    "pa": "punjabi",
+    "si": "sinhala",
+    "km": "khmer",
+    "sn": "shona",
+    "yo": "yoruba",
+    "so": "somali",
+    "af": "afrikaans",
+    "oc": "occitan",
+    "ka": "georgian",
+    "be": "belarusian",
+    "tg": "tajik",
+    "sd": "sindhi",
+    "gu": "gujarati",
+    "am": "amharic",
+    "yi": "yiddish",
+    "lo": "lao",
+    "uz": "uzbek",
+    "fo": "faroese",
+    "ht": "haitian creole",
+    "ps": "pashto",
+    "tk": "turkmen",
+    "nn": "nynorsk",
+    "mt": "maltese",
+    "sa": "sanskrit",
+    "lb": "luxembourgish",
+    "my": "myanmar",
+    "bo": "tibetan",
+    "tl": "tagalog",
+    "mg": "malagasy",
+    "as": "assamese",
+    "tt": "tatar",
+    "haw": "hawaiian",
+    "ln": "lingala",
+    "ha": "hausa",
+    "ba": "bashkir",
+    "jw": "javanese",
+    "su": "sundanese",
+    "yue": "cantonese",
 }
 
 # Other names users type for a language.
 LANGUAGE_ALIASES = {
-    "burmese": "my", "valencian": "ca", "flemish": "nl", "haitian": "ht", "letzeburgesch": "lb",
-    "pushto": "ps", "panjabi": "pa", "moldavian": "ro", "moldovan": "ro", "sinhalese": "si",
-    "castilian": "es", "mandarin": "zh",
+    "burmese": "my",
+    "valencian": "ca",
+    "flemish": "nl",
+    "haitian": "ht",
+    "letzeburgesch": "lb",
+    "pushto": "ps",
+    "panjabi": "pa",
+    "moldavian": "ro",
+    "moldovan": "ro",
+    "sinhalese": "si",
+    "castilian": "es",
+    "mandarin": "zh",
 }
 TO_LANGUAGE_CODE = {name: code for code, name in LANGUAGES.items()} | LANGUAGE_ALIASES
 
@@ -64,14 +154,22 @@ def normalize_language(language: str | None) -> str | None:
         return lang
     if lang in TO_LANGUAGE_CODE:
         return TO_LANGUAGE_CODE[lang]
-    raise TokenizerError(f"unsupported language '{language}' (use a code such as en, de, fr, or a name)")
+    raise TokenizerError(
+        f"unsupported language '{language}' (use a code such as en, de, fr, or a name)"
+    )
 
 
 class Tokenizer:
     """Text <-> token ids plus the special-token ids that decoding needs."""
 
-    def __init__(self, tokenizer_json: str | Path, multilingual: bool, num_languages: int = 99,
-                 language: str | None = None, task: str | None = None):
+    def __init__(
+        self,
+        tokenizer_json: str | Path,
+        multilingual: bool,
+        num_languages: int = 99,
+        language: str | None = None,
+        task: str | None = None,
+    ):
         self.path = Path(tokenizer_json)
         self._hf = _load_bpe(self.path)
         self.multilingual = multilingual
@@ -85,7 +183,9 @@ class Tokenizer:
             raise TokenizerError(f"unknown task '{task}' (transcribe or translate)")
 
         vocab = self._hf.get_vocab(with_added_tokens=True)
-        self.special_tokens = {tok: i for tok, i in vocab.items() if tok.startswith("<|") and tok.endswith("|>")}
+        self.special_tokens = {
+            tok: i for tok, i in vocab.items() if tok.startswith("<|") and tok.endswith("|>")
+        }
         self.eot = self._special("<|endoftext|>")
         self.sot = self._special("<|startoftranscript|>")
         self.translate = self._special("<|translate|>")
@@ -108,9 +208,11 @@ class Tokenizer:
         try:
             return self.special_tokens[token]
         except KeyError:
-            raise TokenizerError(f"{self.path} has no special token {token}: not a Whisper tokenizer") from None
+            raise TokenizerError(
+                f"{self.path} has no special token {token}: not a Whisper tokenizer"
+            ) from None
 
-    def with_options(self, language: str | None = None, task: str | None = None) -> "Tokenizer":
+    def with_options(self, language: str | None = None, task: str | None = None) -> Tokenizer:
         return get_tokenizer(self.path, self.multilingual, self.num_languages, language, task)
 
     # -- text <-> ids -------------------------------------------------------------------------
@@ -148,7 +250,9 @@ class Tokenizer:
     @cached_property
     def all_language_tokens(self) -> tuple[int, ...]:
         codes = list(LANGUAGES)[: self.num_languages]
-        return tuple(self.special_tokens[f"<|{c}|>"] for c in codes if f"<|{c}|>" in self.special_tokens)
+        return tuple(
+            self.special_tokens[f"<|{c}|>"] for c in codes if f"<|{c}|>" in self.special_tokens
+        )
 
     @cached_property
     def all_language_codes(self) -> tuple[str, ...]:
@@ -160,11 +264,12 @@ class Tokenizer:
 
     @cached_property
     def non_speech_tokens(self) -> tuple[int, ...]:
-        """Tokens of speaker tags and non-speech annotations ("[MUSIC]", "♪♪", "( LAUGHS )") to suppress;
-        hyphens and apostrophes stay allowed between words, as in Whisper."""
+        """Tokens of speaker tags and non-speech annotations ("[MUSIC]", "♪♪", "( LAUGHS )") to
+        suppress; hyphens and apostrophes stay allowed between words, as in Whisper."""
         symbols = list('"#()*+/:;<=>@[\\]^_`{|}~「」『』')
         symbols += "<< >> <<< >>> -- --- -( -[ (' (\" (( )) ((( ))) [[ ]] {{ }} ♪♪ ♪♪♪".split()
-        # Multi-token musical symbols share their first UTF-8 bytes: suppressing the first token is safe.
+        # Multi-token musical symbols share their first UTF-8 bytes: suppressing the first token
+        # is safe.
         miscellaneous = set("♩♪♫♬♭♮♯")
         result = {self.encode(" -")[0], self.encode(" '")[0]}
         for symbol in symbols + sorted(miscellaneous):
@@ -187,8 +292,11 @@ class Tokenizer:
         for token in tokens:
             current.append(token)
             decoded = self.decode_with_timestamps(current)
-            if (replacement_char not in decoded
-                    or decoded_full[unicode_offset + decoded.index(replacement_char)] == replacement_char):
+            if (
+                replacement_char not in decoded
+                or decoded_full[unicode_offset + decoded.index(replacement_char)]
+                == replacement_char
+            ):
                 words.append(decoded)
                 word_tokens.append(current)
                 current = []
@@ -216,9 +324,9 @@ def _load_bpe(path: Path):
     """The HF tokenizer, with any BPE merge that the file lost put back.
 
     Some converted tokenizer.json files drop merges (the multilingual base package lacks "Ġ t", so
-    " the" and " to" split into two tokens). In Whisper's BPE a merge's priority is the rank (id) of the
-    token it makes, so every text token above the 256 byte tokens must come from some merge; for one
-    that no merge makes, add the merge of its two parts at the place its rank gives it.
+    " the" and " to" split into two tokens). In Whisper's BPE a merge's priority is the rank (id)
+    of the token it makes, so every text token above the 256 byte tokens must come from some merge;
+    for one that no merge makes, add the merge of its two parts at the place its rank gives it.
     """
     from tokenizers import Tokenizer as HFTokenizer
 
@@ -230,12 +338,19 @@ def _load_bpe(path: Path):
     except (OSError, ValueError, KeyError) as exc:
         raise TokenizerError(f"cannot read tokenizer {path}: {exc}") from None
     produced = {a + b for a, b in merges}
-    missing = [tok for tok, rank in vocab.items() if rank >= 256 and len(tok) > 1 and tok not in produced]
+    missing = [
+        tok for tok, rank in vocab.items() if rank >= 256 and len(tok) > 1 and tok not in produced
+    ]
     if missing:
         ranks = [vocab.get(a + b, len(vocab)) for a, b in merges]
         for tok in sorted(missing, key=vocab.get):
-            splits = [(tok[:i], tok[i:]) for i in range(1, len(tok))
-                      if tok[:i] in vocab and tok[i:] in vocab and max(vocab[tok[:i]], vocab[tok[i:]]) < vocab[tok]]
+            splits = [
+                (tok[:i], tok[i:])
+                for i in range(1, len(tok))
+                if tok[:i] in vocab
+                and tok[i:] in vocab
+                and max(vocab[tok[:i]], vocab[tok[i:]]) < vocab[tok]
+            ]
             if not splits:
                 continue
             pair = min(splits, key=lambda ab: (vocab[ab[0]], vocab[ab[1]]))
@@ -246,7 +361,12 @@ def _load_bpe(path: Path):
     return HFTokenizer.from_str(json.dumps(spec))
 
 
-@lru_cache(maxsize=None)
-def get_tokenizer(tokenizer_json: str | Path, multilingual: bool, num_languages: int = 99,
-                  language: str | None = None, task: str | None = None) -> Tokenizer:
+@cache
+def get_tokenizer(
+    tokenizer_json: str | Path,
+    multilingual: bool,
+    num_languages: int = 99,
+    language: str | None = None,
+    task: str | None = None,
+) -> Tokenizer:
     return Tokenizer(tokenizer_json, multilingual, num_languages, language, task)

@@ -1,26 +1,33 @@
 """Long-form transcription: a 30-s window that slides by the predicted timestamps.
 
-Mirrors openai-whisper's transcribe(): prompt conditioning, temperature fallback, no-speech skipping,
-clip_timestamps and (optionally) word timestamps, on any backend.
+Mirrors openai-whisper's transcribe(): prompt conditioning, temperature fallback, no-speech
+skipping, clip_timestamps and (optionally) word timestamps, on any backend.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from .audio import StreamedAudio, load_audio, pad_or_trim, window_source
 from .backends.base import TranscriptionModel
 from .decoding import DecodingResult
-from .engine import BatchingEngine, Decode, DetectLanguage, Encode, Stream
 from .dims import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
+from .engine import BatchingEngine, Decode, DetectLanguage, Encode, Stream
 from .options import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, TranscribeOptions
 
 
-def parse_clip_timestamps(clip_timestamps: str | list[float], content_frames: int) -> list[tuple[int, int]]:
+def parse_clip_timestamps(
+    clip_timestamps: str | list[float], content_frames: int
+) -> list[tuple[int, int]]:
     if isinstance(clip_timestamps, str):
-        clip_timestamps = [float(ts) for ts in clip_timestamps.split(",") if ts.strip()] if clip_timestamps else []
+        clip_timestamps = (
+            [float(ts) for ts in clip_timestamps.split(",") if ts.strip()]
+            if clip_timestamps
+            else []
+        )
     seek_points = [round(ts * FRAMES_PER_SECOND) for ts in clip_timestamps] or [0]
     if len(seek_points) % 2 == 1:
         seek_points.append(content_frames)
@@ -42,7 +49,8 @@ def transcribe(
     **overrides,
 ) -> dict:
     """Transcribe 16 kHz mono float32 `audio` under `options` (see TranscribeOptions; keyword
-    overrides as openai-whisper's transcribe() takes them). Returns {"text", "segments", "language"}.
+    overrides as openai-whisper's transcribe() takes them). Returns {"text", "segments",
+    "language"}.
 
     `audio` is samples in memory, or a StreamedAudio (or a path, made one here): that reads the file
     window by window, so memory stays flat however long it is, with the very same tokens.
@@ -53,7 +61,9 @@ def transcribe(
     on_progress(seconds_done, seconds_total) and on_segment(segment) let callers show progress.
     """
     options = TranscribeOptions.from_kwargs(options, **overrides)
-    stream = transcription_stream(model, audio, options, on_progress=on_progress, on_segment=on_segment)
+    stream = transcription_stream(
+        model, audio, options, on_progress=on_progress, on_segment=on_segment
+    )
     return BatchingEngine(model.backend, model.tokenizer, batch_size=1).run_one(stream)
 
 
@@ -77,11 +87,18 @@ def transcription_stream(
         speech = SpeechMap(speech_spans(samples, options.vad_options or VadOptions()))
         if not speech.spans:
             return {"text": "", "segments": [], "language": options.language or "en"}
-        restored = (None if on_segment is None else
-                    lambda segment: on_segment(speech.restore({"segments": [segment]})["segments"][0]))
+        restored = (
+            None
+            if on_segment is None
+            else lambda segment: on_segment(speech.restore({"segments": [segment]})["segments"][0])
+        )
         result = yield from transcription_stream(
-            model, speech.collect(samples), options.replace(vad_filter=False), on_progress=on_progress,
-            on_segment=restored)
+            model,
+            speech.collect(samples),
+            options.replace(vad_filter=False),
+            on_progress=on_progress,
+            on_segment=restored,
+        )
         return speech.restore(result)
     dims = model.dims
     # the log-mel with 30 s of silence after the content, for slicing the last window
@@ -111,12 +128,19 @@ def transcription_stream(
         for t in options.temperatures:
             result = yield Decode(features, options.window_options(t, prompt), on_step)
             needs_fallback = False
-            if compression_ratio_threshold is not None and result.compression_ratio > compression_ratio_threshold:
+            if (
+                compression_ratio_threshold is not None
+                and result.compression_ratio > compression_ratio_threshold
+            ):
                 needs_fallback = True  # too repetitive
             if logprob_threshold is not None and result.avg_logprob < logprob_threshold:
                 needs_fallback = True  # too improbable
-            if (no_speech_threshold is not None and result.no_speech_prob > no_speech_threshold
-                    and logprob_threshold is not None and result.avg_logprob < logprob_threshold):
+            if (
+                no_speech_threshold is not None
+                and result.no_speech_prob > no_speech_threshold
+                and logprob_threshold is not None
+                and result.avg_logprob < logprob_threshold
+            ):
                 needs_fallback = False  # silence: nothing better to find
             if not needs_fallback:
                 break
@@ -135,7 +159,9 @@ def transcription_stream(
         all_tokens.extend(initial_prompt_tokens)
         remaining_prompt_length -= len(initial_prompt_tokens)
 
-    def new_segment(*, seek: int, start: float, end: float, tokens: list[int], result: DecodingResult) -> dict:
+    def new_segment(
+        *, seek: int, start: float, end: float, tokens: list[int], result: DecodingResult
+    ) -> dict:
         text_tokens = [t for t in tokens if t < tokenizer.eot]
         return {
             "seek": seek,
@@ -155,10 +181,14 @@ def transcription_stream(
 
     def window_progress(time_offset: float, duration: float) -> Callable[[np.ndarray], None]:
         """Progress inside a window: the latest timestamp token the decoder has written."""
+
         def on_step(tokens: np.ndarray) -> None:
             last = int(tokens[0, -1]) - tokenizer.timestamp_begin
             if 0 <= last <= duration / time_precision:
-                on_progress(min(time_offset + last * time_precision, content_duration), content_duration)
+                on_progress(
+                    min(time_offset + last * time_precision, content_duration), content_duration
+                )
+
         return on_step
 
     clip_idx = 0
@@ -179,7 +209,8 @@ def transcription_stream(
         segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
 
         if options.silence_threshold is not None and is_silent(
-                source.samples(seek, segment_size), options.silence_threshold):
+            source.samples(seek, segment_size), options.silence_threshold
+        ):
             seek += segment_size
             report_progress(seek)
             continue
@@ -193,7 +224,10 @@ def transcription_stream(
 
         features = yield Encode(mel_segment)
         result: DecodingResult = yield from decode_with_fallback(
-            features, prompt, window_progress(time_offset, segment_duration) if on_progress else None)
+            features,
+            prompt,
+            window_progress(time_offset, segment_duration) if on_progress else None,
+        )
         tokens = np.array(result.tokens, dtype=np.int64)
 
         if no_speech_threshold is not None:
@@ -220,9 +254,15 @@ def transcription_stream(
                 sliced = tokens[last_slice:current_slice]
                 start_pos = int(sliced[0]) - tokenizer.timestamp_begin
                 end_pos = int(sliced[-1]) - tokenizer.timestamp_begin
-                current_segments.append(new_segment(
-                    seek=seek, start=time_offset + start_pos * time_precision,
-                    end=time_offset + end_pos * time_precision, tokens=sliced.tolist(), result=result))
+                current_segments.append(
+                    new_segment(
+                        seek=seek,
+                        start=time_offset + start_pos * time_precision,
+                        end=time_offset + end_pos * time_precision,
+                        tokens=sliced.tolist(),
+                        result=result,
+                    )
+                )
                 last_slice = current_slice
             if single_timestamp_ending:
                 seek += segment_size  # no speech after the last timestamp
@@ -235,29 +275,50 @@ def transcription_stream(
             timestamps = tokens[is_timestamp]
             if len(timestamps) > 0 and int(timestamps[-1]) != tokenizer.timestamp_begin:
                 duration = (int(timestamps[-1]) - tokenizer.timestamp_begin) * time_precision
-            current_segments.append(new_segment(
-                seek=seek, start=time_offset, end=time_offset + duration, tokens=tokens.tolist(), result=result))
+            current_segments.append(
+                new_segment(
+                    seek=seek,
+                    start=time_offset,
+                    end=time_offset + duration,
+                    tokens=tokens.tolist(),
+                    result=result,
+                )
+            )
             seek += segment_size
 
         if options.word_timestamps:
             from .timing import add_word_timestamps, get_end, skip_hallucinations
 
             add_word_timestamps(
-                segments=current_segments, model=model, tokenizer=tokenizer, features=features[None],
-                num_frames=segment_size, prepend_punctuations=options.prepend_punctuations,
-                append_punctuations=options.append_punctuations, last_speech_timestamp=last_speech_timestamp)
+                segments=current_segments,
+                model=model,
+                tokenizer=tokenizer,
+                features=features[None],
+                num_frames=segment_size,
+                prepend_punctuations=options.prepend_punctuations,
+                append_punctuations=options.append_punctuations,
+                last_speech_timestamp=last_speech_timestamp,
+            )
             if not single_timestamp_ending:
                 last_word_end = get_end(current_segments)
                 if last_word_end is not None and last_word_end > time_offset:
                     seek = round(last_word_end * FRAMES_PER_SECOND)
             if options.hallucination_silence_threshold is not None:
                 new_seek, restart = skip_hallucinations(
-                    current_segments, threshold=options.hallucination_silence_threshold,
-                    single_timestamp_ending=single_timestamp_ending, time_offset=time_offset,
-                    window_end_time=window_end_time, segment_duration=segment_duration,
-                    previous_seek=previous_seek, segment_size=segment_size, seek=seek,
-                    last_speech_timestamp=last_speech_timestamp, content_duration=content_duration,
-                    content_frames=content_frames, punctuation=punctuation)
+                    current_segments,
+                    threshold=options.hallucination_silence_threshold,
+                    single_timestamp_ending=single_timestamp_ending,
+                    time_offset=time_offset,
+                    window_end_time=window_end_time,
+                    segment_duration=segment_duration,
+                    previous_seek=previous_seek,
+                    segment_size=segment_size,
+                    seek=seek,
+                    last_speech_timestamp=last_speech_timestamp,
+                    content_duration=content_duration,
+                    content_frames=content_frames,
+                    punctuation=punctuation,
+                )
                 seek = new_seek
                 if restart:
                     continue
@@ -282,15 +343,19 @@ def transcription_stream(
         report_progress(seek)
 
     return {
-        "text": tokenizer.decode(all_tokens[len(initial_prompt_tokens):]),
+        "text": tokenizer.decode(all_tokens[len(initial_prompt_tokens) :]),
         "segments": all_segments,
         "language": language,
     }
 
 
-def transcribe_chunked(model: TranscriptionModel, audio: np.ndarray | str | os.PathLike,
-                       options: TranscribeOptions, batch_size: int,
-                       on_segment: Callable[[dict], None] | None = None) -> dict:
+def transcribe_chunked(
+    model: TranscriptionModel,
+    audio: np.ndarray | str | os.PathLike,
+    options: TranscribeOptions,
+    batch_size: int,
+    on_segment: Callable[[dict], None] | None = None,
+) -> dict:
     """One long recording as chunks of at most 30 s of speech (Silero VAD: the stretches of speech
     merged up to 30 s, the pauses between them cut out), transcribed as `batch_size` streams at a
     time, each with the fallback and no-speech rules (no text carries over between chunks); the
@@ -299,10 +364,14 @@ def transcribe_chunked(model: TranscriptionModel, audio: np.ndarray | str | os.P
 
     samples = _samples(audio)
     spans = speech_spans(samples, options.vad_options or VadOptions())
-    maps = [SpeechMap([(max(s, start), min(e, end)) for s, e in spans if s < end and e > start])
-            for start, end in chunks(spans, N_FRAMES / FRAMES_PER_SECOND)]
+    maps = [
+        SpeechMap([(max(s, start), min(e, end)) for s, e in spans if s < end and e > start])
+        for start, end in chunks(spans, N_FRAMES / FRAMES_PER_SECOND)
+    ]
     chunk_options = options.replace(vad_filter=False)
-    streams = (transcription_stream(model, speech.collect(samples), chunk_options) for speech in maps)
+    streams = (
+        transcription_stream(model, speech.collect(samples), chunk_options) for speech in maps
+    )
     results = dict(BatchingEngine(model.backend, model.tokenizer, batch_size).run(streams))
     segments, language = [], options.language
     for index, speech in enumerate(maps):
@@ -314,7 +383,11 @@ def transcribe_chunked(model: TranscriptionModel, audio: np.ndarray | str | os.P
             segments.append({**segment, "id": len(segments)})
             if on_segment is not None:
                 on_segment(segments[-1])
-    return {"text": "".join(s["text"] for s in segments), "segments": segments, "language": language or "en"}
+    return {
+        "text": "".join(s["text"] for s in segments),
+        "segments": segments,
+        "language": language or "en",
+    }
 
 
 def _samples(audio: np.ndarray | StreamedAudio | str | os.PathLike) -> np.ndarray:

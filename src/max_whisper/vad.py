@@ -6,6 +6,7 @@ with Silero's rules (hysteresis, minimum speech and silence, maximum length, pad
 cuts the silence out of the audio and maps transcription times back; `chunks` groups the stretches
 of a long file into windows for batched transcription.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,8 +23,16 @@ import numpy as np
 from .dims import SAMPLE_RATE
 from .errors import MaxWhisperError, UsageError
 
-__all__ = ["VadOptions", "VadUnavailable", "SpeechMap", "chunks", "find_model",
-           "speech_probabilities", "speech_spans", "spans_from_probabilities"]
+__all__ = [
+    "VadOptions",
+    "VadUnavailable",
+    "SpeechMap",
+    "chunks",
+    "find_model",
+    "speech_probabilities",
+    "speech_spans",
+    "spans_from_probabilities",
+]
 
 FRAME = 512  # samples the network judges at a time (32 ms at 16 kHz)
 CONTEXT = 64  # samples of the previous frame it also sees
@@ -40,8 +49,10 @@ class VadUnavailable(MaxWhisperError):
     """onnxruntime or the Silero model file is not installed."""
 
 
-_INSTALL = ("voice activity detection needs onnxruntime and the Silero VAD model: "
-            "pip install 'max-whisper[vad]'")
+_INSTALL = (
+    "voice activity detection needs onnxruntime and the Silero VAD model: "
+    "pip install 'max-whisper[vad]'"
+)
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,7 @@ class VadOptions:
 
 # --- the network ----------------------------------------------------------------------
 
+
 def _find(package: str, relative: str) -> Path | None:
     try:
         spec = importlib.util.find_spec(package)  # locates a top-level package without importing it
@@ -134,7 +146,7 @@ def speech_probabilities(audio: np.ndarray, model_path: str | Path | None = None
         h = c = np.zeros((1, 1, 128), dtype=np.float32)
         for i in range(0, n, BLOCK):
             k = min(n, i + BLOCK)
-            feed = {"input": np.hstack([rows[i:k, -CONTEXT:], rows[i + 1:k + 1]]), "h": h, "c": c}
+            feed = {"input": np.hstack([rows[i:k, -CONTEXT:], rows[i + 1 : k + 1]]), "h": h, "c": c}
             out, h, c = session.run(None, feed)
             probs[i:k] = np.reshape(out, -1)
     elif {"input", "state"} <= names:  # one frame per call (its batch axis holds separate streams)
@@ -152,8 +164,10 @@ def speech_probabilities(audio: np.ndarray, model_path: str | Path | None = None
 
 # --- from probabilities to speech stretches --------------------------------------------
 
-def spans_from_probabilities(probs: Sequence[float], n_samples: int,
-                             options: VadOptions = VadOptions()) -> list[Span]:
+
+def spans_from_probabilities(
+    probs: Sequence[float], n_samples: int, options: VadOptions = VadOptions()
+) -> list[Span]:
     """Silero's rules on per-frame probabilities: [start, end) samples of each speech stretch."""
     rate = SAMPLE_RATE / 1000  # samples per millisecond
     on, off = options.threshold, options.off_threshold
@@ -199,18 +213,22 @@ def spans_from_probabilities(probs: Sequence[float], n_samples: int,
         gap = following[0] - span[1]
         share = gap // 2 if gap < 2 * pad else pad
         span[1], following[0] = span[1] + share, following[0] - share
-    return [(int(s), int(min(e + (pad if k == len(found) - 1 else 0), n_samples)))
-            for k, (s, e) in enumerate(found)]
+    return [
+        (int(s), int(min(e + (pad if k == len(found) - 1 else 0), n_samples)))
+        for k, (s, e) in enumerate(found)
+    ]
 
 
-def speech_spans(audio: np.ndarray, options: VadOptions = VadOptions(),
-                 model_path: str | Path | None = None) -> list[Span]:
+def speech_spans(
+    audio: np.ndarray, options: VadOptions = VadOptions(), model_path: str | Path | None = None
+) -> list[Span]:
     """[start, end) sample of each speech stretch of 16 kHz mono audio."""
     return spans_from_probabilities(speech_probabilities(audio, model_path), len(audio), options)
 
 
-def chunks(spans: Sequence[Span], max_seconds: float = 30.0,
-           sample_rate: int = SAMPLE_RATE) -> list[Span]:
+def chunks(
+    spans: Sequence[Span], max_seconds: float = 30.0, sample_rate: int = SAMPLE_RATE
+) -> list[Span]:
     """Spans merged greedily into contiguous windows of at most `max_seconds`, split only between
     spans; a span longer than that is cut every `max_seconds`."""
     limit = int(max_seconds * sample_rate) if max_seconds > 0 else 0
@@ -230,6 +248,7 @@ def chunks(spans: Sequence[Span], max_seconds: float = 30.0,
 
 # --- cutting the silence out, and putting it back into timestamps ----------------------
 
+
 class SpeechMap:
     """The speech spans of one recording, concatenated: times in the shorter audio map back."""
 
@@ -237,7 +256,8 @@ class SpeechMap:
         self.spans = [(int(s), int(e)) for s, e in spans]
         self.sample_rate = sample_rate
         if any(s < 0 or e <= s for s, e in self.spans) or any(
-                a[1] > b[0] for a, b in zip(self.spans, self.spans[1:])):
+            a[1] > b[0] for a, b in zip(self.spans, self.spans[1:])
+        ):
             raise UsageError("speech spans must be non-empty, ordered and non-overlapping")
         self._ends = list(accumulate(e - s for s, e in self.spans))  # span ends, once collected
         self._shift = [s - (end - (e - s)) for (s, e), end in zip(self.spans, self._ends)]
@@ -264,6 +284,7 @@ class SpeechMap:
 
     def restore(self, result: dict) -> dict:
         """A copy of a transcription result with segment and word times in original-audio time."""
+
         def moved(item: dict) -> dict:
             item = dict(item)
             for key, is_end in (("start", False), ("end", True)):

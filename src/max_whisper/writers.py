@@ -1,10 +1,12 @@
 """Output formats: txt, vtt, srt, tsv and json, byte for byte as openai-whisper writes them.
 
-`get_writer(fmt, output_dir)(result, audio_path, options)` writes `<basename>.<ext>` into output_dir;
-`render(result, fmt, options)` returns the same content as a string (for the HTTP server).
+`get_writer(fmt, output_dir)(result, audio_path, options)` writes `<basename>.<ext>` into
+output_dir; `render(result, fmt, options)` returns the same content as a string (for the HTTP
+server).
 Subtitle options (used when segments carry "words"): max_line_width, max_line_count,
 max_words_per_line and highlight_words.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +15,8 @@ import json
 import os
 import re
 import tempfile
-from typing import Callable, Iterator, TextIO
+from collections.abc import Callable, Iterator
+from typing import TextIO
 
 from .errors import UsageError
 from .timing import get_start
@@ -21,7 +24,9 @@ from .timing import get_start
 WORD_OPTIONS = ("max_line_width", "max_line_count", "max_words_per_line", "highlight_words")
 
 
-def format_timestamp(seconds: float, always_include_hours: bool = False, decimal_marker: str = ".") -> str:
+def format_timestamp(
+    seconds: float, always_include_hours: bool = False, decimal_marker: str = "."
+) -> str:
     """[HH:]MM:SS.mmm, hours shown when non-zero or asked for."""
     if seconds < 0:
         raise ValueError(f"non-negative timestamp expected, got {seconds}")
@@ -37,9 +42,12 @@ PARTIAL_SUFFIX = ".partial"  # an interrupted run's finished segments
 
 
 def write_atomically(path: str | os.PathLike, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path`: never a half-written file."""
+    """Write to a temporary file beside `path`, then rename it over `path`: never a
+    half-written file."""
     folder = os.path.dirname(os.fspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(os.fspath(path))}.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(os.fspath(path))}.", suffix=".tmp", dir=folder
+    )
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(text)
@@ -65,7 +73,9 @@ def prepare_output_dir(path: str | os.PathLike) -> str:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as exc:
-        raise UsageError(f"cannot write to the output folder '{path}': {exc.strerror or exc}") from None
+        raise UsageError(
+            f"cannot write to the output folder '{path}': {exc.strerror or exc}"
+        ) from None
     return path
 
 
@@ -77,12 +87,20 @@ class ResultWriter:
     def __init__(self, output_dir: str | os.PathLike = "."):
         self.output_dir = os.fspath(output_dir)
 
-    def __call__(self, result: dict, audio_path: str | os.PathLike, options: dict | None = None,
-                 partial: bool = False, **kwargs) -> str:
+    def __call__(
+        self,
+        result: dict,
+        audio_path: str | os.PathLike,
+        options: dict | None = None,
+        partial: bool = False,
+        **kwargs,
+    ) -> str:
         """Write `<audio basename>.<ext>` into output_dir (`.<ext>.partial` for the segments of an
         interrupted run) and return its path. The file appears whole or not at all."""
         basename = os.path.splitext(os.path.basename(os.fspath(audio_path)))[0]
-        path = os.path.join(self.output_dir, f"{basename}.{self.extension}" + (PARTIAL_SUFFIX if partial else ""))
+        path = os.path.join(
+            self.output_dir, f"{basename}.{self.extension}" + (PARTIAL_SUFFIX if partial else "")
+        )
         write_atomically(path, self.render(result, options, **kwargs))
         return path
 
@@ -112,7 +130,9 @@ class TsvWriter(ResultWriter):
         file.write("start\tend\ttext\n")
         for segment in result["segments"]:
             text = segment["text"].strip().replace("\t", " ")
-            file.write(f"{round(1000 * segment['start'])}\t{round(1000 * segment['end'])}\t{text}\n")
+            file.write(
+                f"{round(1000 * segment['start'])}\t{round(1000 * segment['end'])}\t{text}\n"
+            )
 
 
 class JsonWriter(ResultWriter):
@@ -131,19 +151,25 @@ class SubtitleWriter(ResultWriter):
     def timestamp(self, seconds: float) -> str:
         return format_timestamp(seconds, self.always_include_hours, self.decimal_marker)
 
-    def cues(self, result: dict, options: dict | None = None, **kwargs) -> Iterator[tuple[str, str, str]]:
+    def cues(
+        self, result: dict, options: dict | None = None, **kwargs
+    ) -> Iterator[tuple[str, str, str]]:
         """(start, end, text) of each cue, timestamps already formatted."""
         options = options or {}
         opt = {name: kwargs.get(name) or options.get(name) for name in WORD_OPTIONS}
         segments = result["segments"]
         if not (segments and "words" in segments[0]):
             for segment in segments:
-                yield (self.timestamp(segment["start"]), self.timestamp(segment["end"]),
-                       segment["text"].strip().replace("-->", "->"))
+                yield (
+                    self.timestamp(segment["start"]),
+                    self.timestamp(segment["end"]),
+                    segment["text"].strip().replace("-->", "->"),
+                )
             return
 
-        for subtitle in _layout_words(segments, opt["max_line_width"], opt["max_line_count"],
-                                      opt["max_words_per_line"]):
+        for subtitle in _layout_words(
+            segments, opt["max_line_width"], opt["max_line_count"], opt["max_words_per_line"]
+        ):
             start, end = self.timestamp(subtitle[0]["start"]), self.timestamp(subtitle[-1]["end"])
             text = "".join(word["word"] for word in subtitle)
             if not opt["highlight_words"]:
@@ -156,16 +182,27 @@ class SubtitleWriter(ResultWriter):
                 word_start, word_end = self.timestamp(word["start"]), self.timestamp(word["end"])
                 if last != word_start:
                     yield last, word_start, text
-                yield word_start, word_end, "".join(
-                    re.sub(r"^(\s*)(.*)$", r"\1<u>\2</u>", w) if j == i else w for j, w in enumerate(all_words))
+                yield (
+                    word_start,
+                    word_end,
+                    "".join(
+                        re.sub(r"^(\s*)(.*)$", r"\1<u>\2</u>", w) if j == i else w
+                        for j, w in enumerate(all_words)
+                    ),
+                )
                 last = word_end
 
 
-def _layout_words(segments: list[dict], max_line_width: int | None, max_line_count: int | None,
-                  max_words_per_line: int | None) -> Iterator[list[dict]]:
-    """Group word timings into subtitles (lists of copied word dicts whose "word" carries its leading
-    space or a "\\n" line break). Without both a line width and a line count, each segment stays a
-    subtitle of its own; with them, subtitles also break after long pauses and full line counts."""
+def _layout_words(
+    segments: list[dict],
+    max_line_width: int | None,
+    max_line_count: int | None,
+    max_words_per_line: int | None,
+) -> Iterator[list[dict]]:
+    """Group word timings into subtitles (lists of copied word dicts whose "word" carries its
+    leading space or a "\\n" line break). Without both a line width and a line count, each segment
+    stays a subtitle of its own; with them, subtitles also break after long pauses and full line
+    counts."""
     preserve_segments = max_line_count is None or max_line_width is None
     max_line_width = max_line_width or 1000
     max_words_per_line = max_words_per_line or 1000
@@ -177,7 +214,7 @@ def _layout_words(segments: list[dict], max_line_width: int | None, max_line_cou
     for segment in segments:
         words = segment["words"]
         for chunk_index in range(0, len(words), max_words_per_line):
-            for i, original in enumerate(words[chunk_index: chunk_index + max_words_per_line]):
+            for i, original in enumerate(words[chunk_index : chunk_index + max_words_per_line]):
                 timing = original.copy()
                 long_pause = not preserve_segments and timing["start"] - last > 3.0
                 has_room = line_len + len(timing["word"]) <= max_line_width
@@ -186,8 +223,11 @@ def _layout_words(segments: list[dict], max_line_width: int | None, max_line_cou
                     line_len += len(timing["word"])  # same line
                 else:
                     timing["word"] = timing["word"].strip()
-                    if (len(subtitle) > 0 and max_line_count is not None
-                            and (long_pause or line_count >= max_line_count)) or seg_break:
+                    if (
+                        len(subtitle) > 0
+                        and max_line_count is not None
+                        and (long_pause or line_count >= max_line_count)
+                    ) or seg_break:
                         yield subtitle  # new subtitle
                         subtitle = []
                         line_count = 1
@@ -246,8 +286,13 @@ def get_writer(output_format: str, output_dir: str | os.PathLike) -> Callable[..
     if output_format.lower() == "all":
         writers = [cls(output_dir) for cls in WRITERS.values()]
 
-        def write_all(result: dict, audio_path: str | os.PathLike, options: dict | None = None,
-                      partial: bool = False, **kwargs) -> list[str]:
+        def write_all(
+            result: dict,
+            audio_path: str | os.PathLike,
+            options: dict | None = None,
+            partial: bool = False,
+            **kwargs,
+        ) -> list[str]:
             return [writer(result, audio_path, options, partial, **kwargs) for writer in writers]
 
         return write_all

@@ -1,4 +1,5 @@
 """Backends: each supplies `encode(mel)` and a decoder session; see base.py."""
+
 from __future__ import annotations
 
 import sys
@@ -17,15 +18,22 @@ class UnknownBackend(MaxWhisperError, ValueError):
 
 
 def normalize_device(device: str) -> str:
-    """"auto", "cpu" or "gpu" (also accepts "cuda"); anything else is an UnknownBackend error."""
+    """ "auto", "cpu" or "gpu" (also accepts "cuda"); anything else is an UnknownBackend error."""
     device = DEVICE_ALIASES.get(device.lower(), device.lower())
     if device not in DEVICES:
-        raise UnknownBackend(f"unknown device '{device}' (choose from {', '.join(DEVICES)}, or cuda)")
+        raise UnknownBackend(
+            f"unknown device '{device}' (choose from {', '.join(DEVICES)}, or cuda)"
+        )
     return device
 
 
-def create_backend(name: str, weights: ModelWeights, device: str = "auto", encoder_float64_blocks: int = 0,
-                   warm_start: bool = False):
+def create_backend(
+    name: str,
+    weights: ModelWeights,
+    device: str = "auto",
+    encoder_float64_blocks: int = 0,
+    warm_start: bool = False,
+):
     """`encoder_float64_blocks`: leading MAX encoder blocks computed in float64 (max and hybrid).
 
     warm_start (max only): on a machine that has not compiled this model's MAX graphs yet, compile
@@ -44,7 +52,11 @@ def create_backend(name: str, weights: ModelWeights, device: str = "auto", encod
     if name == "max":
         from .max import MaxBackend
 
-        if warm_start and (backend := _numpy_while_compiling(weights, device, encoder_float64_blocks)) is not None:
+        if (
+            warm_start
+            and (backend := _numpy_while_compiling(weights, device, encoder_float64_blocks))
+            is not None
+        ):
             return backend
         return MaxBackend(weights, device, encoder_float64_blocks)
     raise UnknownBackend(f"unknown backend '{name}' (choose from {', '.join(BACKENDS)})")
@@ -60,7 +72,11 @@ def _numpy_while_compiling(weights: ModelWeights, device: str, float64_blocks: i
 
     log = start_background(jobs)
     where = f" (log: {log})" if log else " (already under way)"
-    print("max-whisper: this machine has not compiled the MAX graphs for this model yet: compiling them "
-          f"in the background{where}; this run uses the NumPy implementation of the same network, "
-          "later runs use MAX", file=sys.stderr, flush=True)
+    print(
+        "max-whisper: this machine has not compiled the MAX graphs for this model yet: "
+        f"compiling them in the background{where}; this run uses the NumPy implementation of the "
+        "same network, later runs use MAX",
+        file=sys.stderr,
+        flush=True,
+    )
     return NumpyBackend(weights, blas_threads=1)  # the compile has the other cores

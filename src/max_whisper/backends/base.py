@@ -2,6 +2,7 @@
 
 Everything else (tokenizer, decoding rules, the long-form loop, writers) is shared by all backends.
 """
+
 from __future__ import annotations
 
 from typing import Protocol
@@ -22,9 +23,10 @@ class DecoderSession(Protocol):
     def logits(self, tokens: np.ndarray, positions: list[int] | None = None) -> np.ndarray:
         """tokens: int [batch, T], the whole sequence so far (same T for all rows).
 
-        The first call feeds all T tokens (prefill); later calls feed only the tokens not yet cached.
-        Returns float32 logits [batch, k, n_vocab] at `positions` (indices into the sequence, all
-        among the newly fed ones), or at every newly fed position when `positions` is None.
+        The first call feeds all T tokens (prefill); later calls feed only the tokens not yet
+        cached. Returns float32 logits [batch, k, n_vocab] at `positions` (indices into the
+        sequence, all among the newly fed ones), or at every newly fed position when `positions`
+        is None.
         """
 
     def rearrange(self, source_indices: list[int]) -> None:
@@ -37,10 +39,10 @@ class Backend(Protocol):
     device: str  # "cpu" or "gpu"
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
-        """mel: float32 [n_audio, n_mels, 3000] -> audio features float32 [n_audio, n_audio_ctx, d]."""
+        """mel: float32 [n_audio, n_mels, 3000] -> audio features float32
+        [n_audio, n_audio_ctx, d]."""
 
-    def decoder_session(self, audio_features: np.ndarray) -> DecoderSession:
-        ...
+    def decoder_session(self, audio_features: np.ndarray) -> DecoderSession: ...
 
     def cross_attention(self, audio_features: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Cross-attention scores for word timing, before softmax: float32

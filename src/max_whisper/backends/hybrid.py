@@ -1,4 +1,5 @@
 """MAX encoder + openai-whisper's PyTorch decoder: the original prototype's design, now exact."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,12 +11,15 @@ from .reference import ReferenceBackend
 class HybridBackend(ReferenceBackend):
     name = "hybrid"
 
-    def __init__(self, weights: ModelWeights, device: str = "auto", encoder_float64_blocks: int = 0):
+    def __init__(
+        self, weights: ModelWeights, device: str = "auto", encoder_float64_blocks: int = 0
+    ):
         from .max.encoder import MaxEncoder
 
         super().__init__(weights, device)
-        self.encoder = MaxEncoder(weights.dims, weights.params, device=device,
-                                  float64_blocks=encoder_float64_blocks)
+        self.encoder = MaxEncoder(
+            weights.dims, weights.params, device=device, float64_blocks=encoder_float64_blocks
+        )
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
         return self.encoder(np.ascontiguousarray(mel, dtype=np.float32))

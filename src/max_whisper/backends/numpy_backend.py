@@ -1,9 +1,11 @@
-"""Whisper in NumPy: the same network as openai-whisper's model.py, on BLAS, with nothing to compile.
+"""Whisper in NumPy: the same network as openai-whisper's model.py, on BLAS, with nothing to
+compile.
 
 The `max` backend runs on it while its MAX graphs compile in a background process on a machine
 that has never compiled them (see backends/max/warmup.py); `dtype=np.float64` gives the float64
 evaluation that the parity tests measure every float32 implementation against.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -18,10 +20,22 @@ from ..weights import ModelWeights
 LN_EPS = 1e-5
 
 # erf as a rational function on [-4, 4] (Eigen's float approximation; |error| < 1e-7 in float64)
-_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
-          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
-_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
-          -1.42647390514189e-02)
+_ERF_P = (
+    -2.72614225801306e-10,
+    2.77068142495902e-08,
+    -2.10102402082508e-06,
+    -5.69250639462346e-05,
+    -7.34990630326855e-04,
+    -2.95459980854025e-03,
+    -1.60960333262415e-02,
+)
+_ERF_Q = (
+    -1.45660718464996e-05,
+    -2.13374055278905e-04,
+    -1.68282697438203e-03,
+    -7.37332916720468e-03,
+    -1.42647390514189e-02,
+)
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -40,7 +54,8 @@ _exact_erf = np.frompyfunc(math.erf, 1, 1)
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
-    """Exact (erf) GELU: float32 through a float64 rational erf (|error| < 1e-7), float64 exactly."""
+    """Exact (erf) GELU: float32 through a float64 rational erf (|error| < 1e-7), float64
+    exactly."""
     x64 = x.astype(np.float64)
     scaled = x64 * (1.0 / math.sqrt(2.0))
     erf = _exact_erf(scaled).astype(np.float64) if x.dtype == np.float64 else _erf(scaled)
@@ -100,9 +115,11 @@ def _conv_k3(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int) -> np.nda
     """1-D conv, kernel 3, padding 1, on [B, T, C_in] with PyTorch's [C_out, C_in, 3] filter."""
     padded = np.pad(x, ((0, 0), (1, 1), (0, 0)))
     n_out = (x.shape[1] - 1) // stride + 1
-    taps = [padded[:, k: k + stride * (n_out - 1) + 1: stride] for k in range(3)]
+    taps = [padded[:, k : k + stride * (n_out - 1) + 1 : stride] for k in range(3)]
     columns = np.concatenate(taps, axis=-1)  # [B, T_out, 3 * C_in], tap-major
-    filt = np.ascontiguousarray(np.transpose(w, (2, 1, 0)).reshape(-1, w.shape[0]))  # [3 * C_in, C_out]
+    filt = np.ascontiguousarray(
+        np.transpose(w, (2, 1, 0)).reshape(-1, w.shape[0])
+    )  # [3 * C_in, C_out]
     return columns @ filt.astype(x.dtype) + b.astype(x.dtype)
 
 
@@ -119,7 +136,9 @@ class NumpyModel:
         """mel [B, n_mels, 3000] -> features [B, n_audio_ctx, d]."""
         p, dims = self.p, self.dims
         x = np.ascontiguousarray(np.asarray(mel, dtype=self.dtype).transpose(0, 2, 1))
-        x = gelu(_conv_k3(x, p["encoder.conv1.weight"], p["encoder.conv1.bias"], 1))  # 3-D: not transposed
+        x = gelu(
+            _conv_k3(x, p["encoder.conv1.weight"], p["encoder.conv1.bias"], 1)
+        )  # 3-D: not transposed
         x = gelu(_conv_k3(x, p["encoder.conv2.weight"], p["encoder.conv2.bias"], 2))
         x = x + p["encoder.positional_embedding"]
         for i in range(dims.n_audio_layer):
@@ -127,7 +146,9 @@ class NumpyModel:
             h = p.norm(x, prefix + "attn_ln")
             q, k, v = (p.linear(h, prefix + f"attn.{n}") for n in ("query", "key", "value"))
             x = x + p.linear(self._attention(q, k, v, dims.n_audio_head), prefix + "attn.out")
-            x = x + p.linear(gelu(p.linear(p.norm(x, prefix + "mlp_ln"), prefix + "mlp.0")), prefix + "mlp.2")
+            x = x + p.linear(
+                gelu(p.linear(p.norm(x, prefix + "mlp_ln"), prefix + "mlp.0")), prefix + "mlp.2"
+            )
         return p.norm(x, "encoder.ln_post")
 
     def _attention(self, q, k, v, n_head, mask=None) -> np.ndarray:
@@ -139,22 +160,37 @@ class NumpyModel:
 
     def cross_kv(self, features: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         f = np.asarray(features, dtype=self.dtype)
-        return [(self.p.linear(f, f"decoder.blocks.{i}.cross_attn.key"),
-                 self.p.linear(f, f"decoder.blocks.{i}.cross_attn.value"))
-                for i in range(self.dims.n_text_layer)]
+        return [
+            (
+                self.p.linear(f, f"decoder.blocks.{i}.cross_attn.key"),
+                self.p.linear(f, f"decoder.blocks.{i}.cross_attn.value"),
+            )
+            for i in range(self.dims.n_text_layer)
+        ]
 
-    def decode(self, tokens: np.ndarray, offset: int, cross: list, cache: list | None,
-               scores_out: list | None = None, rows: list[int] | None = None) -> tuple[np.ndarray, list]:
-        """New tokens [B, n] at positions offset.. -> (logits [B, k, vocab] at the k `rows` of the n,
-        default all; self-attention K/V cache).
+    def decode(
+        self,
+        tokens: np.ndarray,
+        offset: int,
+        cross: list,
+        cache: list | None,
+        scores_out: list | None = None,
+        rows: list[int] | None = None,
+    ) -> tuple[np.ndarray, list]:
+        """New tokens [B, n] at positions offset.. -> (logits [B, k, vocab] at the k `rows` of
+        the n, default all; self-attention K/V cache).
 
         `cross` holds each layer's cross K/V for [A, ctx, d] features with B = A * group rows.
-        With `scores_out`, each layer's cross-attention scores before the softmax are appended to it.
+        With `scores_out`, each layer's cross-attention scores before the softmax are appended
+        to it.
         """
         p, dims = self.p, self.dims
         n_head = dims.n_text_head
         n_new = tokens.shape[1]
-        x = p["decoder.token_embedding.weight"][tokens] + p["decoder.positional_embedding"][offset: offset + n_new]
+        x = (
+            p["decoder.token_embedding.weight"][tokens]
+            + p["decoder.positional_embedding"][offset : offset + n_new]
+        )
         mask = np.triu(np.full((n_new, offset + n_new), -np.inf, self.dtype), offset + 1)
         new_cache = []
         for i in range(dims.n_text_layer):
@@ -162,7 +198,10 @@ class NumpyModel:
             h = p.norm(x, prefix + "attn_ln")
             q, k, v = (p.linear(h, prefix + f"attn.{n}") for n in ("query", "key", "value"))
             if cache is not None:
-                k, v = np.concatenate([cache[i][0], k], axis=1), np.concatenate([cache[i][1], v], axis=1)
+                k, v = (
+                    np.concatenate([cache[i][0], k], axis=1),
+                    np.concatenate([cache[i][1], v], axis=1),
+                )
             new_cache.append((k, v))
             x = x + p.linear(self._attention(q, k, v, n_head, mask), prefix + "attn.out")
             h = p.norm(x, prefix + "cross_attn_ln")
@@ -173,9 +212,13 @@ class NumpyModel:
                 ck, cv = np.repeat(ck, group, axis=0), np.repeat(cv, group, axis=0)
             if scores_out is not None:
                 hd = dims.n_text_state // n_head
-                scores_out.append((_heads(q, n_head) @ _heads(ck, n_head).transpose(0, 1, 3, 2)) / math.sqrt(hd))
+                scores_out.append(
+                    (_heads(q, n_head) @ _heads(ck, n_head).transpose(0, 1, 3, 2)) / math.sqrt(hd)
+                )
             x = x + p.linear(self._attention(q, ck, cv, n_head), prefix + "cross_attn.out")
-            x = x + p.linear(gelu(p.linear(p.norm(x, prefix + "mlp_ln"), prefix + "mlp.0")), prefix + "mlp.2")
+            x = x + p.linear(
+                gelu(p.linear(p.norm(x, prefix + "mlp_ln"), prefix + "mlp.0")), prefix + "mlp.2"
+            )
         x = p.norm(x if rows is None else x[:, rows], "decoder.ln")
         return x @ self.token_embedding_t, new_cache
 
@@ -196,11 +239,13 @@ class NumpyDecoderSession:
 
     def logits(self, tokens: np.ndarray, positions: list[int] | None = None) -> np.ndarray:
         tokens = np.asarray(tokens)
-        new = tokens[:, self.n_cached:]
+        new = tokens[:, self.n_cached :]
         if new.shape[1] == 0:
             return np.zeros((tokens.shape[0], 0, self.model.dims.n_vocab), np.float32)
         rows = None if positions is None else [p - self.n_cached for p in positions]
-        logits, self.cache = self.model.decode(new, self.n_cached, self.cross, self.cache, rows=rows)
+        logits, self.cache = self.model.decode(
+            new, self.n_cached, self.cross, self.cache, rows=rows
+        )
         self.n_cached = tokens.shape[1]
         return logits.astype(np.float32, copy=False)
 
@@ -213,12 +258,18 @@ class NumpyDecoderSession:
 def limit_blas_threads(n: int) -> bool:
     """Best effort: cap the threads of NumPy's bundled OpenBLAS (what threadpoolctl does). Beside a
     background compile on every core, one BLAS thread runs this network 2-3x faster than two."""
-    for lib_path in sorted((Path(np.__file__).resolve().parent.parent / "numpy.libs").glob("*openblas*.so*")):
+    for lib_path in sorted(
+        (Path(np.__file__).resolve().parent.parent / "numpy.libs").glob("*openblas*.so*")
+    ):
         try:
             lib = ctypes.CDLL(str(lib_path))
         except OSError:
             continue
-        for symbol in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads"):
+        for symbol in (
+            "scipy_openblas_set_num_threads64_",
+            "openblas_set_num_threads64_",
+            "openblas_set_num_threads",
+        ):
             if hasattr(lib, symbol):
                 getattr(lib, symbol)(ctypes.c_int(n))
                 return True
@@ -226,12 +277,15 @@ def limit_blas_threads(n: int) -> bool:
 
 
 class NumpyBackend:
-    """base.Backend in NumPy float32 on the CPU. `blas_threads` caps BLAS threads (None: as they are)."""
+    """base.Backend in NumPy float32 on the CPU. `blas_threads` caps BLAS threads
+    (None: as they are)."""
 
     name = "numpy"
     device = "cpu"
 
-    def __init__(self, weights: ModelWeights, device: str = "auto", blas_threads: int | None = None):
+    def __init__(
+        self, weights: ModelWeights, device: str = "auto", blas_threads: int | None = None
+    ):
         self.dims = weights.dims
         self.model = NumpyModel(weights, np.float32)
         if blas_threads is not None:

@@ -2,6 +2,7 @@
 
 torch and openai-whisper are optional (the `reference` extra); nothing here reaches a model hub.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,7 +44,9 @@ def build_torch_model(weights: ModelWeights, device: str = "cpu"):
     model = wm.Whisper(wm.ModelDimensions(**weights.dims.to_dict()))
     state = {name: torch.from_numpy(array) for name, array in weights.params.items()}
     model.load_state_dict(state, strict=True)
-    if weights.alignment_heads is not None:  # the model's own heads, not openai's default upper half
+    if (
+        weights.alignment_heads is not None
+    ):  # the model's own heads, not openai's default upper half
         mask = torch.zeros(model.dims.n_text_layer, model.dims.n_text_head, dtype=torch.bool)
         mask[tuple(torch.as_tensor(weights.alignment_heads, dtype=torch.long).T)] = True
         model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
@@ -56,12 +59,16 @@ class ReferenceDecoderSession:
         self.features = audio_features
         self.cache: dict = {}
         self.n_cached = 0
-        self.self_attn_kv = [m for block in model.decoder.blocks for m in (block.attn.key, block.attn.value)]
+        self.self_attn_kv = [
+            m for block in model.decoder.blocks for m in (block.attn.key, block.attn.value)
+        ]
 
     def logits(self, tokens: np.ndarray, positions: list[int] | None = None) -> np.ndarray:
         torch = _import_torch_whisper()[0]
         n_cached = self.n_cached
-        new = torch.from_numpy(np.ascontiguousarray(tokens[:, self.n_cached:])).to(self.features.device)
+        new = torch.from_numpy(np.ascontiguousarray(tokens[:, self.n_cached :])).to(
+            self.features.device
+        )
         features = self.features
         if features.shape[0] not in (1, new.shape[0]):  # several audios, several beams each
             features = features.repeat_interleave(new.shape[0] // features.shape[0], dim=0)
@@ -95,11 +102,15 @@ class ReferenceBackend:
         self.model = build_torch_model(weights, self.torch_device)
 
     def _features(self, audio_features: np.ndarray):
-        return self.torch.from_numpy(np.ascontiguousarray(audio_features, dtype=np.float32)).to(self.torch_device)
+        return self.torch.from_numpy(np.ascontiguousarray(audio_features, dtype=np.float32)).to(
+            self.torch_device
+        )
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
         with self.torch.no_grad():
-            out = self.model.encoder(self.torch.from_numpy(np.ascontiguousarray(mel)).to(self.torch_device))
+            out = self.model.encoder(
+                self.torch.from_numpy(np.ascontiguousarray(mel)).to(self.torch_device)
+            )
         return out.float().cpu().numpy()
 
     def decoder_session(self, audio_features: np.ndarray) -> ReferenceDecoderSession:
@@ -108,12 +119,16 @@ class ReferenceBackend:
     def cross_attention(self, audio_features: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         scores = [None] * self.dims.n_text_layer
         hooks = [
-            block.cross_attn.register_forward_hook(lambda _m, _i, outs, index=i: scores.__setitem__(index, outs[-1][0]))
+            block.cross_attn.register_forward_hook(
+                lambda _m, _i, outs, index=i: scores.__setitem__(index, outs[-1][0])
+            )
             for i, block in enumerate(self.model.decoder.blocks)
         ]
         try:
             with self.torch.no_grad(), self.wm.disable_sdpa():
-                tokens_t = self.torch.from_numpy(np.asarray(tokens, dtype=np.int64)[None]).to(self.torch_device)
+                tokens_t = self.torch.from_numpy(np.asarray(tokens, dtype=np.int64)[None]).to(
+                    self.torch_device
+                )
                 self.model.decoder(tokens_t, self._features(audio_features))
         finally:
             for hook in hooks:

@@ -1,12 +1,14 @@
-"""The clips the bench transcribes: finding audio, its reference transcripts, the long-form file, and WER."""
+"""The clips the bench transcribes: finding audio, its reference transcripts, the long-form file,
+and WER."""
+
 from __future__ import annotations
 
 import csv
 import os
 import wave
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -32,23 +34,29 @@ class Clip:
         return Path(self.path).name
 
 
-# -- finding audio and references ---------------------------------------------------------------------
+# -- finding audio and references ------------------------------------------------------------------
 def audio_files(folder: Path) -> list[Path]:
     """The audio files in `folder`, sorted by name; [] when the folder is absent."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(q for q in folder.iterdir() if q.suffix.lower() in AUDIO_EXTENSIONS and q.is_file())
+    return sorted(
+        q for q in folder.iterdir() if q.suffix.lower() in AUDIO_EXTENSIONS and q.is_file()
+    )
 
 
 def read_references(folder: Path) -> dict[str, str]:
-    """{file name: reference} from the folder's transcripts.tsv (columns file, reference); {} when absent."""
+    """{file name: reference} from the folder's transcripts.tsv (columns file, reference); {}
+    when absent."""
     tsv = Path(folder) / REFERENCES_FILE
     if not tsv.is_file():
         return {}
     with open(tsv, newline="", encoding="utf-8") as f:
-        return {row["file"]: row["reference"] for row in csv.DictReader(f, delimiter="\t")
-                if row.get("file") and row.get("reference")}
+        return {
+            row["file"]: row["reference"]
+            for row in csv.DictReader(f, delimiter="\t")
+            if row.get("file") and row.get("reference")
+        }
 
 
 def references_near(path: Path) -> dict[str, str]:
@@ -84,7 +92,7 @@ def expand_audio(items: Iterable[str]) -> list[Path]:
     return paths
 
 
-# -- loading ----------------------------------------------------------------------------------------
+# -- loading ---------------------------------------------------------------------------------------
 def load_clips(paths: Iterable[Path | str], with_samples: bool = True) -> list[Clip]:
     from ..audio import load_audio
 
@@ -93,15 +101,22 @@ def load_clips(paths: Iterable[Path | str], with_samples: bool = True) -> list[C
         if p.parent not in refs_cache:
             refs_cache[p.parent] = references_near(p)
         samples = load_audio(p)
-        clips.append(Clip(str(p), len(samples) / SAMPLE_RATE, refs_cache[p.parent].get(p.name),
-                          samples if with_samples else None))
+        clips.append(
+            Clip(
+                str(p),
+                len(samples) / SAMPLE_RATE,
+                refs_cache[p.parent].get(p.name),
+                samples if with_samples else None,
+            )
+        )
     return clips
 
 
-def long_form_audio(clips: list[np.ndarray], seconds: float,
-                    pauses: tuple[float, ...] = LONG_FORM_PAUSES_S) -> np.ndarray:
-    """The clips in turn, each followed by a pause (`pauses` in turn), repeated until it lasts at least
-    `seconds`."""
+def long_form_audio(
+    clips: list[np.ndarray], seconds: float, pauses: tuple[float, ...] = LONG_FORM_PAUSES_S
+) -> np.ndarray:
+    """The clips in turn, each followed by a pause (`pauses` in turn), repeated until it lasts at
+    least `seconds`."""
     pieces, total, i = [], 0, 0
     while total < seconds * SAMPLE_RATE:
         clip = clips[i % len(clips)]
@@ -112,9 +127,12 @@ def long_form_audio(clips: list[np.ndarray], seconds: float,
     return np.concatenate(pieces)
 
 
-def long_form_file(paths: list[Path], folder: str | os.PathLike, seconds: float = LONG_FORM_SECONDS) -> Path:
-    """One 16 kHz WAV made of the clips in turn with pauses between them (LONG_FORM_PAUSES_S), repeated
-    until it lasts `seconds`: the long-form workload (the 30-s seek loop over speech and silences)."""
+def long_form_file(
+    paths: list[Path], folder: str | os.PathLike, seconds: float = LONG_FORM_SECONDS
+) -> Path:
+    """One 16 kHz WAV made of the clips in turn with pauses between them (LONG_FORM_PAUSES_S),
+    repeated until it lasts `seconds`: the long-form workload (the 30-s seek loop over speech and
+    silences)."""
     from ..audio import load_audio
 
     audio = long_form_audio([load_audio(p) for p in paths], seconds)
@@ -124,8 +142,8 @@ def long_form_file(paths: list[Path], folder: str | os.PathLike, seconds: float 
 
 
 def window_mel(n_mels: int, clip: str | os.PathLike | None = None) -> np.ndarray:
-    """[1, n_mels, 3000]: the log-Mel spectrogram of the first 30-s window of `clip` (default: DEFAULT_CLIP
-    in ../shared/audio), or of 5 s of silence where that file is absent."""
+    """[1, n_mels, 3000]: the log-Mel spectrogram of the first 30-s window of `clip` (default:
+    DEFAULT_CLIP in ../shared/audio), or of 5 s of silence where that file is absent."""
     from ..audio import first_window_mel, load_audio
 
     path = Path(clip) if clip is not None else default_clip()
@@ -142,9 +160,10 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray) -> None:
         f.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
 
 
-# -- WER ------------------------------------------------------------------------------------------------
+# -- WER -------------------------------------------------------------------------------------------
 def text_normalizer() -> tuple[str, Callable[[str], str]]:
-    """Whisper's English normaliser when openai-whisper is installed, else lowercase without punctuation."""
+    """Whisper's English normaliser when openai-whisper is installed, else lowercase without
+    punctuation."""
     try:
         from whisper.normalizers import EnglishTextNormalizer
 
@@ -171,7 +190,9 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
         for ref, hyp in zip(references, hypotheses):
             r, h = ref.split(), hyp.split()
             words += len(r)
-            for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=r, b=h, autojunk=False).get_opcodes():
+            for op, i1, i2, j1, j2 in difflib.SequenceMatcher(
+                a=r, b=h, autojunk=False
+            ).get_opcodes():
                 if op != "equal":
                     edits += max(i2 - i1, j2 - j1)
         return edits / max(words, 1)

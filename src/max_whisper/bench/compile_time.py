@@ -1,10 +1,12 @@
-"""`max-whisper bench --mode compile`: the MAX encoder's cold compile, warm start and ms per 30-s window.
+"""`max-whisper bench --mode compile`: the MAX encoder's cold compile, warm start and ms per 30-s
+window.
 
 Cold: a fresh process with empty temporary caches (ours and MAX's own) builds the encoder.
 Warm: a second fresh process on the same caches builds it again (loads the .mef files), then encodes
 one window of real speech `runs` times after one untimed run. `float64_blocks` sets how many leading
 blocks compute in float64 (None: the encoder's own choice; 0 measures the all-float32 encoder).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -25,8 +27,11 @@ def child(spec: dict) -> dict:
     float64_blocks = FLOAT64_BLOCKS if spec["float64_blocks"] is None else spec["float64_blocks"]
     start = time.perf_counter()
     encoder = MaxEncoder(weights.dims, weights.params, device="cpu", float64_blocks=float64_blocks)
-    result = {"start_s": time.perf_counter() - start, "compile_s": encoder.compile_seconds,
-              "float64_blocks": float64_blocks}
+    result = {
+        "start_s": time.perf_counter() - start,
+        "compile_s": encoder.compile_seconds,
+        "float64_blocks": float64_blocks,
+    }
     if spec["runs"]:
         mel = window_mel(weights.dims.n_mels, spec.get("clip"))
         encoder(mel)
@@ -39,8 +44,12 @@ def child(spec: dict) -> dict:
     return result
 
 
-def run_compile(model: str = "tiny.en", runs: int = 5, float64_blocks: int | None = None,
-                clip: str | None = None) -> dict:
+def run_compile(
+    model: str = "tiny.en",
+    runs: int = 5,
+    float64_blocks: int | None = None,
+    clip: str | None = None,
+) -> dict:
     from ..diagnostics import cpu_info
 
     if runs < 1:
@@ -48,7 +57,11 @@ def run_compile(model: str = "tiny.en", runs: int = 5, float64_blocks: int | Non
     spec = {"task": "compile", "model": model, "float64_blocks": float64_blocks, "clip": clip}
     with tempfile.TemporaryDirectory(prefix="max-whisper-bench-") as tmp:
         cold = run_worker({**spec, "runs": 0}, env=empty_caches(tmp))
-        warm = run_worker({**spec, "runs": runs}, env=empty_caches(tmp)) if "error" not in cold else cold
+        warm = (
+            run_worker({**spec, "runs": runs}, env=empty_caches(tmp))
+            if "error" not in cold
+            else cold
+        )
     if "error" in warm:
         raise BenchError(f"the encoder did not build: {warm['error']}")
     cpu = cpu_info()

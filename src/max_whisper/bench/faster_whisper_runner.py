@@ -1,4 +1,6 @@
-"""faster-whisper (CTranslate2) as a bench runner, on the same weight files as ours, its phases timed."""
+"""faster-whisper (CTranslate2) as a bench runner, on the same weight files as ours, its phases
+timed."""
+
 from __future__ import annotations
 
 import os
@@ -23,7 +25,10 @@ def faster_whisper_folder(model_name: str, workdir: str | os.PathLike) -> Path:
         p = Path(model_name).expanduser()
         folder = p if p.is_dir() else p.parent
         if not (folder / "model.bin").is_file():
-            raise BenchError(f"faster-whisper needs a CTranslate2 folder with model.bin; '{model_name}' is not one")
+            raise BenchError(
+                "faster-whisper needs a CTranslate2 folder with model.bin; "
+                f"'{model_name}' is not one"
+            )
         return folder
     parts = named.locate()
     if len(parts) == 1:
@@ -32,8 +37,8 @@ def faster_whisper_folder(model_name: str, workdir: str | os.PathLike) -> Path:
 
 
 def join_model_parts(parts: list[Path], target: Path) -> Path:
-    """model.bin in `target` from its parts in order, beside the first config.json, tokenizer.json and
-    vocabulary.txt found next to the parts. Done once: an existing model.bin is kept."""
+    """model.bin in `target` from its parts in order, beside the first config.json, tokenizer.json
+    and vocabulary.txt found next to the parts. Done once: an existing model.bin is kept."""
     if not (target / "model.bin").is_file():
         target.mkdir(parents=True, exist_ok=True)
         partial = target / "model.bin.partial"
@@ -42,7 +47,12 @@ def join_model_parts(parts: list[Path], target: Path) -> Path:
                 with open(part, "rb") as f:
                     while chunk := f.read(1 << 24):
                         out.write(chunk)
-        for extra in ("config.json", "tokenizer.json", "vocabulary.txt", "preprocessor_config.json"):
+        for extra in (
+            "config.json",
+            "tokenizer.json",
+            "vocabulary.txt",
+            "preprocessor_config.json",
+        ):
             for part in parts:
                 if (part.parent / extra).is_file():
                     (target / extra).write_bytes((part.parent / extra).read_bytes())
@@ -54,9 +64,20 @@ def join_model_parts(parts: list[Path], target: Path) -> Path:
 class FasterWhisperRunner:
     """faster-whisper (CTranslate2) on the same weights, with its encoder and decoding timed."""
 
-    def __init__(self, folder: str | os.PathLike, compute_type: str, device: str = "cpu",
-                 settings: DecodeSettings = DecodeSettings(), batched: bool = False):
-        self.folder, self.compute_type, self.device, self.settings = str(folder), compute_type, device, settings
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        compute_type: str,
+        device: str = "cpu",
+        settings: DecodeSettings = DecodeSettings(),
+        batched: bool = False,
+    ):
+        self.folder, self.compute_type, self.device, self.settings = (
+            str(folder),
+            compute_type,
+            device,
+            settings,
+        )
         self.batched = batched
         self.times = PhaseTimes()
         self.model = None
@@ -83,8 +104,11 @@ class FasterWhisperRunner:
                 times.tokens += len(result.sequences_ids[0]) + 1  # + EOT
                 return out
 
-        self.model = TimedWhisperModel(self.folder, device="cuda" if self.device == "gpu" else "cpu",
-                                       compute_type=CT2_COMPUTE_TYPE[self.compute_type])
+        self.model = TimedWhisperModel(
+            self.folder,
+            device="cuda" if self.device == "gpu" else "cpu",
+            compute_type=CT2_COMPUTE_TYPE[self.compute_type],
+        )
         if self.batched:
             from faster_whisper import BatchedInferencePipeline
 
@@ -95,12 +119,20 @@ class FasterWhisperRunner:
             self.load()
         self.times.reset()
         start = time.perf_counter()
-        if self.pipeline is not None:  # its own VAD chunking; decodes a batch at once (not timed apart)
-            options = {**self.settings.faster_whisper(), "vad_filter": True, "batch_size": BATCHED_SIZE}
+        if (
+            self.pipeline is not None
+        ):  # its own VAD chunking; decodes a batch at once (not timed apart)
+            options = {
+                **self.settings.faster_whisper(),
+                "vad_filter": True,
+                "batch_size": BATCHED_SIZE,
+            }
             options.pop("condition_on_previous_text")
             segments, _ = self.pipeline.transcribe(samples, **options)
         else:
             segments, _ = self.model.transcribe(samples, **self.settings.faster_whisper())
         text = "".join(s.text for s in segments).strip()  # the generator does the work
         # the batched pipeline's decoding is not timed apart, nor its tokens counted
-        return Pass.timed(text, time.perf_counter() - start, self.times, decoder_timed=self.pipeline is None)
+        return Pass.timed(
+            text, time.perf_counter() - start, self.times, decoder_timed=self.pipeline is None
+        )

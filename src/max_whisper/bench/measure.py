@@ -1,4 +1,6 @@
-"""Timing one runner over a set of clips: a warm-up pass, then timed passes; and the process's peak RSS."""
+"""Timing one runner over a set of clips: a warm-up pass, then timed passes; and the process's
+peak RSS."""
+
 from __future__ import annotations
 
 import resource
@@ -20,6 +22,7 @@ def measure(runner, clips: list[Clip], repeats: int = 3, warmup: bool = True) ->
     """Warm-up pass, then `repeats` timed passes over all clips. Texts come from the last pass."""
     if repeats < 1:
         raise BenchError("repeats must be at least 1")
+
     def one_pass() -> list[Pass]:
         if getattr(runner, "batched", False) and hasattr(runner, "transcribe_set"):
             return runner.transcribe_set([clip.samples for clip in clips])
@@ -29,9 +32,14 @@ def measure(runner, clips: list[Clip], repeats: int = 3, warmup: bool = True) ->
         one_pass()
     passes: list[list[Pass]] = [one_pass() for _ in range(repeats)]
     walls = [sum(p.wall_s for p in run) for run in passes]
-    encoder_ms = [1000 * sum(p.encoder_s for p in run) / max(1, sum(p.windows for p in run)) for run in passes]
-    decoder_ms = [1000 * sum(p.decoder_s for p in run) / max(1, sum(p.tokens for p in run)) for run in passes
-                  if all(p.decoder_s is not None for p in run)]
+    encoder_ms = [
+        1000 * sum(p.encoder_s for p in run) / max(1, sum(p.windows for p in run)) for run in passes
+    ]
+    decoder_ms = [
+        1000 * sum(p.decoder_s for p in run) / max(1, sum(p.tokens for p in run))
+        for run in passes
+        if all(p.decoder_s is not None for p in run)
+    ]
     counted = all(p.tokens is not None for p in passes[-1])
     last = passes[-1]
     audio_s = sum(c.seconds for c in clips)
@@ -47,7 +55,15 @@ def measure(runner, clips: list[Clip], repeats: int = 3, warmup: bool = True) ->
         "decoder_ms_per_token": _r(statistics.median(decoder_ms), 3) if decoder_ms else None,
         "tokens": sum(p.tokens for p in last) if counted else None,
         "deterministic": all([p.text for p in run] == [p.text for p in last] for run in passes),
-        "clips": [{"file": c.name, "seconds": _r(c.seconds, 3), "wall_s_median": _r(statistics.median(
-                      run[i].wall_s for run in passes)), "tokens": last[i].tokens, "text": last[i].text,
-                   "reference": c.reference} for i, c in enumerate(clips)],
+        "clips": [
+            {
+                "file": c.name,
+                "seconds": _r(c.seconds, 3),
+                "wall_s_median": _r(statistics.median(run[i].wall_s for run in passes)),
+                "tokens": last[i].tokens,
+                "text": last[i].text,
+                "reference": c.reference,
+            }
+            for i, c in enumerate(clips)
+        ],
     }

@@ -1,10 +1,12 @@
-"""What can run here: the GPUs each runtime sees, the rows for the requested backends, the installed models."""
+"""What can run here: the GPUs each runtime sees, the rows for the requested backends, the
+installed models."""
+
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from .settings import FASTER_WHISPER_TYPES, OUR_BACKENDS, BenchError, Row
 
@@ -77,8 +79,9 @@ def _our_backend_unavailable(backend: str) -> str | None:
     return None
 
 
-def plan_rows(requested: Iterable[str], device: str = "auto",
-              gpus: GpuInfo | None = None) -> tuple[list[Row], list[dict]]:
+def plan_rows(
+    requested: Iterable[str], device: str = "auto", gpus: GpuInfo | None = None
+) -> tuple[list[Row], list[dict]]:
     """Rows to run for the requested backends on `device` (auto: CPU rows plus GPU rows where a GPU
     exists; cpu; gpu), and [{"backend", "reason"}] for those that can't run here."""
     if device not in ("auto", "cpu", "gpu"):
@@ -96,12 +99,16 @@ def plan_rows(requested: Iterable[str], device: str = "auto",
 
     for name in wanted:
         if name.startswith("faster-whisper"):
-            rest = name[len("faster-whisper"):].lstrip("-")
+            rest = name[len("faster-whisper") :].lstrip("-")
             gpu_only = rest.endswith("cuda")
             rest = rest.removesuffix("cuda").rstrip("-")
             batched_only = rest.endswith("batched")
             rest = rest.removesuffix("batched").rstrip("-")
-            types = [(rest, batched_only)] if rest else [(t, False) for t in FASTER_WHISPER_TYPES] + [("int8", True)]
+            types = (
+                [(rest, batched_only)]
+                if rest
+                else [(t, False) for t in FASTER_WHISPER_TYPES] + [("int8", True)]
+            )
             if any(t not in FASTER_WHISPER_TYPES for t, _ in types):
                 raise BenchError(f"unknown faster-whisper compute type in '{name}' (int8 or fp32)")
             missing = None if _has_module("faster_whisper") else "faster-whisper is not installed"
@@ -117,11 +124,16 @@ def plan_rows(requested: Iterable[str], device: str = "auto",
                         add(row, missing or "CTranslate2 sees no CUDA device")
             continue
         base, _, suffix = name.partition("-")
-        if base not in OUR_BACKENDS or suffix not in ("", "gpu", "cuda", "batched") or (
-                suffix == "batched" and base != "max"):
-            raise BenchError(f"unknown backend '{name}' (choose from max, max-batched, hybrid, reference, "
-                             "faster-whisper, faster-whisper-int8, faster-whisper-fp32; add -gpu / -cuda for a "
-                             "GPU row)")
+        if (
+            base not in OUR_BACKENDS
+            or suffix not in ("", "gpu", "cuda", "batched")
+            or (suffix == "batched" and base != "max")
+        ):
+            raise BenchError(
+                f"unknown backend '{name}' (choose from max, max-batched, hybrid, reference, "
+                "faster-whisper, faster-whisper-int8, faster-whisper-fp32; add -gpu / -cuda for a "
+                "GPU row)"
+            )
         missing = _our_backend_unavailable(base)
         gpu_name = f"{base}-cuda" if base == "reference" else f"{base}-gpu"
         if device in ("auto", "cpu") and suffix in ("", "batched"):
@@ -132,12 +144,18 @@ def plan_rows(requested: Iterable[str], device: str = "auto",
             if suffix == "batched":
                 continue
         if device in ("auto", "gpu") or suffix:
-            has_gpu = {"reference": gpus.torch_cuda, "max": gpus.max_accelerators > 0,
-                       "hybrid": gpus.torch_cuda and gpus.max_accelerators > 0}[base]
+            has_gpu = {
+                "reference": gpus.torch_cuda,
+                "max": gpus.max_accelerators > 0,
+                "hybrid": gpus.torch_cuda and gpus.max_accelerators > 0,
+            }[base]
             if has_gpu:
                 add(Row(gpu_name, "max-whisper", base, "gpu"), missing)
             elif device == "gpu" or suffix:
-                add(Row(gpu_name, "max-whisper", base, "gpu"), missing or "no GPU for this backend here")
+                add(
+                    Row(gpu_name, "max-whisper", base, "gpu"),
+                    missing or "no GPU for this backend here",
+                )
     return rows, skipped
 
 

@@ -1,26 +1,66 @@
 """The systems comparison: every (row, model, workload), one document (see bench/README.md)."""
+
 from __future__ import annotations
 
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
-from typing import Callable, Iterable
 
-from .clips import (Clip, default_audio, expand_audio, load_clips, long_form_file, score_row,
-                    text_normalizer)
+from .clips import (
+    Clip,
+    default_audio,
+    expand_audio,
+    load_clips,
+    long_form_file,
+    score_row,
+    text_normalizer,
+)
 from .faster_whisper_runner import faster_whisper_folder
 from .measure import measure, peak_rss_mb
 from .plan import GpuInfo, detect_gpus, installed_models, needs_torch, plan_rows
 from .runners import make_runner
-from .settings import (DEFAULT_BACKENDS, DEFAULT_MODELS, MAX_BACKENDS, SCHEMA, WORKLOADS, BenchError,
-                       DecodeSettings, Row, _r, log_to_stderr)
+from .settings import (
+    DEFAULT_BACKENDS,
+    DEFAULT_MODELS,
+    MAX_BACKENDS,
+    SCHEMA,
+    WORKLOADS,
+    BenchError,
+    DecodeSettings,
+    Row,
+    _r,
+    log_to_stderr,
+)
 from .worker import empty_caches, run_worker
 
-RESULT_KEYS = ("backend", "model", "workload", "engine", "device", "audio_s", "wall_s_median", "wall_s_min", "wall_s_runs",
-               "rtfx", "encoder_ms_per_window", "windows", "decoder_ms_per_token", "tokens", "wer", "wer_clips",
-               "load_s", "warm_start_s", "cold_compile_s", "peak_rss_mb", "rss_after_load_mb", "rss_scope",
-               "deterministic", "clips")
+RESULT_KEYS = (
+    "backend",
+    "model",
+    "workload",
+    "engine",
+    "device",
+    "audio_s",
+    "wall_s_median",
+    "wall_s_min",
+    "wall_s_runs",
+    "rtfx",
+    "encoder_ms_per_window",
+    "windows",
+    "decoder_ms_per_token",
+    "tokens",
+    "wer",
+    "wer_clips",
+    "load_s",
+    "warm_start_s",
+    "cold_compile_s",
+    "peak_rss_mb",
+    "rss_after_load_mb",
+    "rss_scope",
+    "deterministic",
+    "clips",
+)
 
 
 def environment(device: str, gpus: GpuInfo | None = None) -> dict:
@@ -43,7 +83,9 @@ def environment(device: str, gpus: GpuInfo | None = None) -> dict:
         "device": device,
         "torch_cuda": bool(gpus.torch_cuda) if gpus else None,
         "ct2_cuda_devices": gpus.ct2_cuda if gpus else None,
-        "graph_cache": report["graph_cache"]["path"] if isinstance(report["graph_cache"], dict) else None,
+        "graph_cache": report["graph_cache"]["path"]
+        if isinstance(report["graph_cache"], dict)
+        else None,
     }
     try:
         env["load_average"] = [round(x, 2) for x in os.getloadavg()]
@@ -100,15 +142,34 @@ def run_bench(
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "environment": environment(device, gpus),
-        "settings": {**asdict(settings), "repeats": repeats, "warmup_passes": 1, "device": device,
-                     "backends": requested, "models": list(models), "cold": cold,
-                     "isolation": "subprocess per row" if isolate else "in-process (shared)",
-                     "wer_normalizer": normalizer_name},
-        "audio": {"files": [{"file": c.name, "path": c.path, "seconds": _r(c.seconds, 3), "reference": c.reference}
-                            for c in clips],
-                  "seconds": _r(audio_s, 3), "referenced": sum(1 for c in clips if c.reference),
-                  "workloads": {name: {"files": len(suite), "seconds": _r(sum(c.seconds for c in suite), 3)}
-                                for name, suite in suites.items()}},
+        "settings": {
+            **asdict(settings),
+            "repeats": repeats,
+            "warmup_passes": 1,
+            "device": device,
+            "backends": requested,
+            "models": list(models),
+            "cold": cold,
+            "isolation": "subprocess per row" if isolate else "in-process (shared)",
+            "wer_normalizer": normalizer_name,
+        },
+        "audio": {
+            "files": [
+                {
+                    "file": c.name,
+                    "path": c.path,
+                    "seconds": _r(c.seconds, 3),
+                    "reference": c.reference,
+                }
+                for c in clips
+            ],
+            "seconds": _r(audio_s, 3),
+            "referenced": sum(1 for c in clips if c.reference),
+            "workloads": {
+                name: {"files": len(suite), "seconds": _r(sum(c.seconds for c in suite), 3)}
+                for name, suite in suites.items()
+            },
+        },
         "results": [],
         "skipped": skipped,
         "errors": [],
@@ -122,29 +183,59 @@ def run_bench(
             for workload, suite in suites.items():
                 for row in rows:
                     label = f"{row.name} × {model_name} × {workload}"
-                    say(f"{label}: {len(suite)} file(s), {sum(c.seconds for c in suite):.1f} s of audio, "
-                        f"warm-up + {repeats} pass(es)")
+                    say(
+                        f"{label}: {len(suite)} file(s), "
+                        f"{sum(c.seconds for c in suite):.1f} s of audio, "
+                        f"warm-up + {repeats} pass(es)"
+                    )
                     try:
                         if row.engine == "faster-whisper" and ct2_folder is None:
                             ct2_folder = str(faster_whisper_folder(model_name, workdir))
-                        result = _run_row(row, model_name, settings, suite, repeats, isolate, loader, ct2_folder)
+                        result = _run_row(
+                            row, model_name, settings, suite, repeats, isolate, loader, ct2_folder
+                        )
                         first_workload = workload == next(iter(suites))
-                        if cold and first_workload and row.engine == "max-whisper" and row.backend in MAX_BACKENDS:
-                            say(f"{label}: cold compile in a fresh process with empty caches (minutes)…")
-                            result["cold_compile_s"] = cold_compile_seconds(row, model_name, settings, workdir)
+                        if (
+                            cold
+                            and first_workload
+                            and row.engine == "max-whisper"
+                            and row.backend in MAX_BACKENDS
+                        ):
+                            say(
+                                f"{label}: cold compile in a fresh process "
+                                "with empty caches (minutes)…"
+                            )
+                            result["cold_compile_s"] = cold_compile_seconds(
+                                row, model_name, settings, workdir
+                            )
                         else:
                             result.setdefault("cold_compile_s", None)
                     except Exception as exc:
                         result = {"error": f"{type(exc).__name__}: {exc}"}
                     if "error" in result:
                         say(f"{label}: FAILED: {result['error']}")
-                        doc["errors"].append({"backend": row.name, "model": model_name, "workload": workload,
-                                              "error": result["error"]})
+                        doc["errors"].append(
+                            {
+                                "backend": row.name,
+                                "model": model_name,
+                                "workload": workload,
+                                "error": result["error"],
+                            }
+                        )
                         continue
-                    entry = {"backend": row.name, "model": model_name, "workload": workload,
-                             "engine": row.engine, "device": row.device, **result}
+                    entry = {
+                        "backend": row.name,
+                        "model": model_name,
+                        "workload": workload,
+                        "engine": row.engine,
+                        "device": row.device,
+                        **result,
+                    }
                     score_row(entry, normalize)
-                    say(f"{label}: RTFx {entry['rtfx']}, median {entry['wall_s_median']} s, WER {entry['wer']}")
+                    say(
+                        f"{label}: RTFx {entry['rtfx']}, "
+                        f"median {entry['wall_s_median']} s, WER {entry['wer']}"
+                    )
                     doc["results"].append(_ordered(entry))
     finally:
         if own_workdir is not None:
@@ -158,19 +249,37 @@ def _ordered(entry: dict) -> dict:
     return out
 
 
-def _row_spec(row: Row, model_name: str, settings: DecodeSettings, repeats: int, audio: list[str], **extra) -> dict:
-    return {"row": asdict(row), "model": model_name, "settings": asdict(settings), "repeats": repeats,
-            "audio": audio, **extra}
+def _row_spec(
+    row: Row, model_name: str, settings: DecodeSettings, repeats: int, audio: list[str], **extra
+) -> dict:
+    return {
+        "row": asdict(row),
+        "model": model_name,
+        "settings": asdict(settings),
+        "repeats": repeats,
+        "audio": audio,
+        **extra,
+    }
 
 
-def _run_row(row: Row, model_name: str, settings: DecodeSettings, clips: list[Clip], repeats: int,
-             isolate: bool, loader, ct2_folder: str | None) -> dict:
+def _run_row(
+    row: Row,
+    model_name: str,
+    settings: DecodeSettings,
+    clips: list[Clip],
+    repeats: int,
+    isolate: bool,
+    loader,
+    ct2_folder: str | None,
+) -> dict:
     if isolate:
-        spec = _row_spec(row, model_name, settings, repeats, [c.path for c in clips], ct2_folder=ct2_folder)
+        spec = _row_spec(
+            row, model_name, settings, repeats, [c.path for c in clips], ct2_folder=ct2_folder
+        )
         result = run_worker(spec)
         if result.get("graphs_compiled_at_load"):
-            # that process compiled graphs: no warm start, and the compiler's memory counted in its peak
-            # RSS; the cache is warm now, so measure the row again in another fresh process
+            # that process compiled graphs: no warm start, and the compiler's memory counted in its
+            # peak RSS; the cache is warm now, so measure the row again in another fresh process
             result = run_worker(spec)
         if "error" in result:
             return result
@@ -186,15 +295,26 @@ def _run_row(row: Row, model_name: str, settings: DecodeSettings, clips: list[Cl
     runner.load()
     load_s = time.perf_counter() - start
     result = measure(runner, clips, repeats)
-    result.update({"load_s": _r(load_s, 3), "warm_start_s": None, "peak_rss_mb": _r(peak_rss_mb(), 1),
-                   "rss_after_load_mb": None, "rss_scope": "process (shared by all rows)"})
+    result.update(
+        {
+            "load_s": _r(load_s, 3),
+            "warm_start_s": None,
+            "peak_rss_mb": _r(peak_rss_mb(), 1),
+            "rss_after_load_mb": None,
+            "rss_scope": "process (shared by all rows)",
+        }
+    )
     return result
 
 
-def cold_compile_seconds(row: Row, model_name: str, settings: DecodeSettings, workdir) -> float | None:
+def cold_compile_seconds(
+    row: Row, model_name: str, settings: DecodeSettings, workdir
+) -> float | None:
     """Model load time in a fresh process whose graph cache and MAX's own cache are empty."""
     with tempfile.TemporaryDirectory(prefix="cold-", dir=workdir) as tmp:
-        result = run_worker(_row_spec(row, model_name, settings, 1, [], load_only=True), env=empty_caches(tmp))
+        result = run_worker(
+            _row_spec(row, model_name, settings, 1, [], load_only=True), env=empty_caches(tmp)
+        )
     if "error" in result:
         raise BenchError(f"cold compile failed: {result['error']}")
     return result.get("load_s")

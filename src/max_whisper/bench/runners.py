@@ -4,6 +4,7 @@
 every decoder-session `logits` / `rearrange` call (-> decoder ms per generated token, EOT included)
 adds to a `PhaseTimes`. faster-whisper's runner (faster_whisper_runner.py) fills the same record.
 """
+
 from __future__ import annotations
 
 import copy
@@ -62,7 +63,9 @@ class TimedBackend:
         return out
 
     def decoder_session(self, audio_features: np.ndarray, **kwargs) -> TimedDecoderSession:
-        return TimedDecoderSession(self._inner.decoder_session(audio_features, **kwargs), self.times)
+        return TimedDecoderSession(
+            self._inner.decoder_session(audio_features, **kwargs), self.times
+        )
 
     def __getattr__(self, name):  # name, dims, device, cross_attention, ...
         return getattr(self._inner, name)
@@ -80,7 +83,7 @@ class Pass:
     tokens: int | None  # None where the engine does not count them (the batched pipeline)
 
     @classmethod
-    def timed(cls, text: str, wall_s: float, times: PhaseTimes, decoder_timed: bool = True) -> "Pass":
+    def timed(cls, text: str, wall_s: float, times: PhaseTimes, decoder_timed: bool = True) -> Pass:
         if not decoder_timed:
             return cls(text, wall_s, times.encoder_s, times.windows, None, None)
         return cls(text, wall_s, times.encoder_s, times.windows, times.decoder_s, times.tokens)
@@ -89,9 +92,21 @@ class Pass:
 class WhisperRunner:
     """One of our backends. `model` may be given (already loaded) to reuse it."""
 
-    def __init__(self, model_name: str, backend: str, device: str = "cpu",
-                 settings: DecodeSettings = DecodeSettings(), model=None, batched: bool = False):
-        self.model_name, self.backend, self.device, self.settings = model_name, backend, device, settings
+    def __init__(
+        self,
+        model_name: str,
+        backend: str,
+        device: str = "cpu",
+        settings: DecodeSettings = DecodeSettings(),
+        model=None,
+        batched: bool = False,
+    ):
+        self.model_name, self.backend, self.device, self.settings = (
+            model_name,
+            backend,
+            device,
+            settings,
+        )
         self.batched = batched  # the workload's clips together through the batching engine
         self.model = model
         self.times = PhaseTimes()
@@ -121,19 +136,32 @@ class WhisperRunner:
             self.load()
         self.times.reset()
         start = time.perf_counter()
-        results = dict(self._timed.transcribe_many(clips, self.settings.ours(), batch_size=BATCHED_SIZE))
+        results = dict(
+            self._timed.transcribe_many(clips, self.settings.ours(), batch_size=BATCHED_SIZE)
+        )
         wall = time.perf_counter() - start
         total = sum(len(c) for c in clips) or 1
-        passes = [Pass(results[i]["text"].strip(), wall * len(c) / total, 0.0, 0, 0.0, 0) for i, c in enumerate(clips)]
+        passes = [
+            Pass(results[i]["text"].strip(), wall * len(c) / total, 0.0, 0, 0.0, 0)
+            for i, c in enumerate(clips)
+        ]
         passes[0] = Pass.timed(passes[0].text, passes[0].wall_s, self.times)
         return passes
 
 
-def make_runner(row: Row, model_name: str, settings: DecodeSettings, ct2_folder: str | None = None,
-                model=None):
+def make_runner(
+    row: Row, model_name: str, settings: DecodeSettings, ct2_folder: str | None = None, model=None
+):
     if row.engine == "faster-whisper":
         from .faster_whisper_runner import FasterWhisperRunner, faster_whisper_folder
 
-        return FasterWhisperRunner(ct2_folder or faster_whisper_folder(model_name, tempfile.gettempdir()),
-                                   row.backend, row.device, settings, batched=row.batched)
-    return WhisperRunner(model_name, row.backend, row.device, settings, model=model, batched=row.batched)
+        return FasterWhisperRunner(
+            ct2_folder or faster_whisper_folder(model_name, tempfile.gettempdir()),
+            row.backend,
+            row.device,
+            settings,
+            batched=row.batched,
+        )
+    return WhisperRunner(
+        model_name, row.backend, row.device, settings, model=model, batched=row.batched
+    )

@@ -1,4 +1,5 @@
 """What every part of the bench shares: its constants, the decoding options, a row, its error."""
+
 from __future__ import annotations
 
 import math
@@ -34,13 +35,22 @@ class DecodeSettings:
     condition_on_previous_text: bool = False
 
     def ours(self) -> TranscribeOptions:
-        return TranscribeOptions(language=self.language, temperature=self.temperature,
-                                 beam_size=self.beam_size if self.beam_size > 1 else None,
-                                 condition_on_previous_text=self.condition_on_previous_text)
+        return TranscribeOptions(
+            language=self.language,
+            temperature=self.temperature,
+            beam_size=self.beam_size if self.beam_size > 1 else None,
+            condition_on_previous_text=self.condition_on_previous_text,
+        )
 
     def faster_whisper(self) -> dict:
-        return dict(language=self.language, temperature=[self.temperature], beam_size=self.beam_size, best_of=1,
-                    condition_on_previous_text=self.condition_on_previous_text, vad_filter=False)
+        return dict(
+            language=self.language,
+            temperature=[self.temperature],
+            beam_size=self.beam_size,
+            best_of=1,
+            condition_on_previous_text=self.condition_on_previous_text,
+            vad_filter=False,
+        )
 
 
 # -- rows -----------------------------------------------------------------------------------------

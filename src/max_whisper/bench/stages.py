@@ -1,22 +1,23 @@
-"""`max-whisper bench --mode stages`: encoder ms per window and decoder ms per token, MAX against the
-PyTorch reference, each (model, backend) in its own process.
+"""`max-whisper bench --mode stages`: encoder ms per window and decoder ms per token, MAX against
+the PyTorch reference, each (model, backend) in its own process.
 
 The decoder number is the median step time of a `steps`-token greedy decode (prefill of the start
-sequence, then one token per step, each the argmax of the last logits; EOT does not stop it, so every
-run times the same number of steps) on a real clip's features, over `runs` decodes; `beam<N>` times
-the same with N rows per step (a beam search's batch). Each (model, backend) runs in a fresh process
-so that neither runtime's thread pool is around while the other is timed.
+sequence, then one token per step, each the argmax of the last logits; EOT does not stop it, so
+every run times the same number of steps) on a real clip's features, over `runs` decodes;
+`beam<N>` times the same with N rows per step (a beam search's batch). Each (model, backend) runs
+in a fresh process so that neither runtime's thread pool is around while the other is timed.
 
 On a shared machine use `idle`: another process on one of two cores slows MAX's two-thread kernels
 several-fold (and PyTorch's less), which swamps the difference being measured.
 """
+
 from __future__ import annotations
 
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -30,7 +31,8 @@ IDLE_MAX_WAIT_S = 120.0
 
 
 class IdleGate:
-    """Hold each timed run until this share of the CPUs is idle (0: don't wait), up to `max_wait_s`."""
+    """Hold each timed run until this share of the CPUs is idle (0: don't wait), up to
+    `max_wait_s`."""
 
     def __init__(self, threshold: float = 0.0, max_wait_s: float = IDLE_MAX_WAIT_S):
         self.threshold, self.max_wait_s, self.timed_out = threshold, max_wait_s, 0
@@ -47,6 +49,7 @@ class IdleGate:
 
 def idle_fraction(interval: float = 0.3) -> float:
     """Share of all CPUs idle over `interval` (Linux /proc/stat); 1.0 where unknown."""
+
     def read() -> tuple[int, int]:
         with open("/proc/stat") as f:
             values = [int(v) for v in f.readline().split()[1:]]
@@ -62,9 +65,12 @@ def idle_fraction(interval: float = 0.3) -> float:
 
 
 def _ms(seconds: list[float]) -> dict:
-    return {"median": round(1000 * statistics.median(seconds), 2),
-            "p25": round(1000 * float(np.percentile(seconds, 25)), 2),
-            "min": round(1000 * min(seconds), 2), "n": len(seconds)}
+    return {
+        "median": round(1000 * statistics.median(seconds), 2),
+        "p25": round(1000 * float(np.percentile(seconds, 25)), 2),
+        "min": round(1000 * min(seconds), 2),
+        "n": len(seconds),
+    }
 
 
 def _timed_runs(once: Callable[[], object], runs: int, gate: IdleGate) -> list:
@@ -86,9 +92,17 @@ def time_encoder(backend, mel: np.ndarray, runs: int, gate: IdleGate) -> dict:
     return _ms(_timed_runs(once, runs, gate))
 
 
-def time_decoder(backend, features: np.ndarray, start_tokens: list[int], steps: int, runs: int,
-                 gate: IdleGate, group: int = 1) -> dict:
+def time_decoder(
+    backend,
+    features: np.ndarray,
+    start_tokens: list[int],
+    steps: int,
+    runs: int,
+    gate: IdleGate,
+    group: int = 1,
+) -> dict:
     """`runs` decodes of a prefill then `steps` single-token steps: per-step and prefill times."""
+
     def once() -> tuple[float, list[float]]:
         session = backend.decoder_session(features)
         tokens = np.tile(np.array(start_tokens, dtype=np.int64), (group, 1))
@@ -104,17 +118,24 @@ def time_decoder(backend, features: np.ndarray, start_tokens: list[int], steps: 
         return prefill, times
 
     done = _timed_runs(once, runs, gate)
-    return {"per_token_ms": _ms([t for _, step_times in done for t in step_times]),
-            "prefill_ms": _ms([prefill for prefill, _ in done]), "group": group}
+    return {
+        "per_token_ms": _ms([t for _, step_times in done for t in step_times]),
+        "prefill_ms": _ms([prefill for prefill, _ in done]),
+        "group": group,
+    }
 
 
 def stage_backends(requested: list[str] | None) -> list[str]:
-    """The requested backends (max and/or reference); by default both, the reference only where installed."""
+    """The requested backends (max and/or reference); by default both, the reference only where
+    installed."""
     if requested is None:
         return [b for b in STAGE_BACKENDS if b != "reference" or reference_installed()]
     unknown = [b for b in requested if b not in STAGE_BACKENDS]
     if unknown or not requested:
-        raise BenchError(f"--mode stages times {' and '.join(STAGE_BACKENDS)}, not {', '.join(unknown) or 'none'}")
+        raise BenchError(
+            f"--mode stages times {' and '.join(STAGE_BACKENDS)}, "
+            f"not {', '.join(unknown) or 'none'}"
+        )
     return requested
 
 
@@ -128,7 +149,9 @@ def child(spec: dict) -> dict:
     weights = load_model_weights(spec["model"])
     dims = weights.dims
     mel = window_mel(dims.n_mels, spec["clip"])
-    tokenizer = get_tokenizer(str(_tokenizer_path(weights)), dims.is_multilingual, dims.num_languages)
+    tokenizer = get_tokenizer(
+        str(_tokenizer_path(weights)), dims.is_multilingual, dims.num_languages
+    )
     sot = list(tokenizer.with_options(language="en", task="transcribe").sot_sequence)
     steps, runs, beam = spec["steps"], spec["runs"], spec["beam"]
 
@@ -139,39 +162,73 @@ def child(spec: dict) -> dict:
         from ..backends.reference import ReferenceBackend
 
         backend = ReferenceBackend(weights, device="cpu")
-        out = {"load_s": round(time.perf_counter() - start, 2), "torch_threads": torch.get_num_threads()}
+        out = {
+            "load_s": round(time.perf_counter() - start, 2),
+            "torch_threads": torch.get_num_threads(),
+        }
     else:
         from ..backends.max.backend import MaxBackend
 
         backend = MaxBackend(weights, device="cpu")
-        out = {"load_s": round(time.perf_counter() - start, 2),
-               "compile_s": {"encoder": round(backend.encoder.compile_seconds, 1),
-                             "decoder": round(backend.decoder.compile_seconds, 1)}}
+        out = {
+            "load_s": round(time.perf_counter() - start, 2),
+            "compile_s": {
+                "encoder": round(backend.encoder.compile_seconds, 1),
+                "decoder": round(backend.decoder.compile_seconds, 1),
+            },
+        }
     out["encoder_ms_per_window"] = time_encoder(backend, mel, spec["encoder_runs"], gate)
     features = backend.encode(mel)
     out["decoder"] = {"greedy": time_decoder(backend, features, sot, steps, runs, gate)}
     if beam > 1:
-        out["decoder"][f"beam{beam}"] = time_decoder(backend, features, sot, steps, runs, gate, group=beam)
+        out["decoder"][f"beam{beam}"] = time_decoder(
+            backend, features, sot, steps, runs, gate, group=beam
+        )
     out["idle_gate_timed_out"] = gate.timed_out
     return out
 
 
-def run_stages(models: list[str], backends: list[str] = list(STAGE_BACKENDS), clip: str | None = None,
-               steps: int = 50, runs: int = 3, beam: int = 5, encoder_runs: int = 3, idle: float = 0.0,
-               log: Callable[[str], None] | None = None) -> dict:
-    """The report: {"machine", "clip", "steps", "runs", "idle_gate", "models": [{"model", <backend>: {...}}]}."""
+def run_stages(
+    models: list[str],
+    backends: Sequence[str] = STAGE_BACKENDS,
+    clip: str | None = None,
+    steps: int = 50,
+    runs: int = 3,
+    beam: int = 5,
+    encoder_runs: int = 3,
+    idle: float = 0.0,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """The report: {"machine", "clip", "steps", "runs", "idle_gate",
+    "models": [{"model", <backend>: {...}}]}."""
     from ..diagnostics import cpu_info
 
     clip_path = Path(clip) if clip is not None else default_clip()
-    report = {"machine": {"cpu": cpu_info()["model"], "python": platform.python_version()},
-              "clip": clip_path.name, "steps": steps, "runs": runs, "idle_gate": idle, "models": []}
+    report = {
+        "machine": {"cpu": cpu_info()["model"], "python": platform.python_version()},
+        "clip": clip_path.name,
+        "steps": steps,
+        "runs": runs,
+        "idle_gate": idle,
+        "models": [],
+    }
     for name in models:
         entry = {"model": name}
         for backend in backends:
             if log:
                 log(f"stages: {backend} × {name} in a fresh process")
-            entry[backend] = run_worker({"task": "stages", "model": name, "backend": backend, "clip": str(clip_path),
-                                         "steps": steps, "runs": runs, "beam": beam,
-                                         "encoder_runs": encoder_runs, "idle": idle})
+            entry[backend] = run_worker(
+                {
+                    "task": "stages",
+                    "model": name,
+                    "backend": backend,
+                    "clip": str(clip_path),
+                    "steps": steps,
+                    "runs": runs,
+                    "beam": beam,
+                    "encoder_runs": encoder_runs,
+                    "idle": idle,
+                }
+            )
         report["models"].append(entry)
     return report

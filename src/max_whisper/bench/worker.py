@@ -3,9 +3,10 @@
     python -m max_whisper.bench SPEC.json OUT.json
 
 runs one task described by SPEC (a JSON object; its "task" names it, a systems row when absent) and
-writes its result, or {"error": ...}, to OUT. The child's stdout and stderr go to the parent's stderr,
-so that the parent's stdout carries only its JSON.
+writes its result, or {"error": ...}, to OUT. The child's stdout and stderr go to the parent's
+stderr, so that the parent's stdout carries only its JSON.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -24,25 +25,37 @@ from .runners import make_runner
 from .settings import MAX_BACKENDS, DecodeSettings, Row, _r
 
 MODULE = "max_whisper.bench"  # run as `python -m MODULE SPEC OUT` (its __main__ calls worker_main)
-TASKS = {"stages": "stages", "compile": "compile_time", "memory": "memory"}  # task -> module with child(spec)
+TASKS = {
+    "stages": "stages",
+    "compile": "compile_time",
+    "memory": "memory",
+}  # task -> module with child(spec)
 
 
-# -- the parent's side ----------------------------------------------------------------------------------
+# -- the parent's side -----------------------------------------------------------------------------
 def empty_caches(folder: str | os.PathLike) -> dict[str, str]:
-    """Environment for a cold compile: our graph cache and MAX's own cache in (empty) folders under `folder`."""
-    return {"MAX_WHISPER_CACHE": str(Path(folder) / "max-whisper"),
-            "MODULAR_DERIVED_PATH": str(Path(folder) / "modular")}
+    """Environment for a cold compile: our graph cache and MAX's own cache in (empty) folders
+    under `folder`."""
+    return {
+        "MAX_WHISPER_CACHE": str(Path(folder) / "max-whisper"),
+        "MODULAR_DERIVED_PATH": str(Path(folder) / "modular"),
+    }
 
 
 def run_worker(spec: dict, env: dict[str, str] | None = None, timeout: float | None = None) -> dict:
-    """Run the task `spec` in a fresh Python process (`env` added to ours); its result, or {"error"}."""
+    """Run the task `spec` in a fresh Python process (`env` added to ours); its result, or
+    {"error"}."""
     with tempfile.TemporaryDirectory(prefix="max-whisper-bench-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec))
         cmd = [sys.executable, "-m", MODULE, str(spec_path), str(out_path)]
         try:
-            proc = subprocess.run(cmd, env=child_env(env), stdout=sys.stderr.fileno() if _has_fileno(sys.stderr)
-                                  else subprocess.DEVNULL, timeout=timeout)
+            proc = subprocess.run(
+                cmd,
+                env=child_env(env),
+                stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout:.0f} s"}
         if out_path.is_file():
@@ -58,7 +71,7 @@ def _has_fileno(stream) -> bool:
         return False
 
 
-# -- the child's side -----------------------------------------------------------------------------------
+# -- the child's side ------------------------------------------------------------------------------
 def _graphs_newer_than(moment: float) -> int:
     """.mef files written to the graph cache since `moment` (time.time()): a compile happened."""
     try:
@@ -105,7 +118,9 @@ def worker_main(argv: list[str]) -> int:
         import traceback
 
         traceback.print_exc(file=sys.stderr)
-        result = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+        result = {
+            "error": f"{type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        }
     Path(out_path).write_text(json.dumps(result))
     return 1 if "error" in result else 0
-

@@ -4,8 +4,9 @@ GET  /               the page (static/index.html; static/app.js, static/style.cs
 GET  /api/config     {"models", "backends": [{"name", "device", "engine"}], "skipped", "clips"}
 POST /api/transcribe form fields: model, backends (comma-separated), and clip (a name from
                      /api/config) or file (an upload). Answers {"audio_s", "source", "reference",
-                     "results": [{"backend", "text", "wall_s", "rtfx", "load_s", "encoder_ms_per_window",
-                     "decoder_ms_per_token", "tokens", "wer", "diff", "changed_words", "error"}]}
+                     "results": [{"backend", "text", "wall_s", "rtfx", "load_s",
+                     "encoder_ms_per_window", "decoder_ms_per_token", "tokens", "wer", "diff",
+                     "changed_words", "error"}]}
                      where "diff" is the transcript's words against the first backend's:
                      [{"op": "equal" | "insert" | "delete", "text"}], insert = only in this one.
 
@@ -20,8 +21,8 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -52,12 +53,16 @@ def find_clips(sources: Iterable[str]) -> dict[str, dict]:
             seconds = round(audio_duration(path), 2)
         except Exception:
             continue  # unreadable: not offered
-        clips[name] = {"name": name, "path": str(path), "seconds": seconds,
-                       "reference": bench.references_near(path).get(path.name)}
+        clips[name] = {
+            "name": name,
+            "path": str(path),
+            "seconds": seconds,
+            "reference": bench.references_near(path).get(path.name),
+        }
     return clips
 
 
-# -- word differences --------------------------------------------------------------------------------
+# -- word differences ------------------------------------------------------------------------------
 def _key(word: str) -> str:
     """Words compare without case or surrounding punctuation."""
     return re.sub(r"^\W+|\W+$", "", word.lower()) or word
@@ -66,7 +71,8 @@ def _key(word: str) -> str:
 def word_diff(base: str, other: str) -> list[dict]:
     """`other`'s words against `base`'s: runs of {"op": "equal" | "insert" | "delete", "text"}.
 
-    insert: words only in `other`; delete: words of `base` missing from `other` (shown struck out)."""
+    insert: words only in `other`; delete: words of `base` missing from `other` (shown struck
+    out)."""
     a, b = base.split(), other.split()
     ops: list[dict] = []
 
@@ -74,7 +80,9 @@ def word_diff(base: str, other: str) -> list[dict]:
         if words:
             ops.append({"op": op, "text": " ".join(words)})
 
-    matcher = difflib.SequenceMatcher(a=[_key(w) for w in a], b=[_key(w) for w in b], autojunk=False)
+    matcher = difflib.SequenceMatcher(
+        a=[_key(w) for w in a], b=[_key(w) for w in b], autojunk=False
+    )
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
             add("equal", b[j1:j2])
@@ -89,11 +97,21 @@ def changed_words(diff: list[dict]) -> int:
     return sum(len(op["text"].split()) for op in diff if op["op"] != "equal")
 
 
-# -- the app -------------------------------------------------------------------------------------------
+# -- the app ---------------------------------------------------------------------------------------
 class DemoState:
-    def __init__(self, models: list[str], rows: list[bench.Row], clips: dict[str, dict],
-                 loader: Callable[[str, str, str], object] | None = None):
-        self.models, self.rows, self.clips, self.loader = models, {r.name: r for r in rows}, clips, loader
+    def __init__(
+        self,
+        models: list[str],
+        rows: list[bench.Row],
+        clips: dict[str, dict],
+        loader: Callable[[str, str, str], object] | None = None,
+    ):
+        self.models, self.rows, self.clips, self.loader = (
+            models,
+            {r.name: r for r in rows},
+            clips,
+            loader,
+        )
         self.settings = bench.DecodeSettings()
         self.runners: dict[tuple[str, str], object] = {}
         self.model_locks = {m: threading.Lock() for m in models}
@@ -106,7 +124,8 @@ class DemoState:
         return self._normalizer(text)
 
     def runner(self, model_name: str, row: bench.Row):
-        """(runner, seconds spent loading now: 0 when it was loaded before). Call with the model's lock held."""
+        """(runner, seconds spent loading now: 0 when it was loaded before). Call with the model's
+        lock held."""
         key = (model_name, row.name)
         if key in self.runners:
             return self.runners[key], 0.0
@@ -114,15 +133,22 @@ class DemoState:
         model = None
         if self.loader is not None and row.engine == "max-whisper":
             model = self.loader(model_name, row.backend, row.device)
-        ct2 = (str(bench.faster_whisper_folder(model_name, self.workdir.name))
-               if row.engine == "faster-whisper" else None)
+        ct2 = (
+            str(bench.faster_whisper_folder(model_name, self.workdir.name))
+            if row.engine == "faster-whisper"
+            else None
+        )
         runner = bench.make_runner(row, model_name, self.settings, ct2, model=model)
         runner.load()
-        runner.transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32))  # warm-up: first calls are slower
+        runner.transcribe(
+            np.zeros(SAMPLE_RATE, dtype=np.float32)
+        )  # warm-up: first calls are slower
         self.runners[key] = runner
         return runner, time.perf_counter() - start
 
-    def run(self, model_name: str, backends: list[str], samples, reference: str | None) -> list[dict]:
+    def run(
+        self, model_name: str, backends: list[str], samples, reference: str | None
+    ) -> list[dict]:
         audio_s = len(samples) / SAMPLE_RATE
         results = []
         with self.model_locks[model_name]:
@@ -132,15 +158,31 @@ class DemoState:
                 try:
                     runner, load_s = self.runner(model_name, row)
                     p = runner.transcribe(samples)
-                    entry.update({
-                        "text": p.text, "wall_s": round(p.wall_s, 4), "rtfx": round(audio_s / p.wall_s, 3),
-                        "load_s": round(load_s, 3),
-                        "encoder_ms_per_window": round(1000 * p.encoder_s / max(1, p.windows), 2),
-                        "decoder_ms_per_token": round(1000 * p.decoder_s / max(1, p.tokens), 3),
-                        "tokens": p.tokens, "error": None})
+                    entry.update(
+                        {
+                            "text": p.text,
+                            "wall_s": round(p.wall_s, 4),
+                            "rtfx": round(audio_s / p.wall_s, 3),
+                            "load_s": round(load_s, 3),
+                            "encoder_ms_per_window": round(
+                                1000 * p.encoder_s / max(1, p.windows), 2
+                            ),
+                            "decoder_ms_per_token": round(1000 * p.decoder_s / max(1, p.tokens), 3),
+                            "tokens": p.tokens,
+                            "error": None,
+                        }
+                    )
                 except Exception as exc:
-                    entry.update({"text": "", "wall_s": None, "rtfx": None, "load_s": None, "tokens": None,
-                                  "error": f"{type(exc).__name__}: {exc}"})
+                    entry.update(
+                        {
+                            "text": "",
+                            "wall_s": None,
+                            "rtfx": None,
+                            "load_s": None,
+                            "tokens": None,
+                            "error": f"{type(exc).__name__}: {exc}",
+                        }
+                    )
                 results.append(entry)
         base = next((r["text"] for r in results if r["error"] is None), "")
         for r in results:
@@ -148,14 +190,22 @@ class DemoState:
             r["changed_words"] = changed_words(r["diff"])
             r["wer"] = None
             if reference and r["error"] is None and self.normalize(reference).strip():
-                r["wer"] = round(bench.word_error_rate([self.normalize(reference)], [self.normalize(r["text"])]), 4)
+                r["wer"] = round(
+                    bench.word_error_rate([self.normalize(reference)], [self.normalize(r["text"])]),
+                    4,
+                )
         return results
 
 
-def create_app(models: Iterable[str] = ("tiny.en",), backends: Iterable[str] = bench.DEFAULT_BACKENDS,
-               clips: Iterable[str] | None = None, loader: Callable[[str, str, str], object] | None = None,
-               device: str = "auto"):
-    """The demo app. `loader(model, backend, device)` may supply our loaded models (the tests share theirs)."""
+def create_app(
+    models: Iterable[str] = ("tiny.en",),
+    backends: Iterable[str] = bench.DEFAULT_BACKENDS,
+    clips: Iterable[str] | None = None,
+    loader: Callable[[str, str, str], object] | None = None,
+    device: str = "auto",
+):
+    """The demo app. `loader(model, backend, device)` may supply our loaded models (the tests
+    share theirs)."""
     from fastapi import FastAPI, File, Form, HTTPException, UploadFile
     from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
@@ -169,7 +219,10 @@ def create_app(models: Iterable[str] = ("tiny.en",), backends: Iterable[str] = b
     if not model_names:
         raise ValueError("no model to offer: " + "; ".join(s["reason"] for s in skipped_models))
     if not rows:
-        raise ValueError("no backend can run here: " + "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped))
+        raise ValueError(
+            "no backend can run here: "
+            + "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped)
+        )
     state = DemoState(model_names, rows, found, loader)
 
     app = FastAPI(title="max-whisper demo", docs_url=None, redoc_url=None)
@@ -190,22 +243,33 @@ def create_app(models: Iterable[str] = ("tiny.en",), backends: Iterable[str] = b
         }
 
     @app.post("/api/transcribe")
-    def transcribe(model: str = Form(...), backends: str = Form(...), clip: str | None = Form(None),
-                   file: UploadFile | None = File(None)):
+    def transcribe(
+        model: str = Form(...),
+        backends: str = Form(...),
+        clip: str | None = Form(None),
+        file: UploadFile | None = File(None),
+    ):
         from ..audio import load_audio
 
         if model not in state.model_locks:
-            raise HTTPException(400, f"unknown model '{model}' (offered: {', '.join(state.models)})")
+            raise HTTPException(
+                400, f"unknown model '{model}' (offered: {', '.join(state.models)})"
+            )
         chosen = [b.strip() for b in backends.split(",") if b.strip()]
         unknown = [b for b in chosen if b not in state.rows]
         if not chosen or unknown:
-            raise HTTPException(400, f"choose backends among {', '.join(state.rows)}"
-                                + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+            raise HTTPException(
+                400,
+                f"choose backends among {', '.join(state.rows)}"
+                + (f" (unknown: {', '.join(unknown)})" if unknown else ""),
+            )
         reference = None
         if file is not None and file.filename:
             data = file.file.read(MAX_UPLOAD_BYTES + 1)
             if len(data) > MAX_UPLOAD_BYTES:
-                raise HTTPException(413, f"uploads are limited to {MAX_UPLOAD_BYTES // (1 << 20)} MB")
+                raise HTTPException(
+                    413, f"uploads are limited to {MAX_UPLOAD_BYTES // (1 << 20)} MB"
+                )
             suffix = Path(file.filename).suffix[:10]
             with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as tmp:
                 tmp.write(data)
@@ -226,7 +290,12 @@ def create_app(models: Iterable[str] = ("tiny.en",), backends: Iterable[str] = b
         if len(samples) == 0:
             raise HTTPException(400, "the audio is empty")
         results = state.run(model, chosen, samples, reference)
-        return {"model": model, "source": source, "audio_s": round(len(samples) / SAMPLE_RATE, 3),
-                "reference": reference, "results": results}
+        return {
+            "model": model,
+            "source": source,
+            "audio_s": round(len(samples) / SAMPLE_RATE, 3),
+            "reference": reference,
+            "results": results,
+        }
 
     return app

@@ -1,18 +1,19 @@
 """`WeightAdapter`: one format's tensor names -> openai-whisper names, as a table."""
+
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional, Union
 
 import numpy as np
 
 from .dtypes import as_float32
 from .errors import CorruptWeightsError
 
-# What a source tensor becomes: an openai-whisper name; a tuple of names for a fused tensor, split into
-# equal blocks of rows (None drops a block); or None to drop the tensor.
-Target = Union[str, tuple[Optional[str], ...], None]
+# What a source tensor becomes: an openai-whisper name; a tuple of names for a fused tensor, split
+# into equal blocks of rows (None drops a block); or None to drop the tensor.
+Target = str | tuple[str | None, ...] | None
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class WeightAdapter:
             targets = (target,) if isinstance(target, str) else target
             if value.ndim == 0 or value.shape[0] % len(targets):
                 raise CorruptWeightsError(
-                    f"tensor '{name}' has shape {value.shape}, not {len(targets)} equal blocks of rows"
+                    f"tensor '{name}' has shape {value.shape}, "
+                    f"not {len(targets)} equal blocks of rows"
                 )
             for dst, part in zip(targets, np.split(value, len(targets), axis=0)):
                 if dst is not None:

@@ -2,16 +2,18 @@
 
 Layout, little-endian and packed: u32 binary version; if version >= 2: str spec name, u32 revision;
 u32 variable count; per variable: str name, u8 rank, u32 dims[rank], then (version >= 4) u8 dtype +
-u32 byte count, or (older) u8 item size + u32 item count; then the raw C-order data. If version >= 3:
-u32 alias count and (str alias, str target) pairs. A str is a u16 length that counts a trailing NUL.
-Rank-0 variables are settings (num_heads, activation...); int8/int16 weights carry `<name>_scale`.
+u32 byte count, or (older) u8 item size + u32 item count; then the raw C-order data. If
+version >= 3: u32 alias count and (str alias, str target) pairs. A str is a u16 length that counts
+a trailing NUL. Rank-0 variables are settings (num_heads, activation...); int8/int16 weights carry
+`<name>_scale`.
 """
+
 from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -28,15 +30,20 @@ _DTYPES = {0: "<f4", 1: "i1", 2: "<i2", 3: "<i4", 4: "<f2", 5: "bf16"}
 # Versions < 4 store an item size instead of a dtype.
 _DTYPE_OF_ITEM_SIZE = {4: 0, 2: 2, 1: 1}
 
-# Block tensors: self-attention linear_0 is the fused q|k|v projection; cross-attention ("attention")
-# linear_0 is q and linear_1 the fused k|v. The key bias block is dropped: Whisper's key has no bias,
-# and a key bias only adds a per-query constant to the attention logits, which softmax ignores.
+# Block tensors: self-attention linear_0 is the fused q|k|v projection; cross-attention
+# ("attention") linear_0 is q and linear_1 the fused k|v. The key bias block is dropped: Whisper's
+# key has no bias, and a key bias only adds a per-query constant to the attention logits, which
+# softmax ignores.
 CT2_ADAPTER = WeightAdapter(
     block=re.compile(r"(?P<side>encoder|decoder)/layer_(?P<index>\d+)/(?P<rest>.+)"),
     layer={
         "self_attention/layer_norm/gamma": "attn_ln.weight",
         "self_attention/layer_norm/beta": "attn_ln.bias",
-        "self_attention/linear_0/weight": ("attn.query.weight", "attn.key.weight", "attn.value.weight"),
+        "self_attention/linear_0/weight": (
+            "attn.query.weight",
+            "attn.key.weight",
+            "attn.value.weight",
+        ),
         "self_attention/linear_0/bias": ("attn.query.bias", None, "attn.value.bias"),
         "self_attention/linear_1/weight": "attn.out.weight",
         "self_attention/linear_1/bias": "attn.out.bias",
@@ -67,7 +74,8 @@ CT2_ADAPTER = WeightAdapter(
         "decoder/position_encodings/encodings": "decoder.positional_embedding",
         "decoder/layer_norm/gamma": "decoder.ln.weight",
         "decoder/layer_norm/beta": "decoder.ln.bias",
-        # decoder/projection/weight is tied to the token embedding (an alias): not a tensor of its own.
+        # decoder/projection/weight is tied to the token embedding (an alias): not a tensor of its
+        # own.
     },
 )
 
@@ -103,7 +111,9 @@ def read_variables(paths: Sequence[Path]) -> dict[str, np.ndarray]:
         spec = reader.string()
         reader.unpack("I")  # spec revision
         if spec != "WhisperSpec":
-            raise CorruptWeightsError(f"'{reader.source}' holds a CTranslate2 '{spec}' model, not Whisper")
+            raise CorruptWeightsError(
+                f"'{reader.source}' holds a CTranslate2 '{spec}' model, not Whisper"
+            )
 
     variables = {}
     for _ in range(reader.unpack("I")):
@@ -113,18 +123,24 @@ def read_variables(paths: Sequence[Path]) -> dict[str, np.ndarray]:
             dtype_id, n_bytes = reader.unpack("B"), reader.unpack("I")
         else:
             item_size = reader.unpack("B")
-            dtype_id, n_bytes = _DTYPE_OF_ITEM_SIZE.get(item_size, -1), item_size * reader.unpack("I")
+            dtype_id, n_bytes = (
+                _DTYPE_OF_ITEM_SIZE.get(item_size, -1),
+                item_size * reader.unpack("I"),
+            )
         variables[name] = reader.array(name, shape, dtype_id, n_bytes)
 
     if version >= 3:
         for _ in range(reader.unpack("I")):
             alias, target = reader.string(), reader.string()
             if target not in variables:
-                raise CorruptWeightsError(f"'{reader.source}': alias '{alias}' points to unknown variable '{target}'")
+                raise CorruptWeightsError(
+                    f"'{reader.source}': alias '{alias}' points to unknown variable '{target}'"
+                )
             variables[alias] = variables[target]
     if reader.pos != len(reader.buf):
         raise CorruptWeightsError(
-            f"'{reader.source}' has {len(reader.buf) - reader.pos} unexpected bytes after the model data"
+            f"'{reader.source}' has {len(reader.buf) - reader.pos} "
+            "unexpected bytes after the model data"
         )
     return variables
 
@@ -139,7 +155,9 @@ def _dequantize(variables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         scale = variables.get(f"{name}_scale")
         if scale is not None:
             scale = np.asarray(scale, dtype=np.float32)
-            value = value.astype(np.float32) / scale.reshape(scale.shape + (1,) * (value.ndim - scale.ndim))
+            value = value.astype(np.float32) / scale.reshape(
+                scale.shape + (1,) * (value.ndim - scale.ndim)
+            )
         tensors[name] = value
     return tensors
 
@@ -167,21 +185,27 @@ class _Reader:
     def string(self) -> str:
         length = self.unpack("H")
         start = self._take(length)
-        raw = self.buf[start: start + length].tobytes()
+        raw = self.buf[start : start + length].tobytes()
         try:
             if not raw.endswith(b"\0"):
                 raise UnicodeError
             return raw[:-1].decode("utf-8")
         except UnicodeError:
-            raise CorruptWeightsError(f"'{self.source}' is corrupt: bad name at byte {start}") from None
+            raise CorruptWeightsError(
+                f"'{self.source}' is corrupt: bad name at byte {start}"
+            ) from None
 
     def array(self, name: str, shape: tuple[int, ...], dtype_id: int, n_bytes: int) -> np.ndarray:
         if dtype_id not in _DTYPES:
-            raise CorruptWeightsError(f"'{self.source}': variable '{name}' has an unsupported data type ({dtype_id})")
+            raise CorruptWeightsError(
+                f"'{self.source}': variable '{name}' has an unsupported data type ({dtype_id})"
+            )
         code = _DTYPES[dtype_id]
         dtype = np.dtype("<u2" if code == "bf16" else code)
         count = int(np.prod(shape, dtype=np.int64))
         if count * dtype.itemsize != n_bytes:
-            raise CorruptWeightsError(f"'{self.source}' is corrupt: variable '{name}' {shape} has {n_bytes} bytes")
+            raise CorruptWeightsError(
+                f"'{self.source}' is corrupt: variable '{name}' {shape} has {n_bytes} bytes"
+            )
         value = np.frombuffer(self.buf, dtype, count, offset=self._take(n_bytes)).reshape(shape)
         return bfloat16_to_float32(value) if code == "bf16" else value

@@ -1,11 +1,14 @@
-"""Tensor dtype helpers: float32 copies that own their memory, and bfloat16 bit patterns to float32."""
+"""Tensor dtype helpers: float32 copies that own their memory, and bfloat16 bit patterns to
+float32."""
+
 from __future__ import annotations
 
 import numpy as np
 
 
 def as_float32(value: np.ndarray) -> np.ndarray:
-    """A float32, C-contiguous copy that owns its memory (the source may be a view of a file buffer)."""
+    """A float32, C-contiguous copy that owns its memory (the source may be a view of a file
+    buffer)."""
     return np.array(value, dtype=np.float32, order="C", copy=True)
 
 

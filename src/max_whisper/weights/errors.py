@@ -1,4 +1,5 @@
 """The errors of weight loading: weights that cannot be loaded, and files whose content is wrong."""
+
 from __future__ import annotations
 
 from ..errors import MaxWhisperError

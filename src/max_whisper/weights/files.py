@@ -1,9 +1,11 @@
-"""Reading weight files: the bytes of one file or of plain-concatenated parts, and JSON side files."""
+"""Reading weight files: the bytes of one file or of plain-concatenated parts, and JSON side
+files."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -11,7 +13,8 @@ from .errors import CorruptWeightsError, WeightsError
 
 
 def read_files(paths: Sequence[Path]) -> np.ndarray:
-    """The concatenated bytes of `paths` (a split file is a plain concatenation) as one uint8 array."""
+    """The concatenated bytes of `paths` (a split file is a plain concatenation) as one uint8
+    array."""
     try:
         sizes = [p.stat().st_size for p in paths]
         buf = np.empty(sum(sizes), dtype=np.uint8)  # not zero-filled, unlike bytearray
@@ -19,7 +22,7 @@ def read_files(paths: Sequence[Path]) -> np.ndarray:
         offset = 0
         for path, size in zip(paths, sizes):
             with open(path, "rb", buffering=0) as f:
-                if f.readinto(view[offset: offset + size]) != size:
+                if f.readinto(view[offset : offset + size]) != size:
                     raise CorruptWeightsError(f"'{path}' changed size while being read")
             offset += size
     except OSError as exc:
@@ -29,7 +32,7 @@ def read_files(paths: Sequence[Path]) -> np.ndarray:
     return buf
 
 
-def read_json(path: Path) -> Optional[dict]:
+def read_json(path: Path) -> dict | None:
     """A JSON object file, or None when the file does not exist."""
     if not path.is_file():
         return None

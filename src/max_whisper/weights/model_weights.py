@@ -1,9 +1,10 @@
-"""`ModelWeights`, and assembling it from a reader's tensors: shape checks, tokenizer, alignment heads."""
+"""`ModelWeights`, and assembling it from a reader's tensors: shape checks, tokenizer, alignment
+heads."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -15,18 +16,23 @@ from .openai_schema import expected_shapes, sinusoids
 
 @dataclass
 class ModelWeights:
-    """Dims plus a {openai-whisper state_dict name: float32 array} dict, and what was found beside them."""
+    """Dims plus a {openai-whisper state_dict name: float32 array} dict, and what was found
+    beside them."""
 
     name: str  # "tiny.en", "base" or the path given
     dims: ModelDimensions
     params: dict[str, np.ndarray]  # openai-whisper state_dict names, float32, C-contiguous
-    tokenizer_path: Optional[Path]  # tokenizer.json beside the weights, if present
-    alignment_heads: Optional[np.ndarray]  # int [k, 2] rows of (text layer, head), if known
+    tokenizer_path: Path | None  # tokenizer.json beside the weights, if present
+    alignment_heads: np.ndarray | None  # int [k, 2] rows of (text layer, head), if known
     source_format: str  # "ctranslate2" | "openai" | "safetensors"
 
 
 def assemble(
-    name: str, params: dict[str, np.ndarray], dims: ModelDimensions, source_format: str, folder: Path
+    name: str,
+    params: dict[str, np.ndarray],
+    dims: ModelDimensions,
+    source_format: str,
+    folder: Path,
 ) -> ModelWeights:
     """Check `params` against `dims` (dropping extras), add what files may leave out, find the
     tokenizer and alignment heads beside the weights."""
@@ -36,11 +42,14 @@ def assemble(
     missing = [k for k in shapes if k not in params]
     if missing:
         raise CorruptWeightsError(
-            f"{len(missing)} tensors are missing (e.g. '{missing[0]}'): not a complete Whisper model"
+            f"{len(missing)} tensors are missing (e.g. '{missing[0]}'): "
+            "not a complete Whisper model"
         )
     for key, shape in shapes.items():
         if params[key].shape != shape:
-            raise CorruptWeightsError(f"tensor '{key}' has shape {params[key].shape}, expected {shape} for {dims}")
+            raise CorruptWeightsError(
+                f"tensor '{key}' has shape {params[key].shape}, expected {shape} for {dims}"
+            )
     tokenizer = folder / "tokenizer.json"
     return ModelWeights(
         name=name,
@@ -52,8 +61,9 @@ def assemble(
     )
 
 
-def _alignment_heads(folder: Path, dims: ModelDimensions) -> Optional[np.ndarray]:
-    """(layer, head) pairs from config.json (CTranslate2) or generation_config.json (Hugging Face)."""
+def _alignment_heads(folder: Path, dims: ModelDimensions) -> np.ndarray | None:
+    """(layer, head) pairs from config.json (CTranslate2) or generation_config.json
+    (Hugging Face)."""
     for filename in ("config.json", "generation_config.json"):
         config = read_json(folder / filename) or {}
         if config.get("alignment_heads"):
@@ -64,7 +74,8 @@ def _alignment_heads(folder: Path, dims: ModelDimensions) -> Optional[np.ndarray
             valid = heads.ndim == 2 and heads.shape[1] == 2 and (heads >= 0).all()
             if not (valid and (heads < [dims.n_text_layer, dims.n_text_head]).all()):
                 raise CorruptWeightsError(
-                    f"'{folder / filename}' has invalid alignment_heads (need [text layer, head] pairs)"
+                    f"'{folder / filename}' has invalid alignment_heads "
+                    "(need [text layer, head] pairs)"
                 )
             return heads
     return None

@@ -3,10 +3,11 @@
 The names are already openai-whisper's, so no adapter is needed. PyTorch is optional for this
 project, so it is imported only here, when such a file is loaded.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -29,12 +30,18 @@ def read_openai_checkpoint(paths: Sequence[Path]) -> tuple[dict[str, np.ndarray]
         # weights_only: a checkpoint is plain dicts and tensors, so never run pickled code.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types (pickle, zip, runtime) for a bad file
-        raise CorruptWeightsError(f"'{path}' is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+        raise CorruptWeightsError(
+            f"'{path}' is not a readable PyTorch checkpoint ({type(exc).__name__})"
+        ) from None
     if not isinstance(checkpoint, dict):
         raise CorruptWeightsError(f"'{path}' does not hold a Whisper checkpoint")
 
     state = checkpoint.get("model_state_dict", checkpoint)
-    params = {k: np.ascontiguousarray(v.detach().float().numpy()) for k, v in state.items() if torch.is_tensor(v)}
+    params = {
+        k: np.ascontiguousarray(v.detach().float().numpy())
+        for k, v in state.items()
+        if torch.is_tensor(v)
+    }
     if "dims" not in checkpoint:
         return params, dims_from_params(params)
     try:

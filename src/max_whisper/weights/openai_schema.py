@@ -1,8 +1,10 @@
-"""The openai-whisper state dict: its tensor shapes, dims read from shapes, the fixed positional embedding."""
+"""The openai-whisper state dict: its tensor shapes, dims read from shapes, the fixed positional
+embedding."""
+
 from __future__ import annotations
 
 import re
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -12,7 +14,8 @@ from .errors import CorruptWeightsError
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> np.ndarray:
     """The encoder's fixed positional embedding: whisper.model.sinusoids in NumPy. Computed in
-    float64; torch's float32 version differs by up to ~1e-4 at the far positions (arguments ~1500 rad)."""
+    float64; torch's float32 version differs by up to ~1e-4 at the far positions (arguments
+    ~1500 rad)."""
     log_timescale_increment = np.log(max_timescale) / (channels // 2 - 1)
     inv_timescales = np.exp(-log_timescale_increment * np.arange(channels // 2))
     scaled_time = np.arange(length)[:, None] * inv_timescales[None, :]
@@ -20,7 +23,9 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> np.nd
 
 
 def dims_from_params(
-    params: Mapping[str, np.ndarray], n_audio_head: Optional[int] = None, n_text_head: Optional[int] = None
+    params: Mapping[str, np.ndarray],
+    n_audio_head: int | None = None,
+    n_text_head: int | None = None,
 ) -> ModelDimensions:
     """Dims from the tensor shapes (openai names). Head counts are not visible in shapes: when not
     given, use Whisper's head size of 64."""
@@ -78,16 +83,27 @@ def expected_shapes(dims: ModelDimensions) -> dict[str, tuple[int, ...]]:
         for i in range(n_layer):
             p = f"{side}.blocks.{i}."
             for a in attentions:
-                shapes.update({
-                    f"{p}{a}.query.weight": (d, d), f"{p}{a}.query.bias": (d,),
-                    f"{p}{a}.key.weight": (d, d),  # Whisper's key projection has no bias
-                    f"{p}{a}.value.weight": (d, d), f"{p}{a}.value.bias": (d,),
-                    f"{p}{a}.out.weight": (d, d), f"{p}{a}.out.bias": (d,),
-                    f"{p}{a}_ln.weight": (d,), f"{p}{a}_ln.bias": (d,),
-                })
-            shapes.update({
-                f"{p}mlp.0.weight": (4 * d, d), f"{p}mlp.0.bias": (4 * d,),
-                f"{p}mlp.2.weight": (d, 4 * d), f"{p}mlp.2.bias": (d,),
-                f"{p}mlp_ln.weight": (d,), f"{p}mlp_ln.bias": (d,),
-            })
+                shapes.update(
+                    {
+                        f"{p}{a}.query.weight": (d, d),
+                        f"{p}{a}.query.bias": (d,),
+                        f"{p}{a}.key.weight": (d, d),  # Whisper's key projection has no bias
+                        f"{p}{a}.value.weight": (d, d),
+                        f"{p}{a}.value.bias": (d,),
+                        f"{p}{a}.out.weight": (d, d),
+                        f"{p}{a}.out.bias": (d,),
+                        f"{p}{a}_ln.weight": (d,),
+                        f"{p}{a}_ln.bias": (d,),
+                    }
+                )
+            shapes.update(
+                {
+                    f"{p}mlp.0.weight": (4 * d, d),
+                    f"{p}mlp.0.bias": (4 * d,),
+                    f"{p}mlp.2.weight": (d, 4 * d),
+                    f"{p}mlp.2.bias": (d,),
+                    f"{p}mlp_ln.weight": (d,),
+                    f"{p}mlp_ln.bias": (d,),
+                }
+            )
     return shapes

@@ -1,4 +1,6 @@
-"""The named models this project can load without a download, and the PyPI packages that hold them."""
+"""The named models this project can load without a download, and the PyPI packages that hold
+them."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -28,7 +30,8 @@ class NamedModel:
             spec = importlib.util.find_spec(package)
             if spec is None or not spec.submodule_search_locations:
                 raise ModelNotFoundError(
-                    f"model '{self.name}' needs the Python package '{package}': run `{self.pip_hint}`"
+                    f"model '{self.name}' needs the Python package '{package}': "
+                    f"run `{self.pip_hint}`"
                 )
             path = Path(list(spec.submodule_search_locations)[0]) / rel
             if not path.exists():

@@ -1,4 +1,5 @@
 """Finding every part of a split CTranslate2 file, beside it or in the named model's packages."""
+
 from __future__ import annotations
 
 from pathlib import Path

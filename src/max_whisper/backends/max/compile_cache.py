@@ -6,6 +6,7 @@ device, CPU model and flags, and a hash of the source files that build the graph
 changed builder can never load a stale file) and nothing about weight values: weights are fed at
 load time through the weights registry, so one file serves every model with the same dims.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -16,9 +17,10 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import IO, Callable, Iterator, Mapping
+from typing import IO
 
 from max.engine import CompiledModel, InferenceSession, Model, read
 from max.graph import Graph
@@ -34,7 +36,8 @@ def source_hash(*files: str | os.PathLike) -> str:
 
 
 def cache_dir() -> Path:
-    """$MAX_WHISPER_CACHE, else $XDG_CACHE_HOME/max-whisper, else ~/.cache/max-whisper; graphs live in graphs/."""
+    """$MAX_WHISPER_CACHE, else $XDG_CACHE_HOME/max-whisper, else ~/.cache/max-whisper; graphs
+    live in graphs/."""
     root = os.environ.get("MAX_WHISPER_CACHE")
     if not root:
         xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -57,7 +60,9 @@ def _cpu_identity() -> str:
         name, _, value = line.partition(":")
         name = name.strip()
         if name in wanted and name not in seen:
-            seen[name] = " ".join(sorted(value.split())) if name in ("flags", "Features") else value.strip()
+            seen[name] = (
+                " ".join(sorted(value.split())) if name in ("flags", "Features") else value.strip()
+            )
     return json.dumps(seen, sort_keys=True)
 
 
@@ -78,7 +83,9 @@ def cache_key(session: InferenceSession, signature: Mapping) -> str:
         "devices": _device_identity(session),
         "cpu": _cpu_identity(),
     }
-    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[
+        :32
+    ]
 
 
 def _say(message: str) -> None:
@@ -111,7 +118,8 @@ def _progress(label: str, estimate_s: float, target: str) -> Iterator[None]:
 
 @contextmanager
 def _file_lock(f: IO, label: str) -> Iterator[None]:
-    """Serialise compiles of one graph across processes: a second process waits, then finds the .mef."""
+    """Serialise compiles of one graph across processes: a second process waits, then finds the
+    .mef."""
     with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

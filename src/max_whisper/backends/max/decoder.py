@@ -1,5 +1,6 @@
 """The MAX decoder at run time: the decoder module (decoder_graph) bound to one model's weights, and
 decoding sessions whose KV cache stays in MAX buffers between steps."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,14 @@ DECODER_COMPILE_ESTIMATE_S = 160  # a cold compile on a 2-core CPU, shown before
 
 
 def decoder_signature(dims: ModelDimensions) -> dict:
-    """What the compiled decoder module depends on besides MAX, device and CPU (never weight values)."""
-    return {"graph": "decoder", "dtype": "float32", "code": source_hash(*GRAPH_SOURCES), **dims.to_dict()}
+    """What the compiled decoder module depends on besides MAX, device and CPU
+    (never weight values)."""
+    return {
+        "graph": "decoder",
+        "dtype": "float32",
+        "code": source_hash(*GRAPH_SOURCES),
+        **dims.to_dict(),
+    }
 
 
 def decoder_label(dims: ModelDimensions) -> str:
@@ -28,14 +35,21 @@ def decoder_label(dims: ModelDimensions) -> str:
 
 def compiled_decoder(runtime: MaxRuntime, dims: ModelDimensions):
     """(compiled decoder module, seconds spent compiling it: 0.0 from the cache)."""
-    return compiled_graph(runtime.session, lambda: decoder_graph.build_decoder_module(dims, runtime.device_ref),
-                          decoder_signature(dims), decoder_label(dims), DECODER_COMPILE_ESTIMATE_S)
+    return compiled_graph(
+        runtime.session,
+        lambda: decoder_graph.build_decoder_module(dims, runtime.device_ref),
+        decoder_signature(dims),
+        decoder_label(dims),
+        DECODER_COMPILE_ESTIMATE_S,
+    )
 
 
 PADDING_SCORE = np.float32(-1e9)
 
 
-def step_positions(n_past: int, n_new: int, pad: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+def step_positions(
+    n_past: int, n_new: int, pad: np.ndarray, group: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Positions [A, G, n] and additive mask [A, G, n, past + n] of the new columns n_past.. of
     windows whose rows start with pad[a] padding columns: causal, padding hidden from real tokens
     (a padding column sees only itself, so that it stays finite), positions counted from each
@@ -47,11 +61,17 @@ def step_positions(n_past: int, n_new: int, pad: np.ndarray, group: int) -> tupl
     padding = (cols < pad) & (cols != query)
     # padding gets a large finite negative, not -inf: MAX's softmax turns a row whose leading block
     # of columns is all -inf into NaN; exp(-1e9 - max) is exactly 0 all the same
-    mask = np.where(cols > query, np.float32(-np.inf), np.where(padding, PADDING_SCORE, np.float32(0)))
+    mask = np.where(
+        cols > query, np.float32(-np.inf), np.where(padding, PADDING_SCORE, np.float32(0))
+    )
     positions = np.maximum(np.arange(n_past, n_total)[None, :] - pad[:, :, 0], 0)  # [A, n]
     shape = (len(pad), group)
-    return (np.ascontiguousarray(np.broadcast_to(positions[:, None], (*shape, n_new)), dtype=np.int64),
-            np.ascontiguousarray(np.broadcast_to(mask[:, None], (*shape, n_new, n_total)), dtype=np.float32))
+    return (
+        np.ascontiguousarray(np.broadcast_to(positions[:, None], (*shape, n_new)), dtype=np.int64),
+        np.ascontiguousarray(
+            np.broadcast_to(mask[:, None], (*shape, n_new, n_total)), dtype=np.float32
+        ),
+    )
 
 
 class MaxDecoder:
@@ -64,9 +84,13 @@ class MaxDecoder:
     def __init__(self, dims: ModelDimensions, params: dict[str, np.ndarray], runtime: MaxRuntime):
         self.dims, self.device, self.device_ref = dims, runtime.device, runtime.device_ref
         self.session = runtime.session
-        self._keep: list[dict] = []  # MAX reads host arrays in place: registries must outlive models
+        self._keep: list[
+            dict
+        ] = []  # MAX reads host arrays in place: registries must outlive models
         compiled, self.compile_seconds = compiled_decoder(runtime, dims)
-        registry = weight_layout.step_registry(dims, params) | weight_layout.cross_kv_registry(dims, params)
+        registry = weight_layout.step_registry(dims, params) | weight_layout.cross_kv_registry(
+            dims, params
+        )
         models = self.session.init_all(compiled, weights_registry=self._registry(registry))
         self._cross_kv = models["whisper_decoder_cross_kv_all"]
         self._step = models["whisper_decoder_step"]
@@ -98,7 +122,11 @@ class MaxDecoder:
         """
         features = np.ascontiguousarray(audio_features, dtype=np.float32)
         last = self._last_cross
-        if last is not None and last[0].shape == features.shape and np.array_equal(last[0], features):
+        if (
+            last is not None
+            and last[0].shape == features.shape
+            and np.array_equal(last[0], features)
+        ):
             return last[1]
         out = list(self._cross_kv.execute(self._to_device(features)))
         self._last_cross = (features.copy(), out)
@@ -106,11 +134,21 @@ class MaxDecoder:
 
     def empty_cache(self, n_audio: int, group: int) -> list[Buffer]:
         k_shape, v_shape = self._cache_shapes
-        return [self._to_device(np.zeros((n_audio, group, *shape), np.float32))
-                for _ in range(self.dims.n_text_layer) for shape in (k_shape, v_shape)]
+        return [
+            self._to_device(np.zeros((n_audio, group, *shape), np.float32))
+            for _ in range(self.dims.n_text_layer)
+            for shape in (k_shape, v_shape)
+        ]
 
-    def step(self, tokens: np.ndarray, n_past: int, cross: list[Buffer], cache: list[Buffer],
-             rows: np.ndarray | None = None, pad: np.ndarray | None = None):
+    def step(
+        self,
+        tokens: np.ndarray,
+        n_past: int,
+        cross: list[Buffer],
+        cache: list[Buffer],
+        rows: np.ndarray | None = None,
+        pad: np.ndarray | None = None,
+    ):
         """tokens [A, G, n] (the new ones only) -> (logits Buffer [A, G, k, vocab], new cache).
 
         rows: the k indices (into the n new tokens) whose logits are computed; default the last.
@@ -119,35 +157,53 @@ class MaxDecoder:
         n_audio, group, n_new = tokens.shape
         pad = np.zeros(n_audio, np.int64) if pad is None else np.asarray(pad, np.int64)
         if n_past + n_new - int(pad.max()) > self.dims.n_text_ctx:  # no row within the context
-            raise ValueError(f"{n_past + n_new} tokens exceed the text context ({self.dims.n_text_ctx})")
+            raise ValueError(
+                f"{n_past + n_new} tokens exceed the text context ({self.dims.n_text_ctx})"
+            )
         rows = np.array([n_new - 1], np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         positions, mask = step_positions(n_past, n_new, pad, group)
         positions = np.minimum(positions, self.dims.n_text_ctx - 1)  # rows past their end: ignored
         logits, *new_cache = self._step.execute(
-            self._to_device(np.asarray(tokens, dtype=np.int64)), self._to_device(positions),
-            self._to_device(rows), self._to_device(mask), *cross, *cache)
+            self._to_device(np.asarray(tokens, dtype=np.int64)),
+            self._to_device(positions),
+            self._to_device(rows),
+            self._to_device(mask),
+            *cross,
+            *cache,
+        )
         return logits, new_cache
 
     def cross_attention_scores(self, audio_features: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """Pre-softmax cross-attention scores [n_layer, heads, T, ctx] for one window and one token row."""
+        """Pre-softmax cross-attention scores [n_layer, heads, T, ctx] for one window and one
+        token row."""
         tokens = np.asarray(tokens, dtype=np.int64).reshape(1, 1, -1)
         n = tokens.shape[2]
         if n > self.dims.n_text_ctx:
             raise ValueError(f"{n} tokens exceed the text context ({self.dims.n_text_ctx})")
         cross = self.cross_kv(np.asarray(audio_features, dtype=np.float32)[:1])
         positions, mask = step_positions(0, n, np.zeros(1, np.int64), 1)
-        scores = self._scores.execute(self._to_device(tokens), self._to_device(positions), self._to_device(mask),
-                                      *cross, *self.empty_cache(1, 1))
+        scores = self._scores.execute(
+            self._to_device(tokens),
+            self._to_device(positions),
+            self._to_device(mask),
+            *cross,
+            *self.empty_cache(1, 1),
+        )
         return np.stack([self._to_numpy(s)[0] for s in scores])
 
-    def new_session(self, audio_features: np.ndarray, pad: list[int] | None = None) -> "MaxDecoderSession":
+    def new_session(
+        self, audio_features: np.ndarray, pad: list[int] | None = None
+    ) -> MaxDecoderSession:
         return MaxDecoderSession(self, audio_features, pad)
 
 
 class MaxDecoderSession:
-    """One decoding pass over a batch of windows (base.DecoderSession); the KV cache stays on the device."""
+    """One decoding pass over a batch of windows (base.DecoderSession); the KV cache stays on
+    the device."""
 
-    def __init__(self, decoder: MaxDecoder, audio_features: np.ndarray, pad: list[int] | None = None):
+    def __init__(
+        self, decoder: MaxDecoder, audio_features: np.ndarray, pad: list[int] | None = None
+    ):
         self.decoder = decoder
         self.n_audio = audio_features.shape[0]
         self.pad = None if pad is None or not any(pad) else np.asarray(pad, np.int64)
@@ -159,24 +215,33 @@ class MaxDecoderSession:
         tokens = np.asarray(tokens)
         batch, n_tokens = tokens.shape
         if batch % self.n_audio:
-            raise ValueError(f"{batch} token rows do not split evenly over {self.n_audio} audio windows")
+            raise ValueError(
+                f"{batch} token rows do not split evenly over {self.n_audio} audio windows"
+            )
         group = batch // self.n_audio
-        new = tokens[:, self.n_cached:].reshape(self.n_audio, group, -1)
+        new = tokens[:, self.n_cached :].reshape(self.n_audio, group, -1)
         decoder = self.decoder
         if new.shape[2] == 0:  # nothing new to feed
             return np.zeros((batch, 0, decoder.dims.n_vocab), np.float32)
-        rows = np.arange(new.shape[2]) if positions is None else np.asarray(positions) - self.n_cached
+        rows = (
+            np.arange(new.shape[2]) if positions is None else np.asarray(positions) - self.n_cached
+        )
         if self.cache is None and group > 1 and (new == new[:, :1]).all():
             # Prefill of beams (or samples) that all start alike: run one row per window and copy
             # its cache and logits to the others (5x less work for a beam of 5 after a long prompt).
-            logits, cache = decoder.step(new[:, :1], 0, self.cross, decoder.empty_cache(self.n_audio, 1), rows,
-                                         self.pad)
-            self.cache = [decoder._to_device(np.repeat(decoder._to_numpy(b), group, axis=1)) for b in cache]
+            logits, cache = decoder.step(
+                new[:, :1], 0, self.cross, decoder.empty_cache(self.n_audio, 1), rows, self.pad
+            )
+            self.cache = [
+                decoder._to_device(np.repeat(decoder._to_numpy(b), group, axis=1)) for b in cache
+            ]
             logits = np.repeat(decoder._to_numpy(logits), group, axis=1)
         else:
             if self.cache is None:
                 self.cache = decoder.empty_cache(self.n_audio, group)
-            logits, self.cache = decoder.step(new, self.n_cached, self.cross, self.cache, rows, self.pad)
+            logits, self.cache = decoder.step(
+                new, self.n_cached, self.cross, self.cache, rows, self.pad
+            )
             logits = decoder._to_numpy(logits)
         self.n_cached = n_tokens
         return logits.reshape(batch, -1, logits.shape[-1])
@@ -186,7 +251,9 @@ class MaxDecoderSession:
             return
         index = np.asarray(source_indices, dtype=np.int64)
         if len(index) % self.n_audio:
-            raise ValueError(f"{len(index)} rows do not split evenly over {self.n_audio} audio windows")
+            raise ValueError(
+                f"{len(index)} rows do not split evenly over {self.n_audio} audio windows"
+            )
         cache = []
         for b in self.cache:
             rows = self.decoder._to_numpy(b)
@@ -198,7 +265,9 @@ class MaxDecoderSession:
         """Go on with only these windows (indices into the current ones): their cache rows, cross
         K/V and padding; the others have ended and leave the batch."""
         index = np.asarray(windows, dtype=np.int64)
-        select = [self.decoder._to_device(self.decoder._to_numpy(b)[index]) for b in (self.cache or [])]
+        select = [
+            self.decoder._to_device(self.decoder._to_numpy(b)[index]) for b in (self.cache or [])
+        ]
         self.cross = [self.decoder._to_device(self.decoder._to_numpy(b)[index]) for b in self.cross]
         self.cache = select or None
         self.pad = None if self.pad is None else self.pad[index]

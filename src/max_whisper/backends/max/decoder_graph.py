@@ -1,4 +1,4 @@
-"""Whisper's text decoder as MAX graphs (float32), with a KV cache that stays on the device: pure builders.
+"""Whisper's text decoder as MAX graphs (float32), its KV cache kept on the device: pure builders.
 
 One module, compiled once per model shape:
   - cross K/V graph: encoder features [A, n_audio_ctx, d] -> every layer's cross-attention K and V,
@@ -23,10 +23,11 @@ form one [G * n, hd] matrix per head, so K/V are read once per window, not once 
 
 Layouts: weights pre-transposed to [in, out] (MAX's matmul against a contiguous [in, out] weight is
 ~2x faster than against transpose(W)); q, k, v fused in one [d, 3d] projection with the 1/sqrt(hd)
-softmax scale folded into q (k has no bias); the residual stream is 2-D [A*G*n, d] so projections are
-plain GEMMs; self K cached as [A, G, H, hd, len] and V as [A, G, H, len, hd] (the concat is the only
-copy per step); cross K as [A, H, hd, ctx], V as [A, H, ctx, hd].
+softmax scale folded into q (k has no bias); the residual stream is 2-D [A*G*n, d] so projections
+are plain GEMMs; self K cached as [A, G, H, hd, len] and V as [A, G, H, len, hd] (the concat is the
+only copy per step); cross K as [A, H, hd, ctx], V as [A, H, ctx, hd].
 """
+
 from __future__ import annotations
 
 from max.dtype import DType
@@ -43,9 +44,17 @@ N_TOTAL = "n_total"  # n_past + n_new (the mask's width)
 N_LOGITS = "n_logits"  # positions (of the n_new) whose logits are computed
 
 
-def _block(x: TensorValue, mask: TensorValue, past_k: TensorValue, past_v: TensorValue,
-           cross_k: TensorValue, cross_v: TensorValue, dims: ModelDimensions, device: DeviceRef,
-           prefix: str = "") -> tuple[TensorValue, TensorValue, TensorValue, TensorValue]:
+def _block(
+    x: TensorValue,
+    mask: TensorValue,
+    past_k: TensorValue,
+    past_v: TensorValue,
+    cross_k: TensorValue,
+    cross_v: TensorValue,
+    dims: ModelDimensions,
+    device: DeviceRef,
+    prefix: str = "",
+) -> tuple[TensorValue, TensorValue, TensorValue, TensorValue]:
     """One residual block on x [A, G, n, d]. Returns (x, k_all, v_all, cross scores before softmax).
 
     The residual stream is kept 2-D [A*G*n, d] so every projection is one plain GEMM (batched
@@ -60,14 +69,18 @@ def _block(x: TensorValue, mask: TensorValue, past_k: TensorValue, past_v: Tenso
     # causal self-attention over the cached and the new positions
     h = layer_norm(x, f"{prefix}attn_ln", d, device)
     qkv = linear(h, f"{prefix}attn.qkv", d, 3 * d, device)  # q carries the 1/sqrt(hd) scale
-    qkv = ops.permute(ops.reshape(qkv, [rows, n_new, 3, heads, hd]), [2, 0, 3, 1, 4])  # [3, AG, H, n, hd]
+    qkv = ops.permute(
+        ops.reshape(qkv, [rows, n_new, 3, heads, hd]), [2, 0, 3, 1, 4]
+    )  # [3, AG, H, n, hd]
     q, k, v = qkv[0], qkv[1], qkv[2]
     new_k = ops.reshape(ops.permute(k, [0, 1, 3, 2]), [n_audio, group, heads, hd, n_new])
     new_v = ops.reshape(v, [n_audio, group, heads, n_new, hd])
     k_all = ops.concat([past_k, new_k], axis=4)  # [A, G, H, hd, past + n]
     v_all = ops.concat([past_v, new_v], axis=3)  # [A, G, H, past + n, hd]
     n_total = k_all.shape[4]
-    mask = ops.reshape(ops.rebind(mask, [n_audio, group, n_new, n_total]), [rows, 1, n_new, n_total])
+    mask = ops.reshape(
+        ops.rebind(mask, [n_audio, group, n_new, n_total]), [rows, 1, n_new, n_total]
+    )
     scores = q @ ops.reshape(k_all, [rows, heads, hd, n_total]) + mask
     attn = ops.softmax(scores) @ ops.reshape(v_all, [rows, heads, n_total, hd])  # [AG, H, n, hd]
     attn = ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [rows * n_new, d])
@@ -77,7 +90,9 @@ def _block(x: TensorValue, mask: TensorValue, past_k: TensorValue, past_v: Tenso
     # per head, so K/V are read once per audio rather than once per row
     h = layer_norm(x, f"{prefix}cross_attn_ln", d, device)
     q = linear(h, f"{prefix}cross_attn.query", d, d, device)  # scaled by 1/sqrt(hd)
-    q = ops.permute(ops.reshape(q, [n_audio, group * n_new, heads, hd]), [0, 2, 1, 3])  # [A, H, G*n, hd]
+    q = ops.permute(
+        ops.reshape(q, [n_audio, group * n_new, heads, hd]), [0, 2, 1, 3]
+    )  # [A, H, G*n, hd]
     cross_scores = q @ cross_k  # [A, H, G*n, ctx]
     attn = ops.softmax(cross_scores) @ cross_v  # [A, H, G*n, hd]
     attn = ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [rows * n_new, d])
@@ -89,14 +104,22 @@ def _block(x: TensorValue, mask: TensorValue, past_k: TensorValue, past_v: Tenso
     return ops.reshape(x, [n_audio, group, n_new, d]), k_all, v_all, cross_scores
 
 
-def _embed(tokens: TensorValue, positions: TensorValue, dims: ModelDimensions, device: DeviceRef) -> TensorValue:
+def _embed(
+    tokens: TensorValue, positions: TensorValue, dims: ModelDimensions, device: DeviceRef
+) -> TensorValue:
     d = dims.n_text_state
-    tok = ops.gather(weight("token_embedding", [dims.n_vocab, d], device), tokens, axis=0)  # [A, G, n, d]
-    pos = ops.gather(weight("positional_embedding", [dims.n_text_ctx, d], device), positions, axis=0)  # [A, G, n, d]
+    tok = ops.gather(
+        weight("token_embedding", [dims.n_vocab, d], device), tokens, axis=0
+    )  # [A, G, n, d]
+    pos = ops.gather(
+        weight("positional_embedding", [dims.n_text_ctx, d], device), positions, axis=0
+    )  # [A, G, n, d]
     return tok + pos
 
 
-def _head(x: TensorValue, logit_rows: TensorValue, dims: ModelDimensions, device: DeviceRef) -> TensorValue:
+def _head(
+    x: TensorValue, logit_rows: TensorValue, dims: ModelDimensions, device: DeviceRef
+) -> TensorValue:
     """x [A, G, n, d], logit_rows [k] (indices into n) -> logits [A, G, k, vocab]."""
     d = dims.n_text_state
     x = ops.gather(x, logit_rows, axis=2)
@@ -126,33 +149,46 @@ def _types(dims: ModelDimensions, device: DeviceRef) -> dict[str, TensorType]:
     }
 
 
-def _cross_kv(f: TensorValue, dims: ModelDimensions, device: DeviceRef, prefix: str) -> list[TensorValue]:
+def _cross_kv(
+    f: TensorValue, dims: ModelDimensions, device: DeviceRef, prefix: str
+) -> list[TensorValue]:
     d, heads, ctx = dims.n_text_state, dims.n_text_head, dims.n_audio_ctx
     hd = d // heads
     n_audio = f.shape[0]
     k = linear(f, f"{prefix}cross_attn.key", dims.n_audio_state, d, device, bias=False)
     v = linear(f, f"{prefix}cross_attn.value", dims.n_audio_state, d, device)
-    return [ops.permute(ops.reshape(k, [n_audio, ctx, heads, hd]), [0, 2, 3, 1]),  # [A, H, hd, ctx]
-            ops.permute(ops.reshape(v, [n_audio, ctx, heads, hd]), [0, 2, 1, 3])]  # [A, H, ctx, hd]
+    return [
+        ops.permute(ops.reshape(k, [n_audio, ctx, heads, hd]), [0, 2, 3, 1]),  # [A, H, hd, ctx]
+        ops.permute(ops.reshape(v, [n_audio, ctx, heads, hd]), [0, 2, 1, 3]),
+    ]  # [A, H, ctx, hd]
 
 
-def build_cross_kv_graph(dims: ModelDimensions, device: DeviceRef, module: Module | None = None) -> Graph:
+def build_cross_kv_graph(
+    dims: ModelDimensions, device: DeviceRef, module: Module | None = None
+) -> Graph:
     """features [A, ctx, d] -> every layer's cross K [A, H, hd, ctx] and V [A, H, ctx, hd]."""
     t = _types(dims, device)
     with Graph("whisper_decoder_cross_kv_all", input_types=[t["features"]], module=module) as graph:
         f = graph.inputs[0].tensor
-        graph.output(*(out for i in range(dims.n_text_layer) for out in _cross_kv(f, dims, device, f"blocks.{i}.")))
+        graph.output(
+            *(
+                out
+                for i in range(dims.n_text_layer)
+                for out in _cross_kv(f, dims, device, f"blocks.{i}.")
+            )
+        )
     return graph
 
 
-def build_step_graph(dims: ModelDimensions, device: DeviceRef, scores: bool = False,
-                     module: Module | None = None) -> Graph:
+def build_step_graph(
+    dims: ModelDimensions, device: DeviceRef, scores: bool = False, module: Module | None = None
+) -> Graph:
     """The whole decoder step in one graph.
 
-    Inputs: tokens [A, G, n], positions [A, G, n], logit_rows [k], mask [A, G, n, past + n], then cross_k,
-    cross_v per layer, then past_k, past_v per layer. Outputs: logits [A, G, k, vocab], then k_all,
-    v_all per layer; or, with `scores` (no logit_rows input), only each layer's cross-attention
-    scores before the softmax [A, H, G*n, ctx].
+    Inputs: tokens [A, G, n], positions [A, G, n], logit_rows [k], mask [A, G, n, past + n], then
+    cross_k, cross_v per layer, then past_k, past_v per layer. Outputs: logits [A, G, k, vocab],
+    then k_all, v_all per layer; or, with `scores` (no logit_rows input), only each layer's
+    cross-attention scores before the softmax [A, H, G*n, ctx].
     """
     t = _types(dims, device)
     n_layer = dims.n_text_layer
@@ -163,13 +199,22 @@ def build_step_graph(dims: ModelDimensions, device: DeviceRef, scores: bool = Fa
         inputs = [i.tensor for i in graph.inputs]
         tokens, positions = inputs[:2]
         logit_rows = None if scores else inputs[2]
-        mask, *rest = inputs[3 - scores:]
-        cross, past = rest[: 2 * n_layer], rest[2 * n_layer:]
+        mask, *rest = inputs[3 - scores :]
+        cross, past = rest[: 2 * n_layer], rest[2 * n_layer :]
         x = _embed(tokens, positions, dims, device)
         caches, layer_scores = [], []
         for i in range(n_layer):
-            x, k, v, s = _block(x, mask, past[2 * i], past[2 * i + 1], cross[2 * i], cross[2 * i + 1],
-                                dims, device, f"blocks.{i}.")
+            x, k, v, s = _block(
+                x,
+                mask,
+                past[2 * i],
+                past[2 * i + 1],
+                cross[2 * i],
+                cross[2 * i + 1],
+                dims,
+                device,
+                f"blocks.{i}.",
+            )
             caches += [k, v]
             layer_scores.append(s)
         if scores:

@@ -1,4 +1,5 @@
 """Pick the MAX device a backend runs on, and the one inference session both halves share."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,6 +34,6 @@ class MaxRuntime:
     session: InferenceSession
 
     @classmethod
-    def create(cls, device: str = "auto") -> "MaxRuntime":
+    def create(cls, device: str = "auto") -> MaxRuntime:
         driver_device, device_ref, label = select_device(device)
         return cls(driver_device, device_ref, label, InferenceSession(devices=[driver_device]))

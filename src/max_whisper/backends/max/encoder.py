@@ -8,6 +8,7 @@ tokens stay those of the reference. The encoder therefore computes in float32; `
 computes the first N blocks in float64 (float32 in and out) for features nearer the exact result,
 at about twice each such block's cost and a second graph to compile.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,10 +27,18 @@ ENCODER_COMPILE_ESTIMATE_S = 150  # a cold compile on a 2-core CPU, shown before
 
 
 def encoder_signature(dims: ModelDimensions, float64_blocks: int = 0) -> dict:
-    """What the compiled encoder graph depends on besides MAX, device and CPU (never weight values)."""
-    return {"graph": "encoder", "code": source_hash(*GRAPH_SOURCES), "float64_blocks": float64_blocks,
-            "n_mels": dims.n_mels, "n_audio_ctx": dims.n_audio_ctx, "n_audio_state": dims.n_audio_state,
-            "n_audio_head": dims.n_audio_head, "n_audio_layer": dims.n_audio_layer}
+    """What the compiled encoder graph depends on besides MAX, device and CPU
+    (never weight values)."""
+    return {
+        "graph": "encoder",
+        "code": source_hash(*GRAPH_SOURCES),
+        "float64_blocks": float64_blocks,
+        "n_mels": dims.n_mels,
+        "n_audio_ctx": dims.n_audio_ctx,
+        "n_audio_state": dims.n_audio_state,
+        "n_audio_head": dims.n_audio_head,
+        "n_audio_layer": dims.n_audio_layer,
+    }
 
 
 def encoder_label(dims: ModelDimensions, float64_blocks: int = 0) -> str:
@@ -39,22 +48,32 @@ def encoder_label(dims: ModelDimensions, float64_blocks: int = 0) -> str:
 
 def compiled_encoder(runtime: MaxRuntime, dims: ModelDimensions, float64_blocks: int = 0):
     """(compiled encoder graph, seconds spent compiling it: 0.0 from the cache)."""
-    return compiled_graph(runtime.session,
-                          lambda: encoder_graph.build_encoder_graph(dims, runtime.device_ref, float64_blocks),
-                          encoder_signature(dims, float64_blocks), encoder_label(dims, float64_blocks),
-                          ENCODER_COMPILE_ESTIMATE_S)
+    return compiled_graph(
+        runtime.session,
+        lambda: encoder_graph.build_encoder_graph(dims, runtime.device_ref, float64_blocks),
+        encoder_signature(dims, float64_blocks),
+        encoder_label(dims, float64_blocks),
+        ENCODER_COMPILE_ESTIMATE_S,
+    )
 
 
 class MaxEncoder:
     """mel [n_audio, n_mels, 3000] float32 -> audio features [n_audio, n_audio_ctx, d] float32."""
 
-    def __init__(self, dims: ModelDimensions, params: dict[str, np.ndarray],
-                 device: str | MaxRuntime = "auto", float64_blocks: int = FLOAT64_BLOCKS):
+    def __init__(
+        self,
+        dims: ModelDimensions,
+        params: dict[str, np.ndarray],
+        device: str | MaxRuntime = "auto",
+        float64_blocks: int = FLOAT64_BLOCKS,
+    ):
         self.dims = dims
         runtime = device if isinstance(device, MaxRuntime) else MaxRuntime.create(device)
         self._device, self.device = runtime.device, runtime.label
         self._session = runtime.session
-        self._registries: list[dict] = []  # MAX reads host arrays in place: they must outlive the models
+        self._registries: list[
+            dict
+        ] = []  # MAX reads host arrays in place: they must outlive the models
         self.stage_dtypes = {"stem": "float32", "ln_post": "float32"}  # what each stage computes in
         for i in range(dims.n_audio_layer):
             self.stage_dtypes[f"block.{i}"] = "float64" if i < float64_blocks else "float32"
@@ -72,7 +91,9 @@ class MaxEncoder:
         mel = np.ascontiguousarray(mel, dtype=np.float32)
         expected = (self.dims.n_mels, 2 * self.dims.n_audio_ctx)
         if mel.ndim != 3 or mel.shape[1:] != expected:
-            raise ValueError(f"mel must be [n_audio, {expected[0]}, {expected[1]}], got {list(mel.shape)}")
+            raise ValueError(
+                f"mel must be [n_audio, {expected[0]}, {expected[1]}], got {list(mel.shape)}"
+            )
         buffer = Buffer.from_numpy(mel)
         return buffer if self._device.is_host else buffer.to(self._device)
 
@@ -81,11 +102,16 @@ class MaxEncoder:
 
     def _run(self, mel: np.ndarray) -> list[tuple[str, Buffer]]:
         features, stem, *blocks = self._model.execute(self._input(mel))
-        return [("stem", stem)] + [(f"block.{i}", b) for i, b in enumerate(blocks)] + [("ln_post", features)]
+        return (
+            [("stem", stem)]
+            + [(f"block.{i}", b) for i, b in enumerate(blocks)]
+            + [("ln_post", features)]
+        )
 
     def __call__(self, mel: np.ndarray) -> np.ndarray:
         return self._to_numpy(self._model.execute(self._input(mel))[0])
 
     def run_with_intermediates(self, mel: np.ndarray) -> list[tuple[str, np.ndarray]]:
-        """[("stem", ...), ("block.0", ...), ..., ("ln_post", final features)], all [n_audio, n_audio_ctx, d]."""
+        """[("stem", ...), ("block.0", ...), ..., ("ln_post", final features)],
+        all [n_audio, n_audio_ctx, d]."""
         return [(name, self._to_numpy(buffer)) for name, buffer in self._run(mel)]

@@ -8,6 +8,7 @@ stem and one block cost apart (MAX compiles identical layers once).
 Weights are graph `Weight`s fed through the weights registry (weight_layout), so one compiled graph
 serves every model with the same dims (tiny and tiny.en share it).
 """
+
 from __future__ import annotations
 
 from max.dtype import DType
@@ -19,11 +20,18 @@ from .layers import gelu, layer_norm, linear, weight
 N_AUDIO = "n_audio"  # symbolic batch dimension: one compiled graph serves any batch size
 
 
-def _conv_k3(x: TensorValue, name: str, c_in: int, c_out: int, stride: int, device: DeviceRef) -> TensorValue:
+def _conv_k3(
+    x: TensorValue, name: str, c_in: int, c_out: int, stride: int, device: DeviceRef
+) -> TensorValue:
     """1-D conv, kernel 3, padding 1, on [B, T, C] (channels last): conv2d over a height-1 image."""
     w = weight(f"{name}.weight", [1, 3, c_in, c_out], device)  # RSCF layout
-    y = ops.conv2d(ops.unsqueeze(x, 1), w, stride=(1, stride), padding=(0, 0, 1, 1),
-                   bias=weight(f"{name}.bias", [c_out], device))
+    y = ops.conv2d(
+        ops.unsqueeze(x, 1),
+        w,
+        stride=(1, stride),
+        padding=(0, 0, 1, 1),
+        bias=weight(f"{name}.bias", [c_out], device),
+    )
     return ops.squeeze(y, 1)
 
 
@@ -35,7 +43,9 @@ def _stem(mel: TensorValue, dims: ModelDimensions, device: DeviceRef) -> TensorV
     return x + weight("positional_embedding", [dims.n_audio_ctx, d], device)
 
 
-def _residual_block(x: TensorValue, dims: ModelDimensions, device: DeviceRef, p: str) -> TensorValue:
+def _residual_block(
+    x: TensorValue, dims: ModelDimensions, device: DeviceRef, p: str
+) -> TensorValue:
     d, heads = dims.n_audio_state, dims.n_audio_head
     hd = d // heads
     batch, ctx = x.shape[0], x.shape[1]
@@ -43,7 +53,9 @@ def _residual_block(x: TensorValue, dims: ModelDimensions, device: DeviceRef, p:
     # One fused [d, 3d] projection; the key bias is zero and the query weights carry the 1/sqrt(hd)
     # softmax scale (weight_layout.fused_qkv).
     qkv = linear(layer_norm(x, f"{p}attn_ln", d, device), f"{p}attn.qkv", d, 3 * d, device)
-    qkv = ops.permute(ops.reshape(qkv, [batch, ctx, 3, heads, hd]), [2, 0, 3, 1, 4])  # [3, B, H, T, hd]
+    qkv = ops.permute(
+        ops.reshape(qkv, [batch, ctx, 3, heads, hd]), [2, 0, 3, 1, 4]
+    )  # [3, B, H, T, hd]
     q, k_t, v = qkv[0], ops.permute(qkv[1], [0, 1, 3, 2]), qkv[2]
     attn = ops.softmax(q @ k_t) @ v  # MAX fuses this pattern: keep it whole (2x faster than pieces)
     attn = ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [batch, ctx, d])
@@ -55,13 +67,17 @@ def _residual_block(x: TensorValue, dims: ModelDimensions, device: DeviceRef, p:
 
 def build_encoder_graph(dims: ModelDimensions, device: DeviceRef, float64_blocks: int = 0) -> Graph:
     """mel [A, n_mels, 3000] -> (features, stem output, block 0 output, ..., block N-1 output)."""
-    mel_type = TensorType(DType.float32, [N_AUDIO, dims.n_mels, 2 * dims.n_audio_ctx], device=device)
+    mel_type = TensorType(
+        DType.float32, [N_AUDIO, dims.n_mels, 2 * dims.n_audio_ctx], device=device
+    )
     with Graph(f"whisper_encoder_f64x{float64_blocks}", input_types=[mel_type]) as graph:
         x = _stem(graph.inputs[0].tensor, dims, device)
         stages = [x]
         for i in range(dims.n_audio_layer):
             dtype = DType.float64 if i < float64_blocks else DType.float32
-            x = ops.cast(_residual_block(ops.cast(x, dtype), dims, device, f"blocks.{i}."), DType.float32)
+            x = ops.cast(
+                _residual_block(ops.cast(x, dtype), dims, device, f"blocks.{i}."), DType.float32
+            )
             stages.append(x)
         graph.output(layer_norm(x, "ln_post", dims.n_audio_state, device), *stages)
     return graph

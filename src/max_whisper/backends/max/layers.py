@@ -1,4 +1,5 @@
 """Graph pieces shared by the encoder and decoder builders: weights, linear, LayerNorm, GELU."""
+
 from __future__ import annotations
 
 from max.dtype import DType
@@ -7,11 +8,15 @@ from max.graph import DeviceRef, TensorValue, Weight, ops
 LN_EPS = 1e-5
 
 
-def weight(name: str, shape: list[int], device: DeviceRef, dtype: DType = DType.float32) -> TensorValue:
+def weight(
+    name: str, shape: list[int], device: DeviceRef, dtype: DType = DType.float32
+) -> TensorValue:
     return Weight(name, dtype, shape, device).tensor  # type: ignore[attr-defined]
 
 
-def linear(x: TensorValue, name: str, d_in: int, d_out: int, device: DeviceRef, bias: bool = True) -> TensorValue:
+def linear(
+    x: TensorValue, name: str, d_in: int, d_out: int, device: DeviceRef, bias: bool = True
+) -> TensorValue:
     """x @ W + b in x's dtype. Weights are stored pre-transposed [in, out]: MAX's matmul against a
     contiguous [in, out] weight is ~2x faster than against transpose(W)."""
     y = x @ weight(f"{name}.weight", [d_in, d_out], device, x.dtype)
@@ -19,7 +24,10 @@ def linear(x: TensorValue, name: str, d_in: int, d_out: int, device: DeviceRef, 
 
 
 def layer_norm(x: TensorValue, name: str, d: int, device: DeviceRef) -> TensorValue:
-    gamma, beta = weight(f"{name}.weight", [d], device, x.dtype), weight(f"{name}.bias", [d], device, x.dtype)
+    gamma, beta = (
+        weight(f"{name}.weight", [d], device, x.dtype),
+        weight(f"{name}.bias", [d], device, x.dtype),
+    )
     return ops.layer_norm(x, gamma, beta, LN_EPS)
 
 

@@ -5,10 +5,11 @@
 MAX compiles a graph on one core, and a model's two compiled artifacts are independent: the
 encoder, and the decoder module (cross K/V, step and word-timestamp scores graphs) each compile in
 a process of their own, as many at once as there are cores. Graphs need dims, not weights, so a
-job is (dims, part). The first transcription on a machine starts this in the background (`start_background`)
-and runs on the NumPy implementation meanwhile; `max-whisper warmup` runs it in the foreground for
-images and CI; the test session runs it before the first MAX test.
+job is (dims, part). The first transcription on a machine starts this in the background
+(`start_background`) and runs on the NumPy implementation meanwhile; `max-whisper warmup` runs it
+in the foreground for images and CI; the test session runs it before the first MAX test.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,11 @@ class GraphJob:
         from .decoder import decoder_label
         from .encoder import encoder_label
 
-        return encoder_label(self.dims, self.float64_blocks) if self.part == "encoder" else decoder_label(self.dims)
+        return (
+            encoder_label(self.dims, self.float64_blocks)
+            if self.part == "encoder"
+            else decoder_label(self.dims)
+        )
 
     @property
     def estimate_s(self) -> float:
@@ -56,12 +61,14 @@ class GraphJob:
         return json.dumps({**asdict(self), "dims": self.dims.to_dict()})
 
     @classmethod
-    def from_json(cls, text: str) -> "GraphJob":
+    def from_json(cls, text: str) -> GraphJob:
         data = json.loads(text)
         return cls(**{**data, "dims": ModelDimensions(**data["dims"])})
 
 
-def jobs_for(dims: ModelDimensions, float64_blocks: int = 0, device: str = "auto") -> list[GraphJob]:
+def jobs_for(
+    dims: ModelDimensions, float64_blocks: int = 0, device: str = "auto"
+) -> list[GraphJob]:
     return [GraphJob(dims, "encoder", float64_blocks, device), GraphJob(dims, "decoder", 0, device)]
 
 
@@ -69,7 +76,11 @@ def _signature(job: GraphJob) -> dict:
     from .decoder import decoder_signature
     from .encoder import encoder_signature
 
-    return encoder_signature(job.dims, job.float64_blocks) if job.part == "encoder" else decoder_signature(job.dims)
+    return (
+        encoder_signature(job.dims, job.float64_blocks)
+        if job.part == "encoder"
+        else decoder_signature(job.dims)
+    )
 
 
 def missing(jobs: list[GraphJob]) -> list[GraphJob]:
@@ -78,7 +89,11 @@ def missing(jobs: list[GraphJob]) -> list[GraphJob]:
     from .device import MaxRuntime
 
     runtimes = {device: MaxRuntime.create(device) for device in {job.device for job in jobs}}
-    return [job for job in jobs if not cached_path(runtimes[job.device].session, _signature(job)).exists()]
+    return [
+        job
+        for job in jobs
+        if not cached_path(runtimes[job.device].session, _signature(job)).exists()
+    ]
 
 
 def compile_here(job: GraphJob) -> float:
@@ -98,11 +113,17 @@ def _say(message: str) -> None:
 
 
 def _spawn(job: GraphJob, log) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", MODULE, "--job", job.to_json()],
-                            stdout=log, stderr=subprocess.STDOUT, env=child_env())
+    return subprocess.Popen(
+        [sys.executable, "-m", MODULE, "--job", job.to_json()],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=child_env(),
+    )
 
 
-def compile_all(jobs: list[GraphJob], workers: int | None = None, progress: bool = True) -> dict[str, float]:
+def compile_all(
+    jobs: list[GraphJob], workers: int | None = None, progress: bool = True
+) -> dict[str, float]:
     """Compile the missing graphs of `jobs`, `workers` processes at a time (default: one per core).
     Returns {label: seconds}; raises RuntimeError naming the graphs that failed."""
     todo = missing(jobs)
@@ -112,8 +133,11 @@ def compile_all(jobs: list[GraphJob], workers: int | None = None, progress: bool
     cache = _log_dir()
     total_estimate = sum(j.estimate_s for j in todo) / min(workers, len(todo))
     if progress:
-        _say(f"compiling {len(todo)} MAX graph(s) for this machine, {min(workers, len(todo))} at a time "
-             f"(first run only, about {total_estimate:.0f} s): {', '.join(j.label for j in todo)}")
+        _say(
+            f"compiling {len(todo)} MAX graph(s) for this machine, {min(workers, len(todo))} "
+            f"at a time (first run only, about {total_estimate:.0f} s): "
+            f"{', '.join(j.label for j in todo)}"
+        )
     start = time.perf_counter()
     pending, running, seconds, failed = list(todo), {}, {}, []
     tty = progress and sys.stderr.isatty()
@@ -139,8 +163,12 @@ def compile_all(jobs: list[GraphJob], workers: int | None = None, progress: bool
             elapsed = time.perf_counter() - start
             left = max(0.0, total_estimate - elapsed)
             names = ", ".join(j.part for j in running)
-            print(f"\r  compiling {names}: {elapsed:4.0f} s elapsed, about {left:3.0f} s left ",
-                  end="", file=sys.stderr, flush=True)
+            print(
+                f"\r  compiling {names}: {elapsed:4.0f} s elapsed, about {left:3.0f} s left ",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
     if tty:
         print("\r" + " " * 79 + "\r", end="", file=sys.stderr)
     if failed:
@@ -171,9 +199,14 @@ def start_background(jobs: list[GraphJob]) -> Path | None:
         pass
     log_path = directory / "warmup.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", MODULE, "--jobs", json.dumps([j.to_json() for j in jobs])],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=child_env(), start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", MODULE, "--jobs", json.dumps([j.to_json() for j in jobs])],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_env(),
+            start_new_session=True,
+        )
     pid_file.write_text(str(proc.pid))
     return log_path
 

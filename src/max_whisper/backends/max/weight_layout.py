@@ -4,6 +4,7 @@ Linear weights are pre-transposed to [in, out]; q, k and v of self-attention are
 [d, 3d] projection with the 1/sqrt(head_dim) softmax scale folded into q (openai scales q and k by
 head_dim**-0.25 each; k has no bias); conv filters go to RSCF [1, k, in, out].
 """
+
 from __future__ import annotations
 
 import math
@@ -20,18 +21,24 @@ def _f32(a: np.ndarray) -> np.ndarray:
 
 
 def fused_qkv(p: Params, d: int, n_head: int, dtype: type) -> tuple[np.ndarray, np.ndarray, float]:
-    """(W_qkv [d, 3d], b_qkv [3d], q scale) from one attention's unprefixed query/key/value params."""
+    """(W_qkv [d, 3d], b_qkv [3d], q scale) from one attention's q/k/v params (unprefixed)."""
     scale = 1.0 / math.sqrt(d // n_head)
-    w = np.concatenate([p["attn.query.weight"] * scale, p["attn.key.weight"], p["attn.value.weight"]])
+    w = np.concatenate(
+        [p["attn.query.weight"] * scale, p["attn.key.weight"], p["attn.value.weight"]]
+    )
     b = np.concatenate([p["attn.query.bias"] * scale, np.zeros(d, dtype), p["attn.value.bias"]])
     return np.ascontiguousarray(w.T, dtype=dtype), np.ascontiguousarray(b, dtype=dtype), scale
 
 
 def _layer(params: Params, prefix: str, dtype: type) -> Params:
-    return {name[len(prefix):]: np.asarray(a, dtype=dtype) for name, a in params.items() if name.startswith(prefix)}
+    return {
+        name[len(prefix) :]: np.asarray(a, dtype=dtype)
+        for name, a in params.items()
+        if name.startswith(prefix)
+    }
 
 
-# --- encoder ---------------------------------------------------------------------------------------
+# --- encoder --------------------------------------------------------------------------------------
 
 
 def _conv_filter(w: np.ndarray) -> np.ndarray:
@@ -50,8 +57,8 @@ def stem_registry(params: Params) -> Params:
 
 
 def encoder_registry(dims: ModelDimensions, params: Params, float64_blocks: int = 0) -> Params:
-    """The encoder graph's weights: the stem's, each block's under blocks.{i}. (float64 for the first
-    `float64_blocks`, as those blocks compute), and ln_post."""
+    """The encoder graph's weights: the stem's, each block's under blocks.{i}. (float64 for the
+    first `float64_blocks`, as those blocks compute), and ln_post."""
     registry = stem_registry(params)
     for i in range(dims.n_audio_layer):
         dtype = np.float64 if i < float64_blocks else np.float32
@@ -59,7 +66,9 @@ def encoder_registry(dims: ModelDimensions, params: Params, float64_blocks: int 
         qkv_w, qkv_b, _ = fused_qkv(p, dims.n_audio_state, dims.n_audio_head, dtype)
         block = {"attn.qkv.weight": qkv_w, "attn.qkv.bias": qkv_b}
         block |= _linears_and_norms(p, ("attn.out", "mlp.0", "mlp.2"), ("attn_ln", "mlp_ln"))
-        registry |= {f"blocks.{i}.{name}": np.ascontiguousarray(a, dtype=dtype) for name, a in block.items()}
+        registry |= {
+            f"blocks.{i}.{name}": np.ascontiguousarray(a, dtype=dtype) for name, a in block.items()
+        }
     registry["ln_post.weight"] = _f32(params["encoder.ln_post.weight"])
     registry["ln_post.bias"] = _f32(params["encoder.ln_post.bias"])
     return registry
@@ -68,23 +77,32 @@ def encoder_registry(dims: ModelDimensions, params: Params, float64_blocks: int 
 def _linears_and_norms(p: Params, linears: tuple[str, ...], norms: tuple[str, ...]) -> Params:
     out = {}
     for name in linears:
-        out[f"{name}.weight"], out[f"{name}.bias"] = np.ascontiguousarray(p[f"{name}.weight"].T), p[f"{name}.bias"]
+        out[f"{name}.weight"], out[f"{name}.bias"] = (
+            np.ascontiguousarray(p[f"{name}.weight"].T),
+            p[f"{name}.bias"],
+        )
     for name in norms:
         out[f"{name}.weight"], out[f"{name}.bias"] = p[f"{name}.weight"], p[f"{name}.bias"]
     return out
 
 
-# --- decoder ---------------------------------------------------------------------------------------
+# --- decoder --------------------------------------------------------------------------------------
 
 
-def decoder_block_registry(dims: ModelDimensions, params: Params, layer: int, prefix: str = "") -> Params:
+def decoder_block_registry(
+    dims: ModelDimensions, params: Params, layer: int, prefix: str = ""
+) -> Params:
     p = _layer(params, f"decoder.blocks.{layer}.", np.float32)
     qkv_w, qkv_b, scale = fused_qkv(p, dims.n_text_state, dims.n_text_head, np.float32)
-    registry = {"attn.qkv.weight": qkv_w, "attn.qkv.bias": qkv_b,
-                "cross_attn.query.weight": _f32((p["cross_attn.query.weight"] * scale).T),
-                "cross_attn.query.bias": _f32(p["cross_attn.query.bias"] * scale)}
-    registry |= _linears_and_norms(p, ("attn.out", "cross_attn.out", "mlp.0", "mlp.2"),
-                                   ("attn_ln", "cross_attn_ln", "mlp_ln"))
+    registry = {
+        "attn.qkv.weight": qkv_w,
+        "attn.qkv.bias": qkv_b,
+        "cross_attn.query.weight": _f32((p["cross_attn.query.weight"] * scale).T),
+        "cross_attn.query.bias": _f32(p["cross_attn.query.bias"] * scale),
+    }
+    registry |= _linears_and_norms(
+        p, ("attn.out", "cross_attn.out", "mlp.0", "mlp.2"), ("attn_ln", "cross_attn_ln", "mlp_ln")
+    )
     return {prefix + name: _f32(a) for name, a in registry.items()}
 
 
@@ -101,10 +119,13 @@ def cross_kv_registry(dims: ModelDimensions, params: Params) -> Params:
 
 def step_registry(dims: ModelDimensions, params: Params) -> Params:
     embedding = params["decoder.token_embedding.weight"]
-    registry = {"token_embedding": _f32(embedding),
-                "positional_embedding": _f32(params["decoder.positional_embedding"]),
-                "ln.weight": _f32(params["decoder.ln.weight"]), "ln.bias": _f32(params["decoder.ln.bias"]),
-                "token_embedding_t": _f32(embedding.T)}
+    registry = {
+        "token_embedding": _f32(embedding),
+        "positional_embedding": _f32(params["decoder.positional_embedding"]),
+        "ln.weight": _f32(params["decoder.ln.weight"]),
+        "ln.bias": _f32(params["decoder.ln.bias"]),
+        "token_embedding_t": _f32(embedding.T),
+    }
     for i in range(dims.n_text_layer):
         registry |= decoder_block_registry(dims, params, i, prefix=f"blocks.{i}.")
     return registry
