@@ -1,4 +1,4 @@
-"""Streaming a file (audio.StreamedAudio): the same samples, the same mel frames to the bit and the same
+"""Streaming a file (audio_stream.StreamedAudio): the same samples, the same mel frames to the bit and the same
 transcript as the whole file in memory (load_audio + log_mel_spectrogram), in memory that does not
 grow with the file.
 
@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from support import CLIPS, requires_shared_audio, shared_clip
-from max_whisper import audio as audio_module
-from max_whisper.audio import AudioError, StreamedAudio, load_audio, log_mel_spectrogram, window_source
+from max_whisper import audio_stream as audio_module
+from max_whisper.audio import AudioError, load_audio, log_mel_spectrogram
+from max_whisper.audio_stream import StreamedAudio, window_source
 from max_whisper.dims import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE
 from max_whisper.transcribe import transcribe
 

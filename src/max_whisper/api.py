@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import StreamedAudio, first_window_mel, load_audio
+from .audio import first_window_mel, load_audio
+from .audio_stream import StreamedAudio
 from .backends import DEFAULT_BACKEND, create_backend
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
 from .engine import DEFAULT_BATCH_SIZE, BatchingEngine

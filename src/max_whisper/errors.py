@@ -7,3 +7,7 @@ class MaxWhisperError(Exception):
 
 class UsageError(MaxWhisperError, ValueError):
     """A wrong option or argument given by the user."""
+
+
+class DecodingError(MaxWhisperError, ValueError):
+    """Decoding options that cannot go together (beam size with best-of, ...)."""

@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .audio import StreamedAudio, load_audio, pad_or_trim, window_source
+from .audio import load_audio, pad_or_trim
+from .audio_stream import StreamedAudio, window_source
 from .backends.base import TranscriptionModel
 from .decoding import DecodingResult
 from .dims import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE

@@ -1,0 +1,92 @@
+"""Whisper's logit rules, applied in place to the last position's logits [batch, vocab] before a
+token is chosen (openai-whisper's order and semantics), and the log-softmax they share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .tokenizer import Tokenizer
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float32)
+    m = np.max(x, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    shifted = x - m
+    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+def logsumexp(x: np.ndarray) -> float:
+    m = np.max(x)
+    if not np.isfinite(m):
+        return float(m)
+    return float(m + np.log(np.sum(np.exp(x - m))))
+
+
+class SuppressBlank:
+    """No blank or EOT as the first sampled token."""
+
+    def __init__(self, tokenizer: Tokenizer, sample_begin: int):
+        self.ids = tokenizer.encode(" ") + [tokenizer.eot]
+        self.sample_begin = sample_begin
+
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        if tokens.shape[1] == self.sample_begin:
+            logits[:, self.ids] = -np.inf
+
+
+class SuppressTokens:
+    def __init__(self, suppress_tokens: Sequence[int]):
+        self.ids = list(suppress_tokens)
+
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        logits[:, self.ids] = -np.inf
+
+
+class ApplyTimestampRules:
+    """Timestamps come in pairs, never decrease, start the text, and win when their total
+    probability beats every single text token."""
+
+    def __init__(
+        self, tokenizer: Tokenizer, sample_begin: int, max_initial_timestamp_index: int | None
+    ):
+        self.tokenizer = tokenizer
+        self.sample_begin = sample_begin
+        self.max_initial_timestamp_index = max_initial_timestamp_index
+
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        ts_begin, eot = self.tokenizer.timestamp_begin, self.tokenizer.eot
+        logits[:, self.tokenizer.no_timestamps] = -np.inf
+
+        for k in range(tokens.shape[0]):
+            sampled = tokens[k, self.sample_begin :]
+            last_was_timestamp = len(sampled) >= 1 and sampled[-1] >= ts_begin
+            penultimate_was_timestamp = len(sampled) < 2 or sampled[-2] >= ts_begin
+            if last_was_timestamp:
+                if penultimate_was_timestamp:  # has to be a text token
+                    logits[k, ts_begin:] = -np.inf
+                else:  # cannot be a text token
+                    logits[k, :eot] = -np.inf
+
+            timestamps = sampled[sampled >= ts_begin]
+            if timestamps.size > 0:
+                # no decreasing timestamps; a segment must have nonzero length (no infinite loops)
+                if last_was_timestamp and not penultimate_was_timestamp:
+                    timestamp_last = timestamps[-1]
+                else:
+                    timestamp_last = timestamps[-1] + 1
+                logits[k, ts_begin:timestamp_last] = -np.inf
+
+        if tokens.shape[1] == self.sample_begin:
+            logits[:, :ts_begin] = -np.inf  # the text must start with a timestamp
+            if self.max_initial_timestamp_index is not None:
+                logits[:, ts_begin + self.max_initial_timestamp_index + 1 :] = -np.inf
+
+        logprobs = log_softmax(logits)
+        for k in range(tokens.shape[0]):
+            timestamp_logprob = logsumexp(logprobs[k, ts_begin:])
+            max_text_token_logprob = logprobs[k, :ts_begin].max()
+            if timestamp_logprob > max_text_token_logprob:
+                logits[k, :ts_begin] = -np.inf
