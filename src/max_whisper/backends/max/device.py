@@ -8,8 +8,12 @@ from max.driver import CPU, Accelerator, Device, accelerator_count
 from max.engine import InferenceSession
 from max.graph import DeviceRef
 
-from ...errors import UsageError
+from ...errors import MaxWhisperError, UsageError
 from .. import DEVICES
+
+
+class DeviceUnavailable(MaxWhisperError, RuntimeError):
+    """The device asked for is not on this machine."""
 
 
 def select_device(device: str = "auto") -> tuple[Device, DeviceRef, str]:
@@ -17,7 +21,7 @@ def select_device(device: str = "auto") -> tuple[Device, DeviceRef, str]:
     if device not in DEVICES:
         raise UsageError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
     if device == "gpu" and accelerator_count() == 0:
-        raise UsageError("device 'gpu' was requested but MAX sees no accelerator; use --device cpu")
+        raise DeviceUnavailable("device 'gpu' was requested but MAX sees no accelerator; use --device cpu")
     if device == "cpu" or accelerator_count() == 0:
         return CPU(), DeviceRef.CPU(), "cpu"
     accelerator = Accelerator()
