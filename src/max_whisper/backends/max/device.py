@@ -21,7 +21,9 @@ def select_device(device: str = "auto") -> tuple[Device, DeviceRef, str]:
     if device not in DEVICES:
         raise UsageError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
     if device == "gpu" and accelerator_count() == 0:
-        raise DeviceUnavailable("device 'gpu' was requested but MAX sees no accelerator; use --device cpu")
+        raise DeviceUnavailable(
+            "device 'gpu' was requested but MAX sees no accelerator; use --device cpu"
+        )
     if device == "cpu" or accelerator_count() == 0:
         return CPU(), DeviceRef.CPU(), "cpu"
     accelerator = Accelerator()
