@@ -12,6 +12,7 @@ from ..dims import ModelDimensions
 from .errors import CorruptWeightsError
 from .files import read_json
 from .openai_schema import expected_shapes, sinusoids
+from .registry import openai_alignment_heads
 
 
 @dataclass
@@ -62,8 +63,11 @@ def assemble(
 
 
 def _alignment_heads(folder: Path, dims: ModelDimensions) -> np.ndarray | None:
-    """(layer, head) pairs from config.json (CTranslate2) or generation_config.json
-    (Hugging Face)."""
+    """(layer, head) pairs: openai-whisper's for the models it publishes (by shape), else from
+    config.json (CTranslate2) or generation_config.json (Hugging Face)."""
+    known = openai_alignment_heads(dims.n_vocab, dims.n_text_layer, dims.n_text_state)
+    if known is not None:
+        return np.asarray(known, dtype=np.int64)
     for filename in ("config.json", "generation_config.json"):
         config = read_json(folder / filename) or {}
         if config.get("alignment_heads"):

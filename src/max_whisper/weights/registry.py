@@ -57,3 +57,18 @@ NAMED_MODELS = {
     ),
 }
 DEFAULT_MODEL = "tiny.en"
+
+
+# openai-whisper's alignment heads (the cross-attention heads that follow the speech, for word
+# timestamps) of the models it publishes, by the model's shape: (n_vocab, text layers, text width).
+# They hold for those weights in any file format; a converted file's own list may differ (the
+# CTranslate2 tiny.en package lists other heads, and its word times land 40-140 ms late).
+OPENAI_ALIGNMENT_HEADS = {
+    (51864, 4, 384): ((1, 0), (2, 0), (2, 5), (3, 0), (3, 1), (3, 2), (3, 3), (3, 4)),  # tiny.en
+    (51865, 6, 512): ((3, 1), (4, 2), (4, 3), (4, 7), (5, 1), (5, 2), (5, 4), (5, 6)),  # base
+}
+
+
+def openai_alignment_heads(n_vocab: int, n_text_layer: int, n_text_state: int):
+    """openai-whisper's heads for a model of this shape, or None where it publishes none."""
+    return OPENAI_ALIGNMENT_HEADS.get((n_vocab, n_text_layer, n_text_state))
