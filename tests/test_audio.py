@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import requires_reference, shared_clips
 from max_whisper.audio import (
     AudioError,
     audio_duration,
@@ -20,8 +19,8 @@ from max_whisper.audio import (
     pad_or_trim,
 )
 from max_whisper.dims import N_FRAMES, N_SAMPLES, SAMPLE_RATE
+from support import CLIPS, MEL_ATOL, requires, requires_reference
 
-CLIPS = shared_clips()
 clip_params = pytest.mark.parametrize(
     "clip", CLIPS or [pytest.param(None, marks=pytest.mark.skip(reason="../shared/audio is absent"))],
     ids=lambda p: p.name if p else "no-clips",
@@ -40,11 +39,10 @@ def _whisper_mel(audio: np.ndarray, n_mels: int, padding: int) -> np.ndarray:
 # --- mel filterbank and spectrogram -------------------------------------------------------------
 
 
+@requires("whisper", reason="openai-whisper is not installed")
 @pytest.mark.parametrize("n_mels", [80, 128])
 def test_mel_filters_equal_openai_asset(n_mels):
     spec = importlib.util.find_spec("whisper")
-    if spec is None or spec.origin is None:
-        pytest.skip("openai-whisper is not installed")
     with np.load(Path(spec.origin).parent / "assets" / "mel_filters.npz") as assets:
         expected = assets[f"mel_{n_mels}"]
     ours = mel_filters(n_mels)
@@ -61,7 +59,7 @@ def test_log_mel_matches_openai_on_speech(clip, n_mels):
     ours = log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES)
     ref = _whisper_mel(audio, n_mels, N_SAMPLES)
     assert ours.dtype == np.float32 and ours.shape == ref.shape
-    assert np.abs(ours - ref).max() < 1e-4
+    assert np.abs(ours - ref).max() < MEL_ATOL
 
 
 @requires_reference
@@ -71,7 +69,7 @@ def test_log_mel_matches_openai_on_synthetic_signal():
     rng = np.random.default_rng(0)
     audio = (0.3 * np.sin(2 * np.pi * (200 + 900 * t) * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
     for n_mels in (80, 128):
-        assert np.abs(log_mel_spectrogram(audio, n_mels) - _whisper_mel(audio, n_mels, 0)).max() < 1e-4
+        assert np.abs(log_mel_spectrogram(audio, n_mels) - _whisper_mel(audio, n_mels, 0)).max() < MEL_ATOL
 
 
 def test_log_mel_shape_and_padding():

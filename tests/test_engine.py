@@ -25,11 +25,14 @@ def long_recording(clips, pause_s: float = 2.0) -> np.ndarray:
     return np.concatenate([part for clip in clips for part in (load_audio(clip), pause)])
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
-@pytest.mark.parametrize("condition", [True, False], ids=["conditioned", "unconditioned"])
+@pytest.mark.parametrize("name, condition", [
+    ("tiny.en", True), ("tiny.en", False), pytest.param(*MODEL_NAMES[1].values, True, marks=MODEL_NAMES[1].marks)],
+    ids=["tiny.en-conditioned", "tiny.en-unconditioned", "base-conditioned"])
 def test_batched_transcripts_equal_the_ones_alone(models, name, condition):
+    """Every shared clip, and two long recordings made of them (for base, half the clips)."""
     model = models.get(name, "max")
-    audios = [load_audio(c) for c in CLIPS] + [long_recording(CLIPS[:6]), long_recording(CLIPS[6:])]
+    clips = CLIPS if name == "tiny.en" else CLIPS[::2]
+    audios = [load_audio(c) for c in clips] + [long_recording(clips[:6]), long_recording(clips[6:])]
     options = dict(temperature=0.0, condition_on_previous_text=condition)
     alone = [model.transcribe(audio, **options) for audio in audios]
     batched = dict(model.transcribe_many(audios, batch_size=8, **options))
@@ -56,8 +59,8 @@ def test_fallback_beam_search_and_sampling_batch_exactly(models):
     """Beam search (5) and best-of-5 sampling on the fallback temperatures, forced by an unreachable
     log-probability threshold: every window samples, in batches of windows of different prompts."""
     model = models.get("tiny.en", "max")
-    audios = [load_audio(c) for c in CLIPS[:5]] + [long_recording(CLIPS[5:9])]
-    options = dict(beam_size=5, best_of=5, temperature=(0.0, 0.4, 0.8), logprob_threshold=0.0,
+    audios = [load_audio(c) for c in CLIPS[:3]] + [long_recording(CLIPS[5:8])]
+    options = dict(beam_size=5, best_of=5, temperature=(0.0, 0.6), logprob_threshold=0.0,
                    compression_ratio_threshold=None)
     alone = [model.transcribe(audio, **options) for audio in audios]
     batched = dict(model.transcribe_many(audios, batch_size=8, **options))

@@ -5,40 +5,34 @@ The long file is every clip of ../shared/audio end to end with 5 s of digital si
 conditioning all come into play. Both sides decode greedily in fp32 with the default thresholds and
 condition_on_previous_text=True, so segments must come out identical.
 """
-import importlib
-
 import numpy as np
 import pytest
 
-from conftest import get_model, get_torch_model, requires_reference, requires_shared_audio, shared_clips
 from max_whisper.dims import SAMPLE_RATE
+from support import (
+    CLIPS,
+    WORD_PROBABILITY_TOLERANCE,
+    WORD_TIME_TOLERANCE,
+    requires_reference,
+    requires_shared_audio,
+)
 
 pytestmark = [requires_reference]
 
 GAP_SECONDS = 5.0
-TIME_TOLERANCE = 0.02 + 1e-9  # word times: one audio position
-PROBABILITY_TOLERANCE = 1e-3
 OPTIONS = {"temperature": 0.0, "condition_on_previous_text": True}
-
-
-def backend_or_skip(name: str) -> str:
-    if name == "max":
-        try:
-            module = importlib.import_module("max_whisper.backends.max")
-        except ImportError as exc:
-            pytest.skip(f"the MAX backend cannot be imported yet: {exc}")
-        if not hasattr(module, "MaxBackend"):
-            pytest.skip("max_whisper.backends.max has no MaxBackend yet (not wired)")
-    return name
-
-
+# Both backends, always: a MAX backend that fails to load fails these tests (it is no optional extra).
 BACKENDS = pytest.mark.parametrize("backend", ["reference", "max"])
 
 
-def openai_transcribe(audio: np.ndarray, **options) -> dict:
-    import whisper
+@pytest.fixture(scope="session")
+def openai_transcribe(reference):
+    """openai-whisper's transcribe() of samples with the tests' options, once per audio and options."""
 
-    return whisper.transcribe(get_torch_model("tiny.en"), audio, fp16=False, verbose=None, **OPTIONS, **options)
+    def run(audio: np.ndarray, **options) -> dict:
+        return reference.transcribe("tiny.en", audio, **OPTIONS, **options)
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +43,10 @@ def long_audio(tmp_path_factory) -> np.ndarray:
 
     from max_whisper.audio import load_audio
 
-    clips = shared_clips()
-    if not clips:
-        pytest.skip("no clips in ../shared/audio")
+    assert CLIPS, "no clips in ../shared/audio"
     gap = np.zeros(int(GAP_SECONDS * SAMPLE_RATE), dtype=np.float32)
     pieces = []
-    for clip in clips:
+    for clip in CLIPS:
         pieces += [load_audio(clip), gap]
     audio = np.concatenate(pieces[:-1])
     path = tmp_path_factory.mktemp("longform") / "long.wav"
@@ -69,19 +61,6 @@ def long_audio(tmp_path_factory) -> np.ndarray:
     return loaded
 
 
-@pytest.fixture(scope="module")
-def openai_results(long_audio) -> dict:
-    """openai-whisper's transcripts of the long file, computed once per option set."""
-    cache = {}
-
-    def get(word_timestamps: bool) -> dict:
-        if word_timestamps not in cache:
-            cache[word_timestamps] = openai_transcribe(long_audio, word_timestamps=word_timestamps)
-        return cache[word_timestamps]
-
-    return get
-
-
 def assert_same_segments(ours: dict, theirs: dict) -> None:
     assert [s["text"] for s in ours["segments"]] == [s["text"] for s in theirs["segments"]]
     for a, b in zip(ours["segments"], theirs["segments"]):
@@ -94,38 +73,38 @@ def assert_same_segments(ours: dict, theirs: dict) -> None:
 
 @requires_shared_audio
 @BACKENDS
-def test_long_file_matches_openai_whisper(backend, long_audio, openai_results):
-    model = get_model("tiny.en", backend_or_skip(backend))
-    theirs = openai_results(False)
+def test_long_file_matches_openai_whisper(models, openai_transcribe, backend, long_audio):
+    model = models.get("tiny.en", backend)
+    theirs = openai_transcribe(long_audio, word_timestamps=False)
     ours = model.transcribe(long_audio, **OPTIONS)
     assert_same_segments(ours, theirs)
 
     # the file really is long-form: several windows, speech found after every silence gap
     assert len(long_audio) / SAMPLE_RATE > 120
     assert len({s["seek"] for s in ours["segments"]}) >= 5
-    assert len(ours["segments"]) >= len(shared_clips())
+    assert len(ours["segments"]) >= len(CLIPS)
     ends = [s["end"] for s in ours["segments"]]
     assert ends == sorted(ends) and ends[-1] <= len(long_audio) / SAMPLE_RATE + 0.02
 
 
 @requires_shared_audio
 @BACKENDS
-def test_long_file_word_timestamps_match_openai_whisper(backend, long_audio, openai_results):
-    model = get_model("tiny.en", backend_or_skip(backend))
-    theirs = openai_results(True)
+def test_long_file_word_timestamps_match_openai_whisper(models, openai_transcribe, backend, long_audio):
+    model = models.get("tiny.en", backend)
+    theirs = openai_transcribe(long_audio, word_timestamps=True)
     ours = model.transcribe(long_audio, word_timestamps=True, **OPTIONS)
 
     assert [s["text"] for s in ours["segments"]] == [s["text"] for s in theirs["segments"]]
     n_words = 0
     for a, b in zip(ours["segments"], theirs["segments"]):
         assert a["tokens"] == b["tokens"]
-        assert a["start"] == pytest.approx(b["start"], abs=TIME_TOLERANCE), a
-        assert a["end"] == pytest.approx(b["end"], abs=TIME_TOLERANCE), a
+        assert a["start"] == pytest.approx(b["start"], abs=WORD_TIME_TOLERANCE), a
+        assert a["end"] == pytest.approx(b["end"], abs=WORD_TIME_TOLERANCE), a
         assert [w["word"] for w in a["words"]] == [w["word"] for w in b["words"]]
         for x, y in zip(a["words"], b["words"]):
-            assert x["start"] == pytest.approx(y["start"], abs=TIME_TOLERANCE), (a["text"], x, y)
-            assert x["end"] == pytest.approx(y["end"], abs=TIME_TOLERANCE), (a["text"], x, y)
-            assert x["probability"] == pytest.approx(y["probability"], abs=PROBABILITY_TOLERANCE)
+            assert x["start"] == pytest.approx(y["start"], abs=WORD_TIME_TOLERANCE), (a["text"], x, y)
+            assert x["end"] == pytest.approx(y["end"], abs=WORD_TIME_TOLERANCE), (a["text"], x, y)
+            assert x["probability"] == pytest.approx(y["probability"], abs=WORD_PROBABILITY_TOLERANCE)
         n_words += len(a["words"])
     assert n_words > 150
     words = [w for s in ours["segments"] for w in s["words"]]
@@ -134,8 +113,8 @@ def test_long_file_word_timestamps_match_openai_whisper(backend, long_audio, ope
 
 
 @BACKENDS
-def test_white_noise_gives_no_text(backend):
-    model = get_model("tiny.en", backend_or_skip(backend))
+def test_white_noise_gives_no_text(models, openai_transcribe, backend):
+    model = models.get("tiny.en", backend)
     noise = (0.1 * np.random.default_rng(0).standard_normal(20 * SAMPLE_RATE)).astype(np.float32)
     result = model.transcribe(noise, **OPTIONS)
     assert result["text"].strip() == ""
@@ -144,10 +123,10 @@ def test_white_noise_gives_no_text(backend):
 
 
 @BACKENDS
-def test_digital_silence_gives_no_text(backend):
+def test_digital_silence_gives_no_text(models, openai_transcribe, backend):
     # openai-whisper's tiny.en says " you" over 30 s of zeros (no_speech_prob 0.95 but avg_logprob -0.70,
     # so its thresholds keep the window); our silence gate skips windows with no signal at all.
-    model = get_model("tiny.en", backend_or_skip(backend))
+    model = models.get("tiny.en", backend)
     silence = np.zeros(30 * SAMPLE_RATE, dtype=np.float32)
     ours = model.transcribe(silence, **OPTIONS)
     assert ours["text"] == "" and ours["segments"] == []

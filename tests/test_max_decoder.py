@@ -7,94 +7,63 @@ Compiled graphs come from the on-disk .mef cache (the first run compiles them: m
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import (SHARED_AUDIO, get_model, get_torch_model, get_weights, reference_transcripts,
-                      requires_base, requires_reference, requires_shared_audio, shared_clips)
-from max_whisper.audio import first_window_mel, load_audio
 from max_whisper.decoding import DecodingOptions
+from support import (
+    CLIPS,
+    LOGITS_ATOL,
+    MODEL_NAMES,
+    TRANSCRIBED,
+    clip_ids,
+    requires_reference,
+    requires_shared_audio,
+    shared_clip,
+    subprocess_env,
+)
 
 pytestmark = [requires_shared_audio]
 
-CLIPS = shared_clips()
-TRANSCRIBED = [c for c in CLIPS if c.name in reference_transcripts()]
-MODELS = [
-    pytest.param("tiny.en", id="tiny.en"),
-    pytest.param("base", id="base", marks=[pytest.mark.base, requires_base]),
-]
-LOGITS_ATOL = 1e-3
 
-
-_mels: dict = {}
-
-
-def _mel_for(name: str, clip: Path) -> np.ndarray:
-    n_mels = get_weights(name).dims.n_mels
-    if (clip, n_mels) not in _mels:
-        _mels[clip, n_mels] = first_window_mel(load_audio(clip), n_mels)
-    return _mels[clip, n_mels]
-
-
-def _reference_tokens(name: str, mel: np.ndarray, **options) -> list[int]:
-    import torch
-    import whisper
-
-    options = whisper.DecodingOptions(fp16=False, language="en", without_timestamps=False, **options)
-    return whisper.decode(get_torch_model(name), torch.from_numpy(mel), options).tokens
-
-
-def _ours(name: str, mel: np.ndarray, **options):
-    return get_model(name, "max").decode(mel[None], DecodingOptions(language="en", **options))[0]
+def _ours(models, reference, name: str, clip, **options):
+    mel = reference.mel(name, clip)
+    return models.get(name, "max").decode(mel[None], DecodingOptions(language="en", **options))[0]
 
 
 @requires_reference
-@pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("clip", CLIPS, ids=[c.name for c in CLIPS])
-def test_greedy_tokens_match_reference(name, clip):
-    mel = _mel_for(name, clip)
-    ours = _ours(name, mel)
-    reference = _reference_tokens(name, mel)
-    assert ours.tokens == reference, f"{clip.name}: {ours.text!r}"
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("clip", CLIPS, ids=clip_ids(CLIPS))
+def test_greedy_tokens_match_reference(models, reference, name, clip):
+    ours = _ours(models, reference, name, clip)
+    assert ours.tokens == reference.tokens(name, clip), f"{clip.name}: {ours.text!r}"
     assert np.isfinite(ours.avg_logprob) and 0 <= ours.no_speech_prob <= 1
 
 
 @requires_reference
-@pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("clip", TRANSCRIBED, ids=[c.name for c in TRANSCRIBED])
-def test_beam_search_tokens_match_reference(name, clip):
-    mel = _mel_for(name, clip)
-    ours = _ours(name, mel, beam_size=5)
-    assert ours.tokens == _reference_tokens(name, mel, beam_size=5), f"{clip.name}: {ours.text!r}"
-
-
-def _clip(prefix: str) -> Path:
-    found = [c for c in CLIPS if c.name.startswith(prefix)]
-    if not found:
-        pytest.skip(f"{prefix}* is not in {SHARED_AUDIO}")
-    return found[0]
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("clip", TRANSCRIBED, ids=clip_ids(TRANSCRIBED))
+def test_beam_search_tokens_match_reference(models, reference, name, clip):
+    ours = _ours(models, reference, name, clip, beam_size=5)
+    assert ours.tokens == reference.tokens(name, clip, beam_size=5), f"{clip.name}: {ours.text!r}"
 
 
 @requires_reference
 @pytest.mark.parametrize("rows", ["alike", "distinct"])
-@pytest.mark.parametrize("name", MODELS)
-def test_logits_prefill_and_steps_match_reference(name, rows):
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_logits_prefill_and_steps_match_reference(models, reference, name, rows):
     """One prefill of 3 rows (alike as in a beam search, whose prefill runs one row and copies it;
     or distinct) then 3 single-token steps, with a rearrange of the cache rows between."""
     import torch
 
-    torch_model = get_torch_model(name)
-    backend = get_model(name, "max").backend
-    mel = _mel_for(name, _clip("librivox-0870"))
-    with torch.no_grad():
-        features = torch_model.encoder(torch.from_numpy(mel[None]))
+    torch_model = models.torch(name)
+    backend = models.get(name, "max").backend
+    features = torch.from_numpy(reference.features(name, shared_clip("librivox-0870")))
     group = 3
-    start = list(get_model(name, "max").tokenizer.sot_sequence) + [440, 1049]  # any text ids will do
+    start = list(models.get(name, "max").tokenizer.sot_sequence) + [440, 1049]  # any text ids will do
     tokens = np.tile(np.array(start, dtype=np.int64), (group, 1))
     rng = np.random.default_rng(0)
     if rows == "distinct":
@@ -128,15 +97,15 @@ def test_logits_prefill_and_steps_match_reference(name, rows):
 
 
 @requires_reference
-@pytest.mark.parametrize("name", MODELS)
-def test_cross_attention_scores_match_reference(name):
-    model = get_model(name, "max")
-    reference = get_model(name, "reference")
-    mel = _mel_for(name, _clip("librivox-0880"))
-    features = reference.embed_audio(mel[None])
-    tokens = np.array(list(reference.tokenizer.sot_sequence) + _reference_tokens(name, mel)[:12])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_cross_attention_scores_match_reference(models, reference, name):
+    model = models.get(name, "max")
+    ours_reference = models.get(name, "reference")
+    clip = shared_clip("librivox-0880")
+    features = ours_reference.embed_audio(reference.mel(name, clip)[None])
+    tokens = np.array(list(ours_reference.tokenizer.sot_sequence) + reference.tokens(name, clip)[:12])
     ours = model.backend.cross_attention(features, tokens)
-    ref = reference.backend.cross_attention(features, tokens)
+    ref = ours_reference.backend.cross_attention(features, tokens)
     dims = model.dims
     assert ours.shape == ref.shape == (dims.n_text_layer, dims.n_text_head, len(tokens), dims.n_audio_ctx)
     diff = float(np.abs(ours - ref).max())
@@ -144,17 +113,17 @@ def test_cross_attention_scores_match_reference(name):
     assert diff < LOGITS_ATOL
 
 
-def test_several_windows_and_beams_in_one_batch():
+def test_several_windows_and_beams_in_one_batch(models, reference):
     """Two windows with beams in one decoder session give what each window gives alone."""
-    model = get_model("tiny.en", "max")
-    mels = np.stack([_mel_for("tiny.en", _clip("librivox-0880")), _mel_for("tiny.en", _clip("LJ002-0020"))])
+    model = models.get("tiny.en", "max")
+    mels = np.stack([reference.mel("tiny.en", shared_clip(p)) for p in ("librivox-0880", "LJ002-0020")])
     together = model.decode(mels, DecodingOptions(language="en", beam_size=3))
     alone = [model.decode(m[None], DecodingOptions(language="en", beam_size=3))[0] for m in mels]
     assert [r.tokens for r in together] == [r.tokens for r in alone]
 
 
-def test_max_transcription_never_imports_torch(tmp_path):
-    clip = _clip("librivox-0880")
+def test_max_transcription_never_imports_torch():
+    clip = shared_clip("librivox-0880")
     script = (
         "import sys\n"
         "from max_whisper import load_model\n"
@@ -163,9 +132,7 @@ def test_max_transcription_never_imports_torch(tmp_path):
         "leaked = sorted(m for m in ('torch', 'whisper') if m in sys.modules)\n"
         "assert not leaked, leaked\n"
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1] / "src"),
-                                                      env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=1800)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(),
+                          timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "young man" in done.stdout.lower(), done.stdout

@@ -9,8 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import (
-    get_torch_model, get_weights, requires_base, requires_reference, requires_shared_audio, shared_clips, subprocess_env,
+from support import (
+    CLIPS,
+    FEATURES_MIN_COSINE,
+    requires_base,
+    requires_reference,
+    requires_shared_audio,
+    shared_clip,
+    subprocess_env,
 )
 
 # The promise is the tokens (test_max_decoder). Features are bounded loosely: any two float32
@@ -18,58 +24,53 @@ from conftest import (
 # to its distance from a float64 evaluation, against PyTorch fp32's own distance from it.
 FLOAT64_DISTANCE_RATIO = 3.0  # MAX's distance from float64 at most this times PyTorch fp32's own
 DISTANCE_FLOOR = 2e-4  # ... where PyTorch happens to land unusually close on every clip
-MIN_COSINE = 1 - 1e-6
-
-_encoders: dict = {}
 
 
 @pytest.fixture(scope="session")
-def max_encoder():
+def max_encoder(models):
     """(name, float64_blocks) -> MaxEncoder, built (compiled or loaded from the cache) once per session."""
+    encoders: dict = {}
 
     def get(name: str, float64_blocks: int = 0):
         from max_whisper.backends.max.encoder import MaxEncoder
 
-        if (name, float64_blocks) not in _encoders:
-            weights = get_weights(name)
-            _encoders[name, float64_blocks] = MaxEncoder(weights.dims, weights.params, device="cpu",
-                                                         float64_blocks=float64_blocks)
-        return _encoders[name, float64_blocks]
+        if (name, float64_blocks) not in encoders:
+            weights = models.weights(name)
+            encoders[name, float64_blocks] = MaxEncoder(weights.dims, weights.params, device="cpu",
+                                                        float64_blocks=float64_blocks)
+        return encoders[name, float64_blocks]
 
     return get
 
 
-def reference_mel(path, n_mels: int) -> np.ndarray:
-    """openai-whisper's own log-mel of the clip's first 30 s: [1, n_mels, 3000]."""
-    import torch
-    import whisper.audio
+@pytest.fixture(scope="session")
+def pytorch_features(reference):
+    """(name, clip) -> (the clip's first-window mel [1, n_mels, 3000], openai-whisper's encoder features on it
+    in float32, the float64 features of the same network), once per session. The mel and the float32
+    features are the session's `reference` ones, which the decoding tests use as well."""
+    float64_encoders: dict = {}
+    done: dict = {}
 
-    from max_whisper.audio import load_audio
+    def get(name: str, clip) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import torch
+        import whisper.model
 
-    audio = whisper.audio.pad_or_trim(torch.from_numpy(load_audio(path)))
-    return whisper.audio.log_mel_spectrogram(audio, n_mels=n_mels).numpy()[None]
+        if (name, clip) in done:
+            return done[name, clip]
+        mel = reference.mel(name, clip)[None]
+        if name not in float64_encoders:
+            float64_encoders[name] = copy.deepcopy(reference.models.torch(name).encoder).double()
+        original = whisper.model.LayerNorm.forward
+        whisper.model.LayerNorm.forward = torch.nn.LayerNorm.forward  # no cast to float32
+        try:
+            with torch.no_grad():
+                exact = float64_encoders[name](torch.from_numpy(mel).double()).numpy()
+        finally:
+            whisper.model.LayerNorm.forward = original
+        done[name, clip] = mel, reference.features(name, clip), exact
+        return done[name, clip]
 
-
-_float64_encoders: dict = {}
-
-
-def pytorch_features(name: str, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """openai-whisper's encoder on `mel`: (float32 features, float64 features of the same network)."""
-    import torch
-    import whisper.model
-
-    model = get_torch_model(name)
-    if name not in _float64_encoders:
-        _float64_encoders[name] = copy.deepcopy(model.encoder).double()
-    original = whisper.model.LayerNorm.forward
-    whisper.model.LayerNorm.forward = torch.nn.LayerNorm.forward  # no cast to float32
-    try:
-        with torch.no_grad():
-            exact = _float64_encoders[name](torch.from_numpy(mel).double()).numpy()
-    finally:
-        whisper.model.LayerNorm.forward = original
-    with torch.no_grad():
-        return model.encoder(torch.from_numpy(mel)).numpy(), exact
+    return get
 
 
 def encoder_report(got: np.ndarray, pytorch: np.ndarray, exact: np.ndarray) -> dict:
@@ -80,23 +81,33 @@ def encoder_report(got: np.ndarray, pytorch: np.ndarray, exact: np.ndarray) -> d
             "pytorch_from_float64": float(np.abs(pytorch - exact).max())}
 
 
-def compare_with_pytorch(name: str, clip, max_encoder, float64_blocks: int = 0) -> dict:
-    encoder = max_encoder(name, float64_blocks)
-    mel = reference_mel(clip, encoder.dims.n_mels)
-    pytorch, exact = pytorch_features(name, mel)
-    got = encoder(mel)
-    assert got.shape == pytorch.shape == (1, encoder.dims.n_audio_ctx, encoder.dims.n_audio_state)
-    report = encoder_report(got, pytorch, exact)
-    print(f"{name} {clip.name} float64_blocks={float64_blocks}: " +
-          ", ".join(f"{k} {v:.3e}" if k != "cosine" else f"1 - cosine {1 - v:.1e}" for k, v in report.items()))
-    assert report["cosine"] >= MIN_COSINE, clip.name
-    return report
+@pytest.fixture(scope="session")
+def compare_with_pytorch(max_encoder, pytorch_features):
+    """(name, clip, float64_blocks) -> the report of MAX against PyTorch on the clip, after checking its
+    shape and cosine; once per session (a report that failed its checks is computed and checked again)."""
+    reports: dict = {}
+
+    def compare(name: str, clip, float64_blocks: int = 0) -> dict:
+        key = (name, clip, float64_blocks)
+        if key not in reports:
+            encoder = max_encoder(name, float64_blocks)
+            mel, pytorch, exact = pytorch_features(name, clip)
+            got = encoder(mel)
+            assert got.shape == pytorch.shape == (1, encoder.dims.n_audio_ctx, encoder.dims.n_audio_state)
+            report = encoder_report(got, pytorch, exact)
+            print(f"{name} {clip.name} float64_blocks={float64_blocks}: " +
+                  ", ".join(f"{k} {v:.3e}" if k != "cosine" else f"1 - cosine {1 - v:.1e}" for k, v in report.items()))
+            assert report["cosine"] >= FEATURES_MIN_COSINE, clip.name
+            reports[key] = report
+        return reports[key]
+
+    return compare
 
 
-def check_every_clip(name: str, max_encoder) -> None:
+def check_every_clip(name: str, compare_with_pytorch) -> None:
     """Over all shared clips: MAX's worst distance from float64 at most FLOAT64_DISTANCE_RATIO times
     PyTorch fp32's worst (per clip the two wander independently, so the bar is on the worst case)."""
-    reports = [compare_with_pytorch(name, clip, max_encoder) for clip in shared_clips()]
+    reports = [compare_with_pytorch(name, clip) for clip in CLIPS]
     worst_max = max(r["max_from_float64"] for r in reports)
     worst_pytorch = max(r["pytorch_from_float64"] for r in reports)
     print(f"{name}: worst distance from float64: MAX {worst_max:.2e}, PyTorch fp32 {worst_pytorch:.2e}, "
@@ -106,27 +117,26 @@ def check_every_clip(name: str, max_encoder) -> None:
 
 @requires_reference
 @requires_shared_audio
-def test_tiny_en_near_pytorch_and_float64(max_encoder):
-    check_every_clip("tiny.en", max_encoder)
+def test_tiny_en_near_pytorch_and_float64(compare_with_pytorch):
+    check_every_clip("tiny.en", compare_with_pytorch)
 
 
 @pytest.mark.base
 @requires_base
 @requires_reference
 @requires_shared_audio
-def test_base_near_pytorch_and_float64(max_encoder):
-    check_every_clip("base", max_encoder)
+def test_base_near_pytorch_and_float64(compare_with_pytorch):
+    check_every_clip("base", compare_with_pytorch)
 
 
 @requires_reference
 @requires_shared_audio
-def test_float64_blocks_bring_the_features_nearer_float64(max_encoder):
+def test_float64_blocks_bring_the_features_nearer_float64(max_encoder, compare_with_pytorch):
     """The explicit float64 option, on the clip whose features float32 rounding moves most: the
     two leading blocks in float64 land nearer the float64 evaluation than the float32 encoder."""
-    clip = next((c for c in shared_clips() if c.name == "libri-1088-134315-0000.wav"), None)
-    assert clip is not None, "libri-1088-134315-0000.wav is missing from ../shared/audio"
-    float32 = compare_with_pytorch("tiny.en", clip, max_encoder, float64_blocks=0)
-    mixed = compare_with_pytorch("tiny.en", clip, max_encoder, float64_blocks=2)
+    clip = shared_clip("libri-1088-134315-0000.wav")
+    float32 = compare_with_pytorch("tiny.en", clip, float64_blocks=0)
+    mixed = compare_with_pytorch("tiny.en", clip, float64_blocks=2)
     assert max_encoder("tiny.en", 2).stage_dtypes["block.1"] == "float64"
     assert mixed["max_from_float64"] < float32["max_from_float64"]
 
@@ -223,12 +233,12 @@ def test_cache_key_separates_signatures():
     assert cache_key(session, {"graph": "a", "d": 384}) != cache_key(session, {"graph": "a", "d": 512})
 
 
-def test_graph_code_is_part_of_the_key(tmp_path):
+def test_graph_code_is_part_of_the_key(models, tmp_path):
     """A changed graph builder (or weight layout) gives new cache keys: a stale .mef is never loaded."""
     from max_whisper.backends.max import encoder, encoder_graph
     from max_whisper.backends.max.compile_cache import source_hash
 
-    dims = get_weights("tiny.en").dims
+    dims = models.weights("tiny.en").dims
     copy_of_builder = tmp_path / "encoder_graph.py"
     copy_of_builder.write_text(open(encoder_graph.__file__).read())
     assert source_hash(copy_of_builder) == source_hash(encoder_graph.__file__)

@@ -7,21 +7,20 @@ import copy
 import numpy as np
 import pytest
 
-from conftest import get_torch_model, get_weights, requires_reference, requires_shared_audio, shared_clips
-from max_whisper.audio import first_window_mel, load_audio
 from max_whisper.decoding import DecodingOptions, decode
+from support import CLIPS, clip_ids, requires_reference, requires_shared_audio
 
 pytestmark = [requires_reference, requires_shared_audio]
 
 
 @pytest.fixture(scope="module")
-def numpy_backend():
+def numpy_backend(models):
     from max_whisper.backends.numpy_backend import NumpyBackend
 
-    return NumpyBackend(get_weights("tiny.en"))
+    return NumpyBackend(models.weights("tiny.en"))
 
 
-def test_float64_evaluation_is_openai_whisper_in_float64(monkeypatch):
+def test_float64_evaluation_is_openai_whisper_in_float64(models, reference, monkeypatch):
     """The same network as openai-whisper's modules run in float64 (whose attention takes its softmax
     in float32, so they agree to ~1e-5, against the ~5e-4 of float32 evaluations): encoder features
     and the logits of a short prompt."""
@@ -30,35 +29,27 @@ def test_float64_evaluation_is_openai_whisper_in_float64(monkeypatch):
 
     from max_whisper.backends.numpy_backend import NumpyModel
 
-    clip = shared_clips()[0]
-    mel = first_window_mel(load_audio(clip), 80)[None].astype(np.float64)
-    model = copy.deepcopy(get_torch_model("tiny.en")).double()
+    mel = reference.mel("tiny.en", CLIPS[0])[None].astype(np.float64)
+    model = copy.deepcopy(models.torch("tiny.en")).double()
     monkeypatch.setattr(whisper.model.LayerNorm, "forward", torch.nn.LayerNorm.forward)  # no cast to fp32
     monkeypatch.setattr(whisper.model.Linear, "forward", torch.nn.Linear.forward)
     tokens = np.array([[50257, 50362, 440, 1049]])
     with torch.no_grad(), whisper.model.disable_sdpa():
         features = model.encoder(torch.from_numpy(mel)).numpy()
         logits = model.decoder(torch.from_numpy(tokens), torch.from_numpy(features)).numpy()
-    ours = NumpyModel(get_weights("tiny.en"), np.float64)
+    ours = NumpyModel(models.weights("tiny.en"), np.float64)
     got = ours.encode(mel)
     np.testing.assert_allclose(got, features, atol=5e-5)
     got_logits, _ = ours.decode(tokens, 0, ours.cross_kv(features), None)
     np.testing.assert_allclose(got_logits, logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("clip", shared_clips(), ids=lambda p: p.name)
-def test_greedy_tokens_match_reference(numpy_backend, clip):
-    import torch
-    import whisper
-
-    from conftest import get_model
-
-    mel = first_window_mel(load_audio(clip), 80)
-    tokenizer = get_model("tiny.en", "reference").tokenizer
+@pytest.mark.parametrize("clip", CLIPS, ids=clip_ids(CLIPS))
+def test_greedy_tokens_match_reference(models, reference, numpy_backend, clip):
+    mel = reference.mel("tiny.en", clip)
+    tokenizer = models.get("tiny.en", "reference").tokenizer
     ours = decode(numpy_backend, tokenizer, numpy_backend.encode(mel[None]), DecodingOptions(language="en"))[0]
-    reference = whisper.decode(get_torch_model("tiny.en"), torch.from_numpy(mel),
-                               whisper.DecodingOptions(fp16=False, language="en"))
-    assert ours.tokens == reference.tokens, clip.name
+    assert ours.tokens == reference.tokens("tiny.en", clip), clip.name
 
 
 def test_session_caches_and_rearranges(numpy_backend):

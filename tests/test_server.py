@@ -16,15 +16,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import REPO_ROOT, SHARED_AUDIO, get_model, has_module, requires_reference, requires_shared_audio
+from support import (
+    SHARED_AUDIO,
+    requires,
+    requires_reference,
+    requires_shared_audio,
+    subprocess_env,
+)
 
 pytestmark = [requires_reference, requires_shared_audio,
-              pytest.mark.skipif(not all(map(has_module, ("fastapi", "uvicorn", "multipart", "openai", "httpx"))),
-                                 reason="the serve and test extras are not installed")]
+              requires("fastapi", "uvicorn", "multipart", "openai", "httpx",
+                       reason="the serve and test extras are not installed")]
 
 CLIP = SHARED_AUDIO / "librivox-0880.wav"
 KEY = "test-key"
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+ENV = subprocess_env()
 
 
 def free_port() -> int:
@@ -61,9 +67,10 @@ def audio(path=CLIP, name=None):
 
 @pytest.fixture(scope="module")
 def cli_proc():
-    """`max-whisper transcribe` on the clip, started first so that it runs while the server starts."""
+    """`max-whisper transcribe` on the clip (the text alone: --verbose False), started first so that it runs
+    while the server starts."""
     return subprocess.Popen([sys.executable, "-m", "max_whisper.cli", "transcribe", str(CLIP), "--backend",
-                             "reference", "--model", "tiny.en", "--device", "cpu"],
+                             "reference", "--model", "tiny.en", "--device", "cpu", "--verbose", "False"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
 
@@ -115,6 +122,7 @@ def test_verbose_json(server, cli_text):
     assert "".join(w.word for w in result.words) == cli_text.replace(" ", "")
 
 
+@requires("srt", "webvtt")
 def test_subtitles_parse(server, cli_text):
     import srt
     import webvtt
@@ -208,27 +216,27 @@ class GatedModel:
     def __getattr__(self, name):
         return getattr(self.model, name)
 
-    def transcribe(self, audio, **options):
+    def transcribe(self, audio, options=None, **overrides):
         with self.lock:
             self.runs += 1
             self.inside += 1
             self.max_inside = max(self.max_inside, self.inside)
         try:
             self.gate.wait(60)
-            return self.model.transcribe(audio, **options)
+            return self.model.transcribe(audio, options, **overrides)
         finally:
             with self.lock:
                 self.inside -= 1
 
 
 @pytest.fixture(scope="module")
-def gated():
+def gated(models):
     """The app in-process (uvicorn in a thread) with --max-queue 1, on the session's shared model."""
     import uvicorn
 
     from max_whisper.server import create_app
 
-    model = GatedModel(get_model("tiny.en", "reference"))
+    model = GatedModel(models.get("tiny.en", "reference"))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"

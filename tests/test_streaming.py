@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support import CLIPS, requires_shared_audio, shared_clip
 from max_whisper import audio_stream as audio_module
 from max_whisper.audio import AudioError, load_audio, log_mel_spectrogram
 from max_whisper.audio_stream import StreamedAudio, window_source
 from max_whisper.dims import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE
 from max_whisper.transcribe import transcribe
+from support import CLIPS, requires_shared_audio, shared_clip
 
 BLOCK = 4096 * HOP_LENGTH  # samples per mel block of log_mel_spectrogram
 

@@ -7,19 +7,31 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, SHARED_AUDIO, get_model, get_torch_model, requires_reference, requires_shared_audio
-from max_whisper.timing import (WordTiming, dtw, get_end, get_start, median_filter, merge_punctuations,
-                                skip_hallucinations)
+from max_whisper.timing import (
+    WordTiming,
+    dtw,
+    get_end,
+    get_start,
+    median_filter,
+    merge_punctuations,
+    skip_hallucinations,
+)
+from support import (
+    REPO_ROOT,
+    WORD_PROBABILITY_TOLERANCE,
+    WORD_TIME_TOLERANCE,
+    requires_reference,
+    requires_shared_audio,
+    shared_clip,
+    subprocess_env,
+)
 
 PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"
-TIME_TOLERANCE = 0.02 + 1e-9  # one audio position
-PROBABILITY_TOLERANCE = 1e-3
 
 
 def test_timing_and_writers_do_not_import_torch():
     code = "import sys, max_whisper.timing, max_whisper.writers; assert 'torch' not in sys.modules, 'torch'"
-    env = {"PYTHONPATH": str(REPO_ROOT / "src"), "PATH": "/usr/bin:/bin"}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO_ROOT)
+    subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(clean=True), cwd=REPO_ROOT)
 
 
 # -- DTW and median filter ---------------------------------------------------------------------------
@@ -43,9 +55,11 @@ def test_median_filter_reflects_at_the_edges():
         median_filter(x, 4)
 
 
+@requires_reference
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (5, 9), (40, 300), (120, 1500)])
 def test_dtw_matches_openai_whisper(shape):
-    timing = pytest.importorskip("whisper.timing", reason="openai-whisper (reference extra) is not installed")
+    import whisper.timing as timing
+
     rng = np.random.default_rng(sum(shape))
     cases = {
         "normal": rng.standard_normal(shape),
@@ -56,10 +70,12 @@ def test_dtw_matches_openai_whisper(shape):
         assert np.array_equal(dtw(x), timing.dtw_cpu(x.copy())), name
 
 
+@requires_reference
 @pytest.mark.parametrize("shape", [(8, 20, 100), (8, 20, 4), (8, 20, 3), (2, 7), (11,)])
 def test_median_filter_matches_openai_whisper(shape):
-    torch = pytest.importorskip("torch")
-    timing = pytest.importorskip("whisper.timing", reason="openai-whisper (reference extra) is not installed")
+    import torch
+    import whisper.timing as timing
+
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     if x.ndim == 3:
         x[0, :, 2] = np.nan  # a zero-variance column standardises to NaN
@@ -72,6 +88,7 @@ def _words(*texts):
     return [WordTiming(text, [i], float(i), i + 1.0, 0.5) for i, text in enumerate(texts)]
 
 
+@requires_reference
 @pytest.mark.parametrize("texts", [
     (' "', "Hello", ",", " world", ".", '"'),
     (" (", " '", "quoted", "'", ")", " tail", "!"),
@@ -79,7 +96,8 @@ def _words(*texts):
     (" -", "dash", " end", "?"),
 ])
 def test_merge_punctuations_matches_openai_whisper(texts):
-    timing = pytest.importorskip("whisper.timing", reason="openai-whisper (reference extra) is not installed")
+    import whisper.timing as timing
+
     ours = _words(*texts)
     theirs = [timing.WordTiming(w.word, list(w.tokens), w.start, w.end, w.probability) for w in ours]
     merge_punctuations(ours, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
@@ -145,7 +163,7 @@ def test_skip_hallucinations_drops_an_isolated_hallucination():
 @requires_reference
 @requires_shared_audio
 @pytest.mark.parametrize("clip", ["libri-1088-134315-0000.wav", "2412-153948-0001.flac"])
-def test_word_timestamps_match_openai_whisper(clip):
+def test_word_timestamps_match_openai_whisper(models, clip):
     import torch
     from whisper.timing import add_word_timestamps as reference_add_word_timestamps
     from whisper.tokenizer import get_tokenizer as reference_get_tokenizer
@@ -154,10 +172,11 @@ def test_word_timestamps_match_openai_whisper(clip):
     from max_whisper.dims import N_FRAMES, N_SAMPLES
     from max_whisper.timing import add_word_timestamps
 
-    model = get_model("tiny.en", "reference")
-    torch_model = get_torch_model("tiny.en")
-    audio = load_audio(SHARED_AUDIO / clip)
-    segments = model.transcribe(audio, temperature=0.0)["segments"]
+    model = models.get("tiny.en", "reference")
+    torch_model = models.torch("tiny.en")
+    path = shared_clip(clip)
+    audio = load_audio(path)
+    segments = models.transcribe("tiny.en", "reference", path, temperature=0.0)["segments"]
     assert segments and all(s["seek"] == 0 for s in segments), "one window expected"
     for segment in segments:
         del segment["id"]
@@ -180,12 +199,12 @@ def test_word_timestamps_match_openai_whisper(clip):
     n_words = 0
     for a, b in zip(ours, theirs, strict=True):
         assert [w["word"] for w in a["words"]] == [w["word"] for w in b["words"]]
-        assert a["start"] == pytest.approx(b["start"], abs=TIME_TOLERANCE)
-        assert a["end"] == pytest.approx(b["end"], abs=TIME_TOLERANCE)
+        assert a["start"] == pytest.approx(b["start"], abs=WORD_TIME_TOLERANCE)
+        assert a["end"] == pytest.approx(b["end"], abs=WORD_TIME_TOLERANCE)
         for x, y in zip(a["words"], b["words"]):
-            assert x["start"] == pytest.approx(y["start"], abs=TIME_TOLERANCE), x
-            assert x["end"] == pytest.approx(y["end"], abs=TIME_TOLERANCE), x
-            assert x["probability"] == pytest.approx(y["probability"], abs=PROBABILITY_TOLERANCE), x
+            assert x["start"] == pytest.approx(y["start"], abs=WORD_TIME_TOLERANCE), x
+            assert x["end"] == pytest.approx(y["end"], abs=WORD_TIME_TOLERANCE), x
+            assert x["probability"] == pytest.approx(y["probability"], abs=WORD_PROBABILITY_TOLERANCE), x
             assert 0 <= x["start"] <= x["end"] <= num_frames / 100 + 0.02
             assert not isinstance(x["start"], np.generic) and type(x["probability"]) is float
         n_words += len(a["words"])

@@ -1,9 +1,9 @@
 """Our tokenizer (HF tokenizer.json) against openai-whisper's tiktoken tokenizer."""
 import pytest
 
-from conftest import get_weights, requires_base, requires_reference
 from max_whisper.api import _tokenizer_path
 from max_whisper.tokenizer import TokenizerError, get_tokenizer, normalize_language
+from support import MODEL_NAMES, requires_reference
 
 TEXTS = [
     " Hello world, it's 5 o'clock!",
@@ -14,18 +14,19 @@ TEXTS = [
 ]
 
 
-def _pair(name: str):
-    whisper_tokenizer = pytest.importorskip("whisper.tokenizer")
-    weights = get_weights(name)
+def _pair(models, name: str):
+    import whisper.tokenizer as whisper_tokenizer
+
+    weights = models.weights(name)
     ours = get_tokenizer(str(_tokenizer_path(weights)), weights.dims.is_multilingual, weights.dims.num_languages)
     ref = whisper_tokenizer.get_tokenizer(weights.dims.is_multilingual, num_languages=weights.dims.num_languages)
     return ours, ref
 
 
 @requires_reference
-@pytest.mark.parametrize("name", ["tiny.en", pytest.param("base", marks=[requires_base, pytest.mark.base])])
-def test_special_tokens_match_reference(name):
-    ours, ref = _pair(name)
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_special_tokens_match_reference(models, name):
+    ours, ref = _pair(models, name)
     for attr in ("eot", "sot", "translate", "transcribe", "sot_lm", "sot_prev", "no_speech",
                  "no_timestamps", "timestamp_begin"):
         assert getattr(ours, attr) == getattr(ref, attr), attr
@@ -38,9 +39,9 @@ def test_special_tokens_match_reference(name):
 
 
 @requires_reference
-@pytest.mark.parametrize("name", ["tiny.en", pytest.param("base", marks=[requires_base, pytest.mark.base])])
-def test_text_round_trip_matches_reference(name):
-    ours, ref = _pair(name)
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_text_round_trip_matches_reference(models, name):
+    ours, ref = _pair(models, name)
     for text in TEXTS:
         ids = ref.encode(text)
         assert ours.encode(text) == ids

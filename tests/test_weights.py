@@ -11,20 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support import MODEL_NAMES, requires, requires_base, requires_reference
 from max_whisper.dims import ModelDimensions
-from max_whisper.weights import registry
-from max_whisper.weights.registry import NAMED_MODELS, NamedModel
 from max_whisper.weights import (
     ModelWeights,
     WeightsError,
     bfloat16_to_float32,
     expected_shapes,
     load_model_weights,
+    registry,
     sinusoids,
 )
 from max_whisper.weights.ctranslate2 import CT2_ADAPTER
 from max_whisper.weights.hf_safetensors import read_safetensors
+from max_whisper.weights.registry import NAMED_MODELS, NamedModel
+from support import MODEL_NAMES, requires, requires_base, requires_reference
 
 TINY_EN = ModelDimensions(80, 1500, 384, 6, 4, 51864, 448, 384, 6, 4)
 BASE = ModelDimensions(80, 1500, 512, 8, 6, 51865, 448, 512, 8, 6)
@@ -88,7 +88,9 @@ def test_loads_strictly_into_openai_whisper(models, name):
 
 @requires_reference
 def test_shared_helpers_match_openai_whisper():
-    from whisper.model import ModelDimensions as WhisperDims, Whisper, sinusoids as whisper_sinusoids
+    from whisper.model import ModelDimensions as WhisperDims
+    from whisper.model import Whisper
+    from whisper.model import sinusoids as whisper_sinusoids
 
     small = ModelDimensions(80, 30, 64, 2, 2, 100, 8, 64, 2, 3)
     state = Whisper(WhisperDims(**small.to_dict())).state_dict()

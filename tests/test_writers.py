@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from conftest import SHARED_AUDIO, get_model, requires_reference, requires_shared_audio
 from max_whisper.writers import FORMATS, format_timestamp, get_writer, render
+from support import requires, requires_reference, requires_shared_audio, shared_clip
 
 CLIP = "libri-1088-134315-0000.wav"  # 16 s, two segments with punctuation
 
@@ -23,17 +23,12 @@ SUBTITLE_OPTIONS = [
 
 
 @pytest.fixture(scope="module")
-def results():
-    """Two real results for one clip: segment-level only, and with word timings."""
-    if not (SHARED_AUDIO / CLIP).is_file():
-        pytest.skip(f"{SHARED_AUDIO / CLIP} is absent")
-    pytest.importorskip("torch", reason="the reference backend needs the reference extra")
-    from max_whisper.audio import load_audio
-
-    model = get_model("tiny.en", "reference")
-    audio = load_audio(SHARED_AUDIO / CLIP)
-    plain = model.transcribe(audio, temperature=0.0)
-    words = model.transcribe(audio, temperature=0.0, word_timestamps=True)
+def results(models):
+    """Two real results for one clip: segment-level only, and with word timings (the tests using it are
+    marked requires_reference and requires_shared_audio)."""
+    path = shared_clip(CLIP)
+    plain = models.transcribe("tiny.en", "reference", path, temperature=0.0)
+    words = models.transcribe("tiny.en", "reference", path, temperature=0.0, word_timestamps=True)
     assert len(plain["segments"]) >= 2 and all(s["words"] for s in words["segments"])
     return {"plain": plain, "words": words}
 
@@ -71,8 +66,10 @@ def test_format_timestamp():
 
 @requires_reference
 @requires_shared_audio
+@requires("srt")
 def test_srt_parses_with_segment_cues(tmp_path, results):
-    srt = pytest.importorskip("srt")
+    import srt
+
     result = results["plain"]
     get_writer("srt", tmp_path)(result, CLIP)
     cues = list(srt.parse((tmp_path / "libri-1088-134315-0000.srt").read_text(encoding="utf-8")))
@@ -85,8 +82,10 @@ def test_srt_parses_with_segment_cues(tmp_path, results):
 
 @requires_reference
 @requires_shared_audio
+@requires("webvtt")
 def test_vtt_parses_with_segment_cues(tmp_path, results):
-    webvtt = pytest.importorskip("webvtt")
+    import webvtt
+
     result = results["plain"]
     get_writer("vtt", tmp_path)(result, CLIP)
     path = tmp_path / "libri-1088-134315-0000.vtt"
@@ -101,9 +100,11 @@ def test_vtt_parses_with_segment_cues(tmp_path, results):
 
 @requires_reference
 @requires_shared_audio
+@requires("srt", "webvtt")
 def test_word_level_subtitles_parse(tmp_path, results):
-    srt = pytest.importorskip("srt")
-    webvtt = pytest.importorskip("webvtt")
+    import srt
+    import webvtt
+
     result = results["words"]
     words = [w for s in result["segments"] for w in s["words"]]
 
@@ -137,7 +138,7 @@ def test_word_level_subtitles_parse(tmp_path, results):
 @requires_shared_audio
 def test_txt_tsv_json_contents(tmp_path, results):
     result = results["words"]
-    get_writer("all", tmp_path)(result, SHARED_AUDIO / CLIP)
+    get_writer("all", tmp_path)(result, shared_clip(CLIP))
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == sorted(f"libri-1088-134315-0000.{ext}" for ext in FORMATS if ext != "all")
 
@@ -170,13 +171,14 @@ def test_synthetic_edge_cases(tmp_path):
     assert "4\n01:02:05,000 --> 01:02:08,000\ndone\n" in srt_text
     assert "\n01:02:05.000 --> 01:02:08.000\ndone\n" in render(result, "vtt")
     get_writer("txt", tmp_path)(result, "x.mp3")
-    assert (tmp_path / "x.txt").read_bytes() == "Grüße\tà tous\n--> 東京\n\ndone\n".encode("utf-8")
+    assert (tmp_path / "x.txt").read_bytes() == "Grüße\tà tous\n--> 東京\n\ndone\n".encode()
     with pytest.raises(ValueError, match="unknown output format"):
         render(result, "docx")
 
 
 def _assert_same_as_openai(tmp_path, result, options):
-    whisper_utils = pytest.importorskip("whisper.utils")
+    import whisper.utils as whisper_utils
+
     from max_whisper.writers import get_writer as our_get_writer
 
     for fmt in ("txt", "vtt", "srt", "tsv", "json"):
@@ -185,6 +187,7 @@ def _assert_same_as_openai(tmp_path, result, options):
         assert ours == theirs, (fmt, options)
 
 
+@requires_reference
 @pytest.mark.skipif(sys.getdefaultencoding() != "utf-8", reason="openai-whisper rewrites text off UTF-8")
 def test_synthetic_same_bytes_as_openai_whisper(tmp_path):
     _assert_same_as_openai(tmp_path, synthetic_result(), None)
@@ -202,7 +205,8 @@ def test_same_bytes_as_openai_whisper(tmp_path, results, kind, options):
 @requires_reference
 @requires_shared_audio
 def test_all_writes_every_format_like_openai_whisper(tmp_path, results):
-    whisper_utils = pytest.importorskip("whisper.utils")
+    import whisper.utils as whisper_utils
+
     options = {"max_line_width": 24, "max_line_count": 2}
     (tmp_path / "ours").mkdir()
     (tmp_path / "theirs").mkdir()
