@@ -9,7 +9,7 @@ MODEL ?= tiny.en
 BACKEND ?=
 ARGS ?=
 
-.PHONY: install install-reference install-test run test bench demo serve clean
+.PHONY: install install-reference install-test run test lint bench demo serve clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,13 @@ install-test: $(VENV)/.installed-test
 run: install
 	$(VENV)/bin/max-whisper transcribe $(AUDIO) --model $(MODEL) $(if $(BACKEND),--backend $(BACKEND)) $(ARGS)
 
-test: install-test
+test: install-test lint
 	$(PY) -m pytest $(ARGS)
+
+# ruff (pyproject.toml): a lint or format finding fails `make test`
+lint: install-test
+	$(PY) -m ruff check src
+	$(PY) -m ruff format --check src
 
 bench: install-test
 	$(VENV)/bin/max-whisper bench --audio ../shared/audio --json bench/results/latest.json --chart bench/results/latest.png $(ARGS)
