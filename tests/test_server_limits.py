@@ -1,0 +1,66 @@
+"""The server at its edges: stream=true before streaming exists, and a client that hangs up mid-upload."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+import pytest
+
+from support import SAMPLE, requires
+
+pytestmark = requires("fastapi", "uvicorn", "httpx")
+
+
+class IdleModel:
+    """Enough of a model for requests that must be answered before any transcription."""
+
+    name, is_multilingual, backend_name, device = "tiny.en", False, "max", "cpu"
+
+    def transcribe(self, *args, **kwargs):  # pragma: no cover - reaching it is the failure
+        raise AssertionError("no request here may reach the model")
+
+
+@pytest.fixture
+def server():
+    import uvicorn
+
+    from max_whisper.server import create_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    srv = uvicorn.Server(uvicorn.Config(create_app(IdleModel()), log_level="info"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield sock.getsockname()[1]
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_stream_true_is_a_400_until_streaming_exists(server):
+    import httpx
+
+    with open(SAMPLE, "rb") as f:
+        response = httpx.post(f"http://127.0.0.1:{server}/v1/audio/transcriptions",
+                              files={"file": ("sample.wav", f, "audio/wav")}, data={"stream": "true"})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "stream"
+
+
+def test_a_client_that_hangs_up_mid_upload_is_one_info_line(server, caplog):
+    body = b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n" + b"\0" * 4096
+    head = (f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+            f"boundary=x\r\nContent-Length: {len(body) + 1_000_000}\r\n\r\n").encode()
+    with caplog.at_level(logging.INFO):
+        with socket.create_connection(("127.0.0.1", server)) as client:
+            client.sendall(head + body)
+            time.sleep(0.5)
+        time.sleep(1.5)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert any("disconnected during its upload" in r.getMessage() for r in caplog.records)
