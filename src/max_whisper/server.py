@@ -407,21 +407,19 @@ def create_app(
             )
         return JSONResponse(verbose_json(result, task, duration, text, words))
 
-    @app.post(
-        "/v1/audio/transcriptions",
-        openapi_extra=request_schema("transcriptions"),
-        summary="Transcribe audio into the language spoken",
-    )
-    async def transcriptions(request: Request):
-        return await handle(request, "transcribe")
+    def endpoint(task: str):
+        async def answer(request: Request):
+            return await handle(request, task)
 
-    @app.post(
-        "/v1/audio/translations",
-        openapi_extra=request_schema("translations"),
-        summary="Translate speech in any language into English text",
-    )
-    async def translations(request: Request):
-        return await handle(request, "translate")
+        return answer
+
+    for route, task, summary in (
+        ("transcriptions", "transcribe", "Transcribe audio into the language spoken"),
+        ("translations", "translate", "Translate speech in any language into English text"),
+    ):
+        app.post(
+            f"/v1/audio/{route}", openapi_extra=request_schema(route), summary=summary, name=route
+        )(endpoint(task))
 
     @app.get("/", include_in_schema=False)
     async def index():
