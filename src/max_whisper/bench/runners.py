@@ -136,9 +136,14 @@ class WhisperRunner:
             self.load()
         self.times.reset()
         start = time.perf_counter()
-        results = dict(
-            self._timed.transcribe_many(clips, self.settings.ours(), batch_size=BATCHED_SIZE)
-        )
+        if len(clips) == 1:  # one long file: cut at its pauses, its chunks batched
+            results = {
+                0: self._timed.transcribe(clips[0], self.settings.ours(), batch_size=BATCHED_SIZE)
+            }
+        else:
+            results = dict(
+                self._timed.transcribe_many(clips, self.settings.ours(), batch_size=BATCHED_SIZE)
+            )
         wall = time.perf_counter() - start
         total = sum(len(c) for c in clips) or 1
         passes = [
