@@ -47,7 +47,7 @@ def pytest_sessionstart(session):
 
 
 # Test files that need no compiled MAX graph: they run first, while the graphs compile.
-NEEDS_NO_MAX_GRAPH = {"test_audio.py", "test_cli.py", "test_numpy_backend.py", "test_server.py", "test_tokenizer.py",
+NEEDS_NO_MAX_GRAPH = {"test_audio.py", "test_cli.py", "test_numpy_backend.py", "test_server.py", "test_server_limits.py", "test_tokenizer.py",
                       "test_transcribe_quality.py", "test_weights.py", "test_writers.py"}
 
 
