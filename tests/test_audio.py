@@ -1,4 +1,6 @@
-"""Audio decoding (PyAV) and the NumPy log-Mel spectrogram, against openai-whisper where installed."""
+"""Audio decoding (PyAV) and the NumPy log-Mel spectrogram, against openai-whisper where
+installed."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,18 +24,22 @@ from max_whisper.dims import N_FRAMES, N_SAMPLES, SAMPLE_RATE
 from support import CLIPS, MEL_ATOL, requires, requires_reference
 
 clip_params = pytest.mark.parametrize(
-    "clip", CLIPS or [pytest.param(None, marks=pytest.mark.skip(reason="../shared/audio is absent"))],
+    "clip",
+    CLIPS or [pytest.param(None, marks=pytest.mark.skip(reason="../shared/audio is absent"))],
     ids=lambda p: p.name if p else "no-clips",
 )
-requires_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None,
-                                     reason="no ffmpeg CLI for whisper.audio.load_audio")
+requires_ffmpeg = pytest.mark.skipif(
+    shutil.which("ffmpeg") is None, reason="no ffmpeg CLI for whisper.audio.load_audio"
+)
 
 
 def _whisper_mel(audio: np.ndarray, n_mels: int, padding: int) -> np.ndarray:
     import torch
     import whisper.audio
 
-    return whisper.audio.log_mel_spectrogram(torch.from_numpy(audio), n_mels, padding=padding).numpy()
+    return whisper.audio.log_mel_spectrogram(
+        torch.from_numpy(audio), n_mels, padding=padding
+    ).numpy()
 
 
 # --- mel filterbank and spectrogram -------------------------------------------------------------
@@ -55,7 +61,8 @@ def test_mel_filters_equal_openai_asset(n_mels):
 @pytest.mark.parametrize("n_mels", [80, 128])
 def test_log_mel_matches_openai_on_speech(clip, n_mels):
     audio = load_audio(clip)
-    # padded with 30 s of silence, as transcription does (the synthetic test below covers no padding)
+    # padded with 30 s of silence, as transcription does (the synthetic test below covers no
+    # padding)
     ours = log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES)
     ref = _whisper_mel(audio, n_mels, N_SAMPLES)
     assert ours.dtype == np.float32 and ours.shape == ref.shape
@@ -67,9 +74,14 @@ def test_log_mel_matches_openai_on_synthetic_signal():
     # runs without ../shared/audio: a chirp under noise, not a multiple of the hop length
     t = np.arange(123_457) / SAMPLE_RATE
     rng = np.random.default_rng(0)
-    audio = (0.3 * np.sin(2 * np.pi * (200 + 900 * t) * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    audio = (
+        0.3 * np.sin(2 * np.pi * (200 + 900 * t) * t) + 0.01 * rng.standard_normal(t.size)
+    ).astype(np.float32)
     for n_mels in (80, 128):
-        assert np.abs(log_mel_spectrogram(audio, n_mels) - _whisper_mel(audio, n_mels, 0)).max() < MEL_ATOL
+        assert (
+            np.abs(log_mel_spectrogram(audio, n_mels) - _whisper_mel(audio, n_mels, 0)).max()
+            < MEL_ATOL
+        )
 
 
 def test_log_mel_shape_and_padding():
@@ -79,7 +91,8 @@ def test_log_mel_shape_and_padding():
     assert mel.shape == (80, 100) and mel.dtype == np.float32
     assert log_mel_spectrogram(audio, 128, padding=N_SAMPLES).shape == (128, 100 + N_FRAMES)
     np.testing.assert_array_equal(
-        log_mel_spectrogram(audio, 80, padding=N_SAMPLES), log_mel_spectrogram(np.pad(audio, (0, N_SAMPLES)), 80)
+        log_mel_spectrogram(audio, 80, padding=N_SAMPLES),
+        log_mel_spectrogram(np.pad(audio, (0, N_SAMPLES)), 80),
     )
     assert mel.max() - mel.min() <= 2.0 + 1e-6  # the floor: 8 (log10 units) below the maximum, / 4
 
@@ -113,7 +126,7 @@ def test_load_audio_decodes_every_format(clip):
     # resampled to 16 kHz mono: the length follows the duration, whatever the source rate/channels
     assert abs(len(audio) / SAMPLE_RATE - audio_duration(clip)) < 0.03
     assert np.abs(audio).max() <= 1.0
-    assert 0.005 < np.sqrt(np.mean(audio ** 2)) < 0.5  # speech, not silence or noise
+    assert 0.005 < np.sqrt(np.mean(audio**2)) < 0.5  # speech, not silence or noise
 
 
 @requires_reference
@@ -140,7 +153,9 @@ def test_load_audio_downmixes_and_resamples(tmp_path):
     assert abs(rms - 0.3 / np.sqrt(2)) < 0.005
 
 
-@pytest.mark.parametrize("suffix, codec", [("ogg", "libopus"), ("m4a", "aac"), ("flac", "flac"), ("mp3", "libmp3lame")])
+@pytest.mark.parametrize(
+    "suffix, codec", [("ogg", "libopus"), ("m4a", "aac"), ("flac", "flac"), ("mp3", "libmp3lame")]
+)
 def test_load_audio_other_containers(tmp_path, suffix, codec):
     import av
 
@@ -155,7 +170,7 @@ def test_load_audio_other_containers(tmp_path, suffix, codec):
     audio = load_audio(path)
     assert abs(len(audio) / SAMPLE_RATE - 2.0) < 0.06  # AAC adds some priming samples
     middle = audio[4000:-4000]  # away from encoder delay and padding
-    assert abs(np.sqrt(np.mean(middle ** 2)) - 0.3 / np.sqrt(2)) < 0.02  # lossy codecs: ~5% off
+    assert abs(np.sqrt(np.mean(middle**2)) - 0.3 / np.sqrt(2)) < 0.02  # lossy codecs: ~5% off
 
 
 @clip_params
@@ -196,7 +211,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.mark.parametrize("kind", ["missing", "folder", "text", "empty", "zero-samples"])
-@pytest.mark.parametrize("reader", [load_audio, lambda p: list(iter_audio_chunks(p, 30))], ids=["load", "iter"])
+@pytest.mark.parametrize(
+    "reader", [load_audio, lambda p: list(iter_audio_chunks(p, 30))], ids=["load", "iter"]
+)
 def test_bad_input_raises_audio_error(tmp_path, kind, reader):
     path, words = _bad_inputs(tmp_path)[kind]
     with pytest.raises(AudioError) as info:
@@ -231,8 +248,12 @@ def _encode_with_pyav(path: Path, codec: str, planar: np.ndarray, rate: int) -> 
         frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout="stereo")
         frame.sample_rate = rate
         ctx = stream.codec_context
-        resampler = av.AudioResampler(format=ctx.format.name, layout="stereo", rate=ctx.sample_rate,
-                                      frame_size=ctx.frame_size or None)
+        resampler = av.AudioResampler(
+            format=ctx.format.name,
+            layout="stereo",
+            rate=ctx.sample_rate,
+            frame_size=ctx.frame_size or None,
+        )
         for chunk in resampler.resample(frame) + resampler.resample(None) + [None]:
             for packet in stream.encode(chunk):
                 container.mux(packet)

@@ -1,4 +1,5 @@
 """`max-whisper bench`: the JSON it produces, on one short referenced clip; no timing thresholds."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,31 @@ from max_whisper import bench
 from support import SHARED_AUDIO, has_module, requires_reference, requires_shared_audio
 
 CLIP = SHARED_AUDIO / "librivox-0880.wav"
-ENVIRONMENT_KEYS = {"cpu_model", "cores", "cpu_features", "python", "platform", "max", "max_accelerators", "torch",
-                    "openai_whisper", "faster_whisper", "ctranslate2", "device", "load_average"}
+ENVIRONMENT_KEYS = {
+    "cpu_model",
+    "cores",
+    "cpu_features",
+    "python",
+    "platform",
+    "max",
+    "max_accelerators",
+    "torch",
+    "openai_whisper",
+    "faster_whisper",
+    "ctranslate2",
+    "device",
+    "load_average",
+}
 
 
 def requested_backends() -> list[str]:
-    """Every backend whose package is installed: a row that can't run then fails the test, not skips."""
-    return (["reference"] + (["max"] if has_module("max") else [])
-            + (["faster-whisper-int8"] if has_module("faster_whisper") else []))
+    """Every backend whose package is installed: a row that can't run then fails the test, not
+    skips."""
+    return (
+        ["reference"]
+        + (["max"] if has_module("max") else [])
+        + (["faster-whisper-int8"] if has_module("faster_whisper") else [])
+    )
 
 
 def check_result(r: dict, backend: str) -> None:
@@ -40,9 +58,17 @@ def check_result(r: dict, backend: str) -> None:
 def doc(models):
     if not CLIP.is_file():
         pytest.skip(f"{CLIP} is absent")
-    return bench.run_bench(backends=requested_backends(), models=["tiny.en"], audio=[str(CLIP)], repeats=1,
-                           device="cpu", isolate=False, loader=lambda name, backend, device: models.get(name, backend),
-                           log=lambda message: None, workloads=["short"])
+    return bench.run_bench(
+        backends=requested_backends(),
+        models=["tiny.en"],
+        audio=[str(CLIP)],
+        repeats=1,
+        device="cpu",
+        isolate=False,
+        loader=lambda name, backend, device: models.get(name, backend),
+        log=lambda message: None,
+        workloads=["short"],
+    )
 
 
 @requires_shared_audio
@@ -54,7 +80,11 @@ def test_bench_document(doc):
     env = doc["environment"]
     assert env["cores"] >= 1 and env["cpu_model"] and env["device"] == "cpu"
     settings = doc["settings"]
-    assert settings["language"] == "en" and settings["beam_size"] == 1 and settings["temperature"] == 0.0
+    assert (
+        settings["language"] == "en"
+        and settings["beam_size"] == 1
+        and settings["temperature"] == 0.0
+    )
     assert settings["condition_on_previous_text"] is False and settings["repeats"] == 1
     assert doc["audio"]["referenced"] == 1 and doc["audio"]["files"][0]["file"] == CLIP.name
     assert doc["errors"] == [] and doc["skipped"] == []
@@ -82,7 +112,10 @@ def test_cli_renders_an_earlier_run(doc, tmp_path, capsys):
 
     saved = tmp_path / "latest.json"
     saved.write_text(json.dumps(doc))
-    assert main(["bench", "--from-json", str(saved), "--markdown", "--chart", str(tmp_path / "c.png")]) == 0
+    assert (
+        main(["bench", "--from-json", str(saved), "--markdown", "--chart", str(tmp_path / "c.png")])
+        == 0
+    )
     assert "| reference | tiny.en |" in capsys.readouterr().out
     assert (tmp_path / "c.png").is_file()
 
@@ -93,16 +126,29 @@ def test_isolated_row_in_a_subprocess():
     """The default mode: a fresh process per row, reporting its own peak RSS and warm-start time."""
     if not CLIP.is_file():
         pytest.skip(f"{CLIP} is absent")
-    doc = bench.run_bench(backends=["faster-whisper-int8", "faster-whisper-int8-batched"], models=["tiny.en"],
-                          audio=[str(CLIP)], repeats=1, device="cpu", log=lambda message: None,
-                          workloads=["short"])
+    doc = bench.run_bench(
+        backends=["faster-whisper-int8", "faster-whisper-int8-batched"],
+        models=["tiny.en"],
+        audio=[str(CLIP)],
+        repeats=1,
+        device="cpu",
+        log=lambda message: None,
+        workloads=["short"],
+    )
     assert doc["errors"] == [] and doc["settings"]["isolation"].startswith("subprocess")
     sequential, batched = doc["results"]
     for r in (sequential, batched):
-        assert r["warm_start_s"] > 0 and r["peak_rss_mb"] > 0 and r["rss_scope"].startswith("subprocess")
+        assert (
+            r["warm_start_s"] > 0
+            and r["peak_rss_mb"] > 0
+            and r["rss_scope"].startswith("subprocess")
+        )
         assert r["rtfx"] > 0 and 0.0 <= r["wer"] <= 1.0 and r["workload"] == "short"
     assert sequential["tokens"] > 0 and sequential["decoder_ms_per_token"] > 0
-    assert batched["backend"] == "faster-whisper-int8-batched" and batched["decoder_ms_per_token"] is None
+    assert (
+        batched["backend"] == "faster-whisper-int8-batched"
+        and batched["decoder_ms_per_token"] is None
+    )
     assert "young man" in batched["clips"][0]["text"].lower()
 
 
@@ -133,8 +179,8 @@ def test_long_form_file_is_the_clips_with_pauses(tmp_path):
     audio = load_audio(path)
     first = load_audio(clips[0])
     assert len(audio) / 16000 >= 20
-    np.testing.assert_allclose(audio[:len(first)], first, atol=1e-4)  # 16-bit PCM
-    pause = audio[len(first): len(first) + int(bench.LONG_FORM_PAUSES_S[0] * 16000)]
+    np.testing.assert_allclose(audio[: len(first)], first, atol=1e-4)  # 16-bit PCM
+    pause = audio[len(first) : len(first) + int(bench.LONG_FORM_PAUSES_S[0] * 16000)]
     assert len(pause) and np.abs(pause).max() == 0
 
 
@@ -142,8 +188,10 @@ def test_batched_faster_whisper_row():
     none = bench.GpuInfo()
     rows, _ = bench.plan_rows(["faster-whisper"], "cpu", none)
     assert [(r.name, r.backend, r.batched) for r in rows] == [
-        ("faster-whisper-int8", "int8", False), ("faster-whisper-fp32", "fp32", False),
-        ("faster-whisper-int8-batched", "int8", True)]
+        ("faster-whisper-int8", "int8", False),
+        ("faster-whisper-fp32", "fp32", False),
+        ("faster-whisper-int8-batched", "int8", True),
+    ]
     rows, _ = bench.plan_rows(["faster-whisper-int8-batched"], "cpu", none)
     assert [r.name for r in rows] == ["faster-whisper-int8-batched"]
 
@@ -182,7 +230,12 @@ def test_word_error_rate_and_references(tmp_path):
     (tmp_path / "transcripts.tsv").write_text("file\treference\nx.wav\thello there\n")
     (tmp_path / "x.wav").write_bytes(b"")
     assert bench.references_near(tmp_path / "x.wav") == {"x.wav": "hello there"}
-    row = {"clips": [{"text": "Hello, there!", "reference": "hello there"}, {"text": "x", "reference": None}]}
+    row = {
+        "clips": [
+            {"text": "Hello, there!", "reference": "hello there"},
+            {"text": "x", "reference": None},
+        ]
+    }
     bench.score_row(row, bench.text_normalizer()[1])
     assert row["wer"] == 0.0 and row["wer_clips"] == 1 and row["clips"][1]["wer"] is None
 
@@ -194,7 +247,9 @@ def test_split_model_parts_are_joined_once(tmp_path):
     (b / "model.bin.part2").write_bytes(b"def")
     (a / "config.json").write_text("{}")
     (a / "tokenizer.json").write_text("{}")
-    target = bench.join_model_parts([a / "model.bin.part1", b / "model.bin.part2"], tmp_path / "joined")
+    target = bench.join_model_parts(
+        [a / "model.bin.part1", b / "model.bin.part2"], tmp_path / "joined"
+    )
     assert (target / "model.bin").read_bytes() == b"abcdef"
     assert (target / "config.json").is_file() and (target / "tokenizer.json").is_file()
     mtime = (target / "model.bin").stat().st_mtime_ns
@@ -203,23 +258,31 @@ def test_split_model_parts_are_joined_once(tmp_path):
 
 
 def test_audio_files_and_references_of_a_folder(tmp_path):
-    assert bench.audio_files(tmp_path / "absent") == [] and bench.read_references(tmp_path / "absent") == {}
+    assert (
+        bench.audio_files(tmp_path / "absent") == []
+        and bench.read_references(tmp_path / "absent") == {}
+    )
     for name in ("b.wav", "a.FLAC", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "transcripts.tsv").write_text("file\treference\na.FLAC\thi there\nb.wav\t\n")
     assert [p.name for p in bench.audio_files(tmp_path)] == ["a.FLAC", "b.wav"]
-    assert bench.read_references(tmp_path) == {"a.FLAC": "hi there"}  # rows without a reference left out
+    assert bench.read_references(tmp_path) == {
+        "a.FLAC": "hi there"
+    }  # rows without a reference left out
 
 
-# -- the other modes ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("argv", [
-    ["--steps", "3"],  # a stages option in the systems mode
-    ["--mode", "stages", "--chart", "x.png"],  # a systems option in another mode
-    ["--mode", "stages", "--minutes", "1"],  # another mode's option
-    ["--mode", "stages", "--backends", "hybrid"],
-    ["--mode", "compile", "--backends", "reference"],
-    ["--mode", "memory", "--models", "tiny.en,base"],
-])
+# -- the other modes -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--steps", "3"],  # a stages option in the systems mode
+        ["--mode", "stages", "--chart", "x.png"],  # a systems option in another mode
+        ["--mode", "stages", "--minutes", "1"],  # another mode's option
+        ["--mode", "stages", "--backends", "hybrid"],
+        ["--mode", "compile", "--backends", "reference"],
+        ["--mode", "memory", "--models", "tiny.en,base"],
+    ],
+)
 def test_mode_options_are_checked(argv, capsys):
     from max_whisper.cli import main
 
@@ -238,7 +301,11 @@ def test_stages_mode_times_each_backend_in_its_own_process():
     assert part["encoder_ms_per_window"]["median"] > 0 and part["encoder_ms_per_window"]["n"] == 1
     for name, group in (("greedy", 1), ("beam2", 2)):
         decoder = part["decoder"][name]
-        assert decoder["group"] == group and decoder["per_token_ms"]["n"] == 2 and decoder["prefill_ms"]["n"] == 1
+        assert (
+            decoder["group"] == group
+            and decoder["per_token_ms"]["n"] == 2
+            and decoder["prefill_ms"]["n"] == 1
+        )
     assert part["idle_gate_timed_out"] == 0
 
 
@@ -246,7 +313,9 @@ def test_compile_mode_child_on_the_warm_cache():
     """The child of --mode compile (the parent's cold run compiles for minutes: not here)."""
     from max_whisper.bench import compile_time
 
-    result = compile_time.child({"model": "tiny.en", "float64_blocks": None, "runs": 2, "clip": None})
+    result = compile_time.child(
+        {"model": "tiny.en", "float64_blocks": None, "runs": 2, "clip": None}
+    )
     assert result["start_s"] > 0 and result["compile_s"] >= 0 and result["float64_blocks"] == 0
     assert len(result["ms_per_window"]) == 2 and min(result["ms_per_window"]) > 0
 

@@ -1,6 +1,7 @@
 """The clip the repository ships (tests/data/README.md): MAX on a real recording, with or without
 ../shared/audio. Its tokens are openai-whisper's where the reference extra is installed, and its
 transcript is the clip's human reference in any case."""
+
 import re
 
 from max_whisper.decoding import DecodingOptions
@@ -8,7 +9,8 @@ from support import BUNDLED_CLIP, BUNDLED_REFERENCE, requires_reference
 
 
 def words(text: str) -> str:
-    """Lower case, punctuation and hyphens to spaces: the form of the references in transcripts.tsv."""
+    """Lower case, punctuation and hyphens to spaces: the form of the references in
+    transcripts.tsv."""
     return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 
 
@@ -20,8 +22,9 @@ def test_max_transcript_is_the_reference_text(models):
 
 @requires_reference
 def test_max_tokens_match_reference(models, reference):
-    ours = models.get("tiny.en", "max").decode(reference.mel("tiny.en", BUNDLED_CLIP)[None],
-                                               DecodingOptions(language="en"))[0]
+    ours = models.get("tiny.en", "max").decode(
+        reference.mel("tiny.en", BUNDLED_CLIP)[None], DecodingOptions(language="en")
+    )[0]
     assert ours.tokens == reference.tokens("tiny.en", BUNDLED_CLIP), ours.text
     assert ours.text == reference.decode("tiny.en", BUNDLED_CLIP).text
 

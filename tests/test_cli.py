@@ -1,4 +1,5 @@
 """The command line: a transcript on stdout, and one-line errors (no traceback) on bad input."""
+
 import subprocess
 import sys
 import wave
@@ -10,8 +11,13 @@ from support import SAMPLE, requires_reference, subprocess_env
 
 
 def run_cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "max_whisper.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=subprocess_env())
+    return subprocess.run(
+        [sys.executable, "-m", "max_whisper.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=subprocess_env(),
+    )
 
 
 def assert_one_line_error(proc, *fragments):
@@ -46,13 +52,16 @@ def test_bad_audio_gives_one_line_error(tmp_path, kind):
     assert_one_line_error(proc, "input.wav")
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--model", "huge-v9"], "huge-v9"),
-    (["--backend", "quantum"], "quantum"),
-    (["--beam-size", "0"], "beam"),
-    (["--language", "klingon"], "klingon"),
-    (["--model", "/nonexistent/model.bin"], "model.bin"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--model", "huge-v9"], "huge-v9"),
+        (["--backend", "quantum"], "quantum"),
+        (["--beam-size", "0"], "beam"),
+        (["--language", "klingon"], "klingon"),
+        (["--model", "/nonexistent/model.bin"], "model.bin"),
+    ],
+)
 def test_bad_options_give_one_line_error(args, fragment):
     proc = run_cli("transcribe", str(SAMPLE), *args)
     assert_one_line_error(proc, fragment)

@@ -1,5 +1,7 @@
-"""The shared decoding module, driven through the PyTorch reference backend, against openai-whisper's
-own decode(): the same tokens, greedy and beam search, with and without timestamps."""
+"""The shared decoding module, driven through the PyTorch reference backend, against
+openai-whisper's own decode(): the same tokens, greedy and beam search, with and without
+timestamps."""
+
 import numpy as np
 import pytest
 
@@ -15,14 +17,24 @@ from support import (
 pytestmark = [requires_reference, requires_shared_audio]
 
 
-@pytest.mark.parametrize("options", [
-    {}, {"without_timestamps": True}, {"beam_size": 5}, {"beam_size": 3, "patience": 2.0, "length_penalty": 0.5},
-    {"prompt": "Sense and Sensibility, by Jane Austen."}, {"prefix": "And"},
-], ids=["greedy", "no-timestamps", "beam5", "beam3-patience", "prompt", "prefix"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"without_timestamps": True},
+        {"beam_size": 5},
+        {"beam_size": 3, "patience": 2.0, "length_penalty": 0.5},
+        {"prompt": "Sense and Sensibility, by Jane Austen."},
+        {"prefix": "And"},
+    ],
+    ids=["greedy", "no-timestamps", "beam5", "beam3-patience", "prompt", "prefix"],
+)
 def test_decode_matches_openai_whisper(models, reference, options):
     model = models.get("tiny.en", "reference")
     for clip in map(shared_clip, ("librivox-0870", "2412", "common_voice")):
-        ours = model.decode(reference.mel("tiny.en", clip)[None], DecodingOptions(language="en", **options))[0]
+        ours = model.decode(
+            reference.mel("tiny.en", clip)[None], DecodingOptions(language="en", **options)
+        )[0]
         assert ours.tokens == reference.tokens("tiny.en", clip, language="en", **options), clip.name
         assert np.isfinite(ours.avg_logprob) and 0 <= ours.no_speech_prob <= 1
         assert ours.text or "prefix" in options  # a forced prefix may leave nothing to say
@@ -41,7 +53,12 @@ def test_decode_multilingual_detects_language(models, reference):
 def test_bad_options_are_rejected(models):
     model = models.get("tiny.en", "reference")
     mel = np.zeros((1, model.dims.n_mels, 3000), dtype=np.float32)
-    for bad in ({"beam_size": 2, "best_of": 2}, {"patience": 1.5}, {"length_penalty": 3.0}, {"task": "summarise"}):
+    for bad in (
+        {"beam_size": 2, "best_of": 2},
+        {"patience": 1.5},
+        {"length_penalty": 3.0},
+        {"task": "summarise"},
+    ):
         with pytest.raises(DecodingError):
             model.decode(mel, DecodingOptions(**bad))
 

@@ -3,6 +3,7 @@
 "Alone" is `model.transcribe` (the engine with one stream); "batched" is `model.transcribe_many`
 with 8 streams in flight, whose windows decode together with prompts of different lengths.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,9 +26,15 @@ def long_recording(clips, pause_s: float = 2.0) -> np.ndarray:
     return np.concatenate([part for clip in clips for part in (load_audio(clip), pause)])
 
 
-@pytest.mark.parametrize("name, condition", [
-    ("tiny.en", True), ("tiny.en", False), pytest.param(*MODEL_NAMES[1].values, True, marks=MODEL_NAMES[1].marks)],
-    ids=["tiny.en-conditioned", "tiny.en-unconditioned", "base-conditioned"])
+@pytest.mark.parametrize(
+    "name, condition",
+    [
+        ("tiny.en", True),
+        ("tiny.en", False),
+        pytest.param(*MODEL_NAMES[1].values, True, marks=MODEL_NAMES[1].marks),
+    ],
+    ids=["tiny.en-conditioned", "tiny.en-unconditioned", "base-conditioned"],
+)
 def test_batched_transcripts_equal_the_ones_alone(models, name, condition):
     """Every shared clip, and two long recordings made of them (for base, half the clips)."""
     model = models.get(name, "max")
@@ -37,7 +44,7 @@ def test_batched_transcripts_equal_the_ones_alone(models, name, condition):
     alone = [model.transcribe(audio, **options) for audio in audios]
     batched = dict(model.transcribe_many(audios, batch_size=8, **options))
     assert sorted(batched) == list(range(len(audios)))
-    for i, audio in enumerate(audios):
+    for i, _audio in enumerate(audios):
         assert not isinstance(batched[i], Exception), batched[i]
         assert segment_tokens(batched[i]) == segment_tokens(alone[i]), f"recording {i}"
         assert batched[i]["text"] == alone[i]["text"]
@@ -50,9 +57,15 @@ def test_a_stream_does_not_depend_on_its_companions(models):
     results = []
     for companions in (audios[:3], audios[4:9], audios[::-1][:5]):
         batch = [*companions, audios[target]]
-        results.append(dict(model.transcribe_many(batch, batch_size=len(batch), temperature=0.0))[len(batch) - 1])
+        results.append(
+            dict(model.transcribe_many(batch, batch_size=len(batch), temperature=0.0))[
+                len(batch) - 1
+            ]
+        )
     assert all(segment_tokens(r) == segment_tokens(results[0]) for r in results)
-    assert segment_tokens(results[0]) == segment_tokens(model.transcribe(audios[target], temperature=0.0))
+    assert segment_tokens(results[0]) == segment_tokens(
+        model.transcribe(audios[target], temperature=0.0)
+    )
 
 
 def test_fallback_beam_search_and_sampling_batch_exactly(models):
@@ -60,13 +73,20 @@ def test_fallback_beam_search_and_sampling_batch_exactly(models):
     log-probability threshold: every window samples, in batches of windows of different prompts."""
     model = models.get("tiny.en", "max")
     audios = [load_audio(c) for c in CLIPS[:3]] + [long_recording(CLIPS[5:8])]
-    options = dict(beam_size=5, best_of=5, temperature=(0.0, 0.6), logprob_threshold=0.0,
-                   compression_ratio_threshold=None)
+    options = dict(
+        beam_size=5,
+        best_of=5,
+        temperature=(0.0, 0.6),
+        logprob_threshold=0.0,
+        compression_ratio_threshold=None,
+    )
     alone = [model.transcribe(audio, **options) for audio in audios]
     batched = dict(model.transcribe_many(audios, batch_size=8, **options))
     for i in range(len(audios)):
         assert segment_tokens(batched[i]) == segment_tokens(alone[i]), f"recording {i}"
-        assert [s["temperature"] for s in batched[i]["segments"]] == [s["temperature"] for s in alone[i]["segments"]]
+        assert [s["temperature"] for s in batched[i]["segments"]] == [
+            s["temperature"] for s in alone[i]["segments"]
+        ]
 
 
 def test_ragged_prompts_decode_as_alone(models):
@@ -77,9 +97,16 @@ def test_ragged_prompts_decode_as_alone(models):
     features = np.concatenate(mels)
     text = model.tokenizer.encode(" " + "the quick brown fox jumps over the lazy dog " * 20)
     prompts = [None, text[:5], text[:200]]
-    batched = decode(model.backend, model.tokenizer, features, DecodingOptions(language="en"), prompts=prompts)
+    batched = decode(
+        model.backend, model.tokenizer, features, DecodingOptions(language="en"), prompts=prompts
+    )
     for i, prompt in enumerate(prompts):
-        alone = decode(model.backend, model.tokenizer, features[i: i + 1], DecodingOptions(language="en", prompt=prompt))[0]
+        alone = decode(
+            model.backend,
+            model.tokenizer,
+            features[i : i + 1],
+            DecodingOptions(language="en", prompt=prompt),
+        )[0]
         assert batched[i].tokens == alone.tokens
         assert abs(batched[i].avg_logprob - alone.avg_logprob) < 1e-4
         assert abs(batched[i].no_speech_prob - alone.no_speech_prob) < 1e-4
@@ -89,7 +116,11 @@ def test_a_failing_recording_does_not_stop_the_others(models, tmp_path):
     model = models.get("tiny.en", "max")
     bad = tmp_path / "not-audio.wav"
     bad.write_text("text, not samples")
-    results = dict(model.transcribe_many([str(CLIPS[0]), str(bad), str(CLIPS[1])], batch_size=8, temperature=0.0))
+    results = dict(
+        model.transcribe_many(
+            [str(CLIPS[0]), str(bad), str(CLIPS[1])], batch_size=8, temperature=0.0
+        )
+    )
     assert isinstance(results[1], Exception) and "not-audio.wav" in str(results[1])
     assert results[0]["text"] == model.transcribe(str(CLIPS[0]), temperature=0.0)["text"]
     assert results[2]["text"].strip()

@@ -1,5 +1,6 @@
 """The hybrid backend (MAX encoder + PyTorch decoder) gives the reference's tokens, and `compare`
 reports every encoder stage within tolerance."""
+
 import numpy as np
 import pytest
 
@@ -29,11 +30,22 @@ def test_compare_reports_every_stage():
     from max_whisper.diagnostics import compare_encoders
 
     rows = compare_encoders("tiny.en", str(shared_clip("librivox-0880")), "cpu", float64_blocks=2)
-    assert [r["tensor"] for r in rows] == ["stem", "block.0", "block.1", "block.2", "block.3", "ln_post"]
+    assert [r["tensor"] for r in rows] == [
+        "stem",
+        "block.0",
+        "block.1",
+        "block.2",
+        "block.3",
+        "ln_post",
+    ]
     assert [r["dtype"] for r in rows] == ["float32"] + ["float64"] * 2 + ["float32"] * 3
     for row in rows:
         print(f"{row['tensor']}: max|diff| {row['max_abs']:.2e} cosine {row['cosine']:.8f}")
         scale = max(abs(row["ref_min"]), abs(row["ref_max"]))  # the residual stream grows to ~1e3
-        assert row["max_abs"] <= STAGE_RELATIVE_ATOL * scale and row["cosine"] > STAGE_MIN_COSINE, row["tensor"]
-    assert rows[-1]["max_abs"] <= FEATURES_ATOL  # loose: float32 evaluations differ by ~1e-3 with the CPU
+        assert row["max_abs"] <= STAGE_RELATIVE_ATOL * scale and row["cosine"] > STAGE_MIN_COSINE, (
+            row["tensor"]
+        )
+    assert (
+        rows[-1]["max_abs"] <= FEATURES_ATOL
+    )  # loose: float32 evaluations differ by ~1e-3 with the CPU
     assert np.isclose(rows[-1]["ref_std"], rows[-1]["max_std"], rtol=1e-3)

@@ -5,6 +5,7 @@ The long file is every clip of ../shared/audio end to end with 5 s of digital si
 conditioning all come into play. Both sides decode greedily in fp32 with the default thresholds and
 condition_on_previous_text=True, so segments must come out identical.
 """
+
 import numpy as np
 import pytest
 
@@ -21,13 +22,15 @@ pytestmark = [requires_reference]
 
 GAP_SECONDS = 5.0
 OPTIONS = {"temperature": 0.0, "condition_on_previous_text": True}
-# Both backends, always: a MAX backend that fails to load fails these tests (it is no optional extra).
+# Both backends, always: a MAX backend that fails to load fails these tests (it is no optional
+# extra).
 BACKENDS = pytest.mark.parametrize("backend", ["reference", "max"])
 
 
 @pytest.fixture(scope="session")
 def openai_transcribe(reference):
-    """openai-whisper's transcribe() of samples with the tests' options, once per audio and options."""
+    """openai-whisper's transcribe() of samples with the tests' options, once per audio and
+    options."""
 
     def run(audio: np.ndarray, **options) -> dict:
         return reference.transcribe("tiny.en", audio, **OPTIONS, **options)
@@ -89,7 +92,9 @@ def test_long_file_matches_openai_whisper(models, openai_transcribe, backend, lo
 
 @requires_shared_audio
 @BACKENDS
-def test_long_file_word_timestamps_match_openai_whisper(models, openai_transcribe, backend, long_audio):
+def test_long_file_word_timestamps_match_openai_whisper(
+    models, openai_transcribe, backend, long_audio
+):
     model = models.get("tiny.en", backend)
     theirs = openai_transcribe(long_audio, word_timestamps=True)
     ours = model.transcribe(long_audio, word_timestamps=True, **OPTIONS)
@@ -102,9 +107,15 @@ def test_long_file_word_timestamps_match_openai_whisper(models, openai_transcrib
         assert a["end"] == pytest.approx(b["end"], abs=WORD_TIME_TOLERANCE), a
         assert [w["word"] for w in a["words"]] == [w["word"] for w in b["words"]]
         for x, y in zip(a["words"], b["words"]):
-            assert x["start"] == pytest.approx(y["start"], abs=WORD_TIME_TOLERANCE), (a["text"], x, y)
+            assert x["start"] == pytest.approx(y["start"], abs=WORD_TIME_TOLERANCE), (
+                a["text"],
+                x,
+                y,
+            )
             assert x["end"] == pytest.approx(y["end"], abs=WORD_TIME_TOLERANCE), (a["text"], x, y)
-            assert x["probability"] == pytest.approx(y["probability"], abs=WORD_PROBABILITY_TOLERANCE)
+            assert x["probability"] == pytest.approx(
+                y["probability"], abs=WORD_PROBABILITY_TOLERANCE
+            )
         n_words += len(a["words"])
     assert n_words > 150
     words = [w for s in ours["segments"] for w in s["words"]]
@@ -124,12 +135,17 @@ def test_white_noise_gives_no_text(models, openai_transcribe, backend):
 
 @BACKENDS
 def test_digital_silence_gives_no_text(models, openai_transcribe, backend):
-    # openai-whisper's tiny.en says " you" over 30 s of zeros (no_speech_prob 0.95 but avg_logprob -0.70,
-    # so its thresholds keep the window); our silence gate skips windows with no signal at all.
+    # openai-whisper's tiny.en says " you" over 30 s of zeros (no_speech_prob 0.95 but avg_logprob
+    # -0.70, so its thresholds keep the window); our silence gate skips windows with no signal at
+    # all.
     model = models.get("tiny.en", backend)
     silence = np.zeros(30 * SAMPLE_RATE, dtype=np.float32)
     ours = model.transcribe(silence, **OPTIONS)
     assert ours["text"] == "" and ours["segments"] == []
-    assert openai_transcribe(silence)["text"].strip() != "", "the reference no longer hallucinates here"
+    assert openai_transcribe(silence)["text"].strip() != "", (
+        "the reference no longer hallucinates here"
+    )
     # with the gate off, the thresholds alone decide, exactly as the reference does
-    assert_same_segments(model.transcribe(silence, silence_threshold=None, **OPTIONS), openai_transcribe(silence))
+    assert_same_segments(
+        model.transcribe(silence, silence_threshold=None, **OPTIONS), openai_transcribe(silence)
+    )

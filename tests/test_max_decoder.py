@@ -5,6 +5,7 @@ for tiny.en and (marked `base`) base; logits of a prefill and three cached steps
 cross-attention scores for word timing; and a MAX transcription that never imports torch.
 Compiled graphs come from the on-disk .mef cache (the first run compiles them: minutes).
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -63,7 +64,10 @@ def test_logits_prefill_and_steps_match_reference(models, reference, name, rows)
     backend = models.get(name, "max").backend
     features = torch.from_numpy(reference.features(name, shared_clip("librivox-0870")))
     group = 3
-    start = list(models.get(name, "max").tokenizer.sot_sequence) + [440, 1049]  # any text ids will do
+    start = list(models.get(name, "max").tokenizer.sot_sequence) + [
+        440,
+        1049,
+    ]  # any text ids will do
     tokens = np.tile(np.array(start, dtype=np.int64), (group, 1))
     rng = np.random.default_rng(0)
     if rows == "distinct":
@@ -83,16 +87,24 @@ def test_logits_prefill_and_steps_match_reference(models, reference, name, rows)
                 tokens = tokens[order]
             ours = session.logits(tokens)
             with torch.no_grad():
-                ref = torch_model.decoder(torch.from_numpy(tokens[:, n_cached:]),
-                                          features.repeat_interleave(group, 0), kv_cache=cache).numpy()
-            assert ours.shape == ref.shape == (group, tokens.shape[1] - n_cached, backend.dims.n_vocab)
+                ref = torch_model.decoder(
+                    torch.from_numpy(tokens[:, n_cached:]),
+                    features.repeat_interleave(group, 0),
+                    kv_cache=cache,
+                ).numpy()
+            assert (
+                ours.shape == ref.shape == (group, tokens.shape[1] - n_cached, backend.dims.n_vocab)
+            )
             diffs.append(float(np.abs(ours - ref).max()))
             n_cached = tokens.shape[1]
             tokens = np.concatenate([tokens, rng.integers(0, 50000, (group, 1))], axis=1)
     finally:
         for hook in hooks:
             hook.remove()
-    print(f"{name} ({rows} rows): max |logits - reference| per call: {', '.join(f'{d:.2e}' for d in diffs)}")
+    print(
+        f"{name} ({rows} rows): max |logits - reference| per call: "
+        f"{', '.join(f'{d:.2e}' for d in diffs)}"
+    )
     assert max(diffs) < LOGITS_ATOL, diffs
 
 
@@ -103,11 +115,17 @@ def test_cross_attention_scores_match_reference(models, reference, name):
     ours_reference = models.get(name, "reference")
     clip = shared_clip("librivox-0880")
     features = ours_reference.embed_audio(reference.mel(name, clip)[None])
-    tokens = np.array(list(ours_reference.tokenizer.sot_sequence) + reference.tokens(name, clip)[:12])
+    tokens = np.array(
+        list(ours_reference.tokenizer.sot_sequence) + reference.tokens(name, clip)[:12]
+    )
     ours = model.backend.cross_attention(features, tokens)
     ref = ours_reference.backend.cross_attention(features, tokens)
     dims = model.dims
-    assert ours.shape == ref.shape == (dims.n_text_layer, dims.n_text_head, len(tokens), dims.n_audio_ctx)
+    assert (
+        ours.shape
+        == ref.shape
+        == (dims.n_text_layer, dims.n_text_head, len(tokens), dims.n_audio_ctx)
+    )
     diff = float(np.abs(ours - ref).max())
     print(f"{name}: max |cross-attention scores - reference|: {diff:.2e}")
     assert diff < LOGITS_ATOL
@@ -116,7 +134,9 @@ def test_cross_attention_scores_match_reference(models, reference, name):
 def test_several_windows_and_beams_in_one_batch(models, reference):
     """Two windows with beams in one decoder session give what each window gives alone."""
     model = models.get("tiny.en", "max")
-    mels = np.stack([reference.mel("tiny.en", shared_clip(p)) for p in ("librivox-0880", "LJ002-0020")])
+    mels = np.stack(
+        [reference.mel("tiny.en", shared_clip(p)) for p in ("librivox-0880", "LJ002-0020")]
+    )
     together = model.decode(mels, DecodingOptions(language="en", beam_size=3))
     alone = [model.decode(m[None], DecodingOptions(language="en", beam_size=3))[0] for m in mels]
     assert [r.tokens for r in together] == [r.tokens for r in alone]
@@ -132,7 +152,12 @@ def test_max_transcription_never_imports_torch():
         "leaked = sorted(m for m in ('torch', 'whisper') if m in sys.modules)\n"
         "assert not leaked, leaked\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(),
-                          timeout=1800)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "young man" in done.stdout.lower(), done.stdout

@@ -1,4 +1,6 @@
-"""The MAX encoder against openai-whisper's PyTorch encoder on real speech, and the compiled-graph cache."""
+"""The MAX encoder against openai-whisper's PyTorch encoder on real speech, and the compiled-graph
+cache."""
+
 from __future__ import annotations
 
 import copy
@@ -20,15 +22,16 @@ from support import (
 )
 
 # The promise is the tokens (test_max_decoder). Features are bounded loosely: any two float32
-# evaluations of Whisper's encoder land up to ~1e-3 apart depending on the CPU's kernels, so MAX is held
-# to its distance from a float64 evaluation, against PyTorch fp32's own distance from it.
+# evaluations of Whisper's encoder land up to ~1e-3 apart depending on the CPU's kernels, so MAX is
+# held to its distance from a float64 evaluation, against PyTorch fp32's own distance from it.
 FLOAT64_DISTANCE_RATIO = 3.0  # MAX's distance from float64 at most this times PyTorch fp32's own
 DISTANCE_FLOOR = 2e-4  # ... where PyTorch happens to land unusually close on every clip
 
 
 @pytest.fixture(scope="session")
 def max_encoder(models):
-    """(name, float64_blocks) -> MaxEncoder, built (compiled or loaded from the cache) once per session."""
+    """(name, float64_blocks) -> MaxEncoder, built (compiled or loaded from the cache) once per
+    session."""
     encoders: dict = {}
 
     def get(name: str, float64_blocks: int = 0):
@@ -36,8 +39,9 @@ def max_encoder(models):
 
         if (name, float64_blocks) not in encoders:
             weights = models.weights(name)
-            encoders[name, float64_blocks] = MaxEncoder(weights.dims, weights.params, device="cpu",
-                                                        float64_blocks=float64_blocks)
+            encoders[name, float64_blocks] = MaxEncoder(
+                weights.dims, weights.params, device="cpu", float64_blocks=float64_blocks
+            )
         return encoders[name, float64_blocks]
 
     return get
@@ -45,9 +49,10 @@ def max_encoder(models):
 
 @pytest.fixture(scope="session")
 def pytorch_features(reference):
-    """(name, clip) -> (the clip's first-window mel [1, n_mels, 3000], openai-whisper's encoder features on it
-    in float32, the float64 features of the same network), once per session. The mel and the float32
-    features are the session's `reference` ones, which the decoding tests use as well."""
+    """(name, clip) -> (the clip's first-window mel [1, n_mels, 3000], openai-whisper's encoder
+    features on it in float32, the float64 features of the same network), once per session. The mel
+    and the float32 features are the session's `reference` ones, which the decoding tests use as
+    well."""
     float64_encoders: dict = {}
     done: dict = {}
 
@@ -75,16 +80,19 @@ def pytorch_features(reference):
 
 def encoder_report(got: np.ndarray, pytorch: np.ndarray, exact: np.ndarray) -> dict:
     a, b = got.astype(np.float64).ravel(), pytorch.astype(np.float64).ravel()
-    return {"max_abs": float(np.abs(a - b).max()),
-            "cosine": float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)),
-            "max_from_float64": float(np.abs(got - exact).max()),
-            "pytorch_from_float64": float(np.abs(pytorch - exact).max())}
+    return {
+        "max_abs": float(np.abs(a - b).max()),
+        "cosine": float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)),
+        "max_from_float64": float(np.abs(got - exact).max()),
+        "pytorch_from_float64": float(np.abs(pytorch - exact).max()),
+    }
 
 
 @pytest.fixture(scope="session")
 def compare_with_pytorch(max_encoder, pytorch_features):
-    """(name, clip, float64_blocks) -> the report of MAX against PyTorch on the clip, after checking its
-    shape and cosine; once per session (a report that failed its checks is computed and checked again)."""
+    """(name, clip, float64_blocks) -> the report of MAX against PyTorch on the clip, after checking
+    its shape and cosine; once per session (a report that failed its checks is computed and checked
+    again)."""
     reports: dict = {}
 
     def compare(name: str, clip, float64_blocks: int = 0) -> dict:
@@ -93,10 +101,19 @@ def compare_with_pytorch(max_encoder, pytorch_features):
             encoder = max_encoder(name, float64_blocks)
             mel, pytorch, exact = pytorch_features(name, clip)
             got = encoder(mel)
-            assert got.shape == pytorch.shape == (1, encoder.dims.n_audio_ctx, encoder.dims.n_audio_state)
+            assert (
+                got.shape
+                == pytorch.shape
+                == (1, encoder.dims.n_audio_ctx, encoder.dims.n_audio_state)
+            )
             report = encoder_report(got, pytorch, exact)
-            print(f"{name} {clip.name} float64_blocks={float64_blocks}: " +
-                  ", ".join(f"{k} {v:.3e}" if k != "cosine" else f"1 - cosine {1 - v:.1e}" for k, v in report.items()))
+            print(
+                f"{name} {clip.name} float64_blocks={float64_blocks}: "
+                + ", ".join(
+                    f"{k} {v:.3e}" if k != "cosine" else f"1 - cosine {1 - v:.1e}"
+                    for k, v in report.items()
+                )
+            )
             assert report["cosine"] >= FEATURES_MIN_COSINE, clip.name
             reports[key] = report
         return reports[key]
@@ -106,12 +123,16 @@ def compare_with_pytorch(max_encoder, pytorch_features):
 
 def check_every_clip(name: str, compare_with_pytorch) -> None:
     """Over all shared clips: MAX's worst distance from float64 at most FLOAT64_DISTANCE_RATIO times
-    PyTorch fp32's worst (per clip the two wander independently, so the bar is on the worst case)."""
+    PyTorch fp32's worst (per clip the two wander independently, so the bar is on the worst
+    case)."""
     reports = [compare_with_pytorch(name, clip) for clip in CLIPS]
     worst_max = max(r["max_from_float64"] for r in reports)
     worst_pytorch = max(r["pytorch_from_float64"] for r in reports)
-    print(f"{name}: worst distance from float64: MAX {worst_max:.2e}, PyTorch fp32 {worst_pytorch:.2e}, "
-          f"worst |MAX - PyTorch| {max(r['max_abs'] for r in reports):.2e}")
+    print(
+        f"{name}: worst distance from float64: MAX {worst_max:.2e}, "
+        f"PyTorch fp32 {worst_pytorch:.2e}, "
+        f"worst |MAX - PyTorch| {max(r['max_abs'] for r in reports):.2e}"
+    )
     assert worst_max <= FLOAT64_DISTANCE_RATIO * max(worst_pytorch, DISTANCE_FLOOR)
 
 
@@ -143,13 +164,19 @@ def test_float64_blocks_bring_the_features_nearer_float64(max_encoder, compare_w
 
 def test_intermediates_end_with_the_features(max_encoder):
     encoder = max_encoder("tiny.en")
-    mel = np.random.default_rng(0).standard_normal((2, encoder.dims.n_mels, 3000)).astype(np.float32)
+    mel = (
+        np.random.default_rng(0).standard_normal((2, encoder.dims.n_mels, 3000)).astype(np.float32)
+    )
     steps = encoder.run_with_intermediates(mel)
     names = ["stem"] + [f"block.{i}" for i in range(encoder.dims.n_audio_layer)] + ["ln_post"]
     assert [name for name, _ in steps] == names
-    assert all(a.shape == (2, encoder.dims.n_audio_ctx, encoder.dims.n_audio_state) for _, a in steps)
+    assert all(
+        a.shape == (2, encoder.dims.n_audio_ctx, encoder.dims.n_audio_state) for _, a in steps
+    )
     np.testing.assert_array_equal(steps[-1][1], encoder(mel))
-    np.testing.assert_allclose(encoder(mel[1:]), steps[-1][1][1:], atol=1e-5)  # batch rows independent
+    np.testing.assert_allclose(
+        encoder(mel[1:]), steps[-1][1][1:], atol=1e-5
+    )  # batch rows independent
 
 
 def test_wrong_mel_shape_is_a_clear_error(max_encoder):
@@ -158,7 +185,9 @@ def test_wrong_mel_shape_is_a_clear_error(max_encoder):
 
 
 def test_second_process_loads_the_cached_graphs(max_encoder):
-    max_encoder("tiny.en")  # this process has compiled or loaded the graphs: they are in the cache now
+    max_encoder(
+        "tiny.en"
+    )  # this process has compiled or loaded the graphs: they are in the cache now
     script = (
         "import json, time\n"
         "from max_whisper.weights import load_model_weights\n"
@@ -167,10 +196,16 @@ def test_second_process_loads_the_cached_graphs(max_encoder):
         "start = time.perf_counter()\n"
         "encoder = MaxEncoder(w.dims, w.params, device='cpu')\n"
         "seconds = time.perf_counter() - start\n"
-        "print(json.dumps({'compile_seconds': encoder.compile_seconds, 'start_seconds': seconds}))\n"
+        "print(json.dumps({'compile_seconds': encoder.compile_seconds, "
+        "'start_seconds': seconds}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(),
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"second process: {report}")
@@ -178,14 +213,16 @@ def test_second_process_loads_the_cached_graphs(max_encoder):
     assert "compiling" not in done.stderr
 
 
-# --- the cache and device choice on their own (a trivial graph: ~30 s cold, ~3 s once MAX has it) ---
+# --- the cache and device choice on their own (a trivial graph: ~30 s cold, ~3 s once MAX has it) -
 
 
 def _add_one_graph():
     from max.dtype import DType
     from max.graph import DeviceRef, Graph, TensorType, Weight
 
-    with Graph("add_one", input_types=[TensorType(DType.float32, [4], device=DeviceRef.CPU())]) as graph:
+    with Graph(
+        "add_one", input_types=[TensorType(DType.float32, [4], device=DeviceRef.CPU())]
+    ) as graph:
         graph.output(graph.inputs[0].tensor + Weight("one", DType.float32, [4], DeviceRef.CPU()))
     return graph
 
@@ -203,7 +240,9 @@ def test_cache_miss_hit_and_corrupt_file(tmp_path, monkeypatch, capsys):
     x = np.arange(4, dtype=np.float32)
 
     def load():
-        return compile_cache.load_compiled(session, _add_one_graph, signature, weights, label="test")
+        return compile_cache.load_compiled(
+            session, _add_one_graph, signature, weights, label="test"
+        )
 
     np.testing.assert_array_equal(load().execute(x)[0].to_numpy(), x + 1)  # miss: compiles, saves
     (mef,) = (tmp_path / "graphs").glob("test_add_one-*.mef")
@@ -212,7 +251,9 @@ def test_cache_miss_hit_and_corrupt_file(tmp_path, monkeypatch, capsys):
     _, seconds = compile_cache.compiled_graph(session, _add_one_graph, signature, label="test")
     assert seconds == 0.0  # hit
     other_weights = {"one": np.full(4, 2, np.float32)}  # one compiled graph, any weights
-    model = compile_cache.load_compiled(session, _add_one_graph, signature, other_weights, label="test")
+    model = compile_cache.load_compiled(
+        session, _add_one_graph, signature, other_weights, label="test"
+    )
     np.testing.assert_array_equal(model.execute(x)[0].to_numpy(), x + 2)
 
     mef.write_bytes(mef.read_bytes()[:100])  # truncated: recompiled, not a crash
@@ -229,12 +270,17 @@ def test_cache_key_separates_signatures():
     from max_whisper.backends.max.compile_cache import cache_key
 
     session = InferenceSession(devices=[CPU()])
-    assert cache_key(session, {"graph": "a", "d": 384}) == cache_key(session, {"d": 384, "graph": "a"})
-    assert cache_key(session, {"graph": "a", "d": 384}) != cache_key(session, {"graph": "a", "d": 512})
+    assert cache_key(session, {"graph": "a", "d": 384}) == cache_key(
+        session, {"d": 384, "graph": "a"}
+    )
+    assert cache_key(session, {"graph": "a", "d": 384}) != cache_key(
+        session, {"graph": "a", "d": 512}
+    )
 
 
 def test_graph_code_is_part_of_the_key(models, tmp_path):
-    """A changed graph builder (or weight layout) gives new cache keys: a stale .mef is never loaded."""
+    """A changed graph builder (or weight layout) gives new cache keys: a stale .mef is never
+    loaded."""
     from max_whisper.backends.max import encoder, encoder_graph
     from max_whisper.backends.max.compile_cache import source_hash
 

@@ -1,5 +1,6 @@
 """The NumPy implementation (the first run's path while MAX compiles): its float64 evaluation is the
 network openai-whisper computes, and its float32 tokens are the reference's on every shared clip."""
+
 from __future__ import annotations
 
 import copy
@@ -21,9 +22,9 @@ def numpy_backend(models):
 
 
 def test_float64_evaluation_is_openai_whisper_in_float64(models, reference, monkeypatch):
-    """The same network as openai-whisper's modules run in float64 (whose attention takes its softmax
-    in float32, so they agree to ~1e-5, against the ~5e-4 of float32 evaluations): encoder features
-    and the logits of a short prompt."""
+    """The same network as openai-whisper's modules run in float64 (whose attention takes its
+    softmax in float32, so they agree to ~1e-5, against the ~5e-4 of float32 evaluations): encoder
+    features and the logits of a short prompt."""
     import torch
     import whisper.model
 
@@ -31,7 +32,9 @@ def test_float64_evaluation_is_openai_whisper_in_float64(models, reference, monk
 
     mel = reference.mel("tiny.en", CLIPS[0])[None].astype(np.float64)
     model = copy.deepcopy(models.torch("tiny.en")).double()
-    monkeypatch.setattr(whisper.model.LayerNorm, "forward", torch.nn.LayerNorm.forward)  # no cast to fp32
+    monkeypatch.setattr(
+        whisper.model.LayerNorm, "forward", torch.nn.LayerNorm.forward
+    )  # no cast to fp32
     monkeypatch.setattr(whisper.model.Linear, "forward", torch.nn.Linear.forward)
     tokens = np.array([[50257, 50362, 440, 1049]])
     with torch.no_grad(), whisper.model.disable_sdpa():
@@ -48,7 +51,9 @@ def test_float64_evaluation_is_openai_whisper_in_float64(models, reference, monk
 def test_greedy_tokens_match_reference(models, reference, numpy_backend, clip):
     mel = reference.mel("tiny.en", clip)
     tokenizer = models.get("tiny.en", "reference").tokenizer
-    ours = decode(numpy_backend, tokenizer, numpy_backend.encode(mel[None]), DecodingOptions(language="en"))[0]
+    ours = decode(
+        numpy_backend, tokenizer, numpy_backend.encode(mel[None]), DecodingOptions(language="en")
+    )[0]
     assert ours.tokens == reference.tokens("tiny.en", clip), clip.name
 
 

@@ -1,4 +1,5 @@
-"""At home for openai-whisper users: our CLI's defaults are its CLI's, and its flags are accepted."""
+"""At home for openai-whisper users: our CLI's defaults are its CLI's, and its flags are
+accepted."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ CLI = [sys.executable, "-m", "max_whisper.cli", "transcribe"]
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=subprocess_env())
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, env=subprocess_env()
+    )
 
 
 @requires_reference
@@ -30,22 +33,62 @@ def test_default_segments_equal_openai_whisper_cli_defaults(models, tmp_path, na
     assert proc.returncode == 0, proc.stderr
     ours = json.loads((tmp_path / f"{clip.stem}.json").read_text())
     theirs = whisper.transcribe(
-        models.torch("tiny.en"), load_audio(clip), fp16=False, beam_size=5, best_of=5, verbose=None,
-        temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0), condition_on_previous_text=True)
+        models.torch("tiny.en"),
+        load_audio(clip),
+        fp16=False,
+        beam_size=5,
+        best_of=5,
+        verbose=None,
+        temperature=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+        condition_on_previous_text=True,
+    )
     assert [s["tokens"] for s in ours["segments"]] == [s["tokens"] for s in theirs["segments"]]
-    assert [(s["start"], s["end"]) for s in ours["segments"]] == [(s["start"], s["end"]) for s in theirs["segments"]]
+    assert [(s["start"], s["end"]) for s in ours["segments"]] == [
+        (s["start"], s["end"]) for s in theirs["segments"]
+    ]
 
 
 def test_openai_whisper_flags_are_accepted(tmp_path):
-    proc = run_cli(str(SAMPLE), "--fp16", "False", "--threads", "1", "--model_dir", str(tmp_path),
-                   "--carry_initial_prompt", "True", "--initial_prompt", "A short test.",
-                   "--prepend_punctuations", "\"'([{-", "--append_punctuations", "\"'.,!?:)]}",
-                   "--max_words_per_line", "4", "--word_timestamps", "True", "--device", "cpu",
-                   "--verbose", "False", "--output_format", "srt", "--output_dir",
-                   str(tmp_path), "--beam_size", "2", "--best_of", "2", "--temperature", "0")
+    proc = run_cli(
+        str(SAMPLE),
+        "--fp16",
+        "False",
+        "--threads",
+        "1",
+        "--model_dir",
+        str(tmp_path),
+        "--carry_initial_prompt",
+        "True",
+        "--initial_prompt",
+        "A short test.",
+        "--prepend_punctuations",
+        "\"'([{-",
+        "--append_punctuations",
+        "\"'.,!?:)]}",
+        "--max_words_per_line",
+        "4",
+        "--word_timestamps",
+        "True",
+        "--device",
+        "cpu",
+        "--verbose",
+        "False",
+        "--output_format",
+        "srt",
+        "--output_dir",
+        str(tmp_path),
+        "--beam_size",
+        "2",
+        "--best_of",
+        "2",
+        "--temperature",
+        "0",
+    )
     assert proc.returncode == 0, proc.stderr
     srt = (tmp_path / "sample.srt").read_text()
-    assert "fox" in srt and all(len(line.split()) <= 4 for line in srt.splitlines() if "-->" not in line)
+    assert "fox" in srt and all(
+        len(line.split()) <= 4 for line in srt.splitlines() if "-->" not in line
+    )
 
 
 def test_device_cuda_is_gpu_and_bad_values_fail_in_one_line():

@@ -1,8 +1,10 @@
-"""Hostile-but-fair input: bounded options, multi-file runs, output folders, interrupts, stdin, folders.
+"""Hostile-but-fair input: bounded options, multi-file runs, output folders, interrupts, stdin,
+folders.
 
 Each test runs the real `max-whisper` command on real audio and checks what a user sees: one line
 on stderr, the exit status, and the files left behind.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,7 +26,9 @@ CLI = [sys.executable, "-m", "max_whisper.cli"]
 
 
 def run_cli(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -34,14 +38,17 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--beam-size", "100000"], f"at most {MAX_BEAM_SIZE}"),
-    (["--best-of", "100000"], f"at most {MAX_BEST_OF}"),
-    (["--temperature", "nan"], "between 0 and 1"),
-    (["--temperature", "inf"], "between 0 and 1"),
-    (["--temperature", "5"], "between 0 and 1"),
-    (["--temperature-increment-on-fallback", "0"], "positive"),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--beam-size", "100000"], f"at most {MAX_BEAM_SIZE}"),
+        (["--best-of", "100000"], f"at most {MAX_BEST_OF}"),
+        (["--temperature", "nan"], "between 0 and 1"),
+        (["--temperature", "inf"], "between 0 and 1"),
+        (["--temperature", "5"], "between 0 and 1"),
+        (["--temperature-increment-on-fallback", "0"], "positive"),
+    ],
+)
 def test_unbounded_options_are_refused_before_any_work(flags, words):
     # a model that does not exist: the option check must come first, so its message is what we see
     proc = run_cli("transcribe", SAMPLE, "--model", "/no/such/model", *flags, timeout=60)
@@ -62,7 +69,18 @@ def test_the_api_and_the_server_share_the_bounds():
 def test_a_bad_file_in_the_middle_does_not_stop_the_run(tmp_path):
     text_as_wav = tmp_path / "notes.wav"
     text_as_wav.write_text("these are not samples\n")
-    proc = run_cli("transcribe", SAMPLE, text_as_wav, SAMPLE, "-f", "txt", "-o", tmp_path / "out", "--verbose", "False")
+    proc = run_cli(
+        "transcribe",
+        SAMPLE,
+        text_as_wav,
+        SAMPLE,
+        "-f",
+        "txt",
+        "-o",
+        tmp_path / "out",
+        "--verbose",
+        "False",
+    )
     assert proc.returncode == 1
     transcripts = [line for line in proc.stdout.splitlines() if line.startswith(str(SAMPLE))]
     assert len(transcripts) == 2 and all("quick brown fox" in line for line in transcripts)
@@ -75,7 +93,9 @@ def test_a_bad_file_in_the_middle_does_not_stop_the_run(tmp_path):
 def test_an_unwritable_output_folder_fails_before_the_model_loads(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    proc = run_cli("transcribe", SAMPLE, "--model", "/no/such/model", "-o", blocker / "out", "-f", "srt")
+    proc = run_cli(
+        "transcribe", SAMPLE, "--model", "/no/such/model", "-o", blocker / "out", "-f", "srt"
+    )
     assert proc.returncode == 2
     assert "cannot write to the output folder" in one_error_line(proc)
 
@@ -95,8 +115,12 @@ def test_a_folder_is_transcribed_and_an_empty_one_is_named(tmp_path):
 
 def test_audio_from_standard_input(tmp_path):
     with open(SAMPLE, "rb") as stdin:
-        proc = subprocess.run([*CLI, "transcribe", "-", "-f", "txt", "-o", str(tmp_path)], stdin=stdin,
-                              capture_output=True, timeout=300)
+        proc = subprocess.run(
+            [*CLI, "transcribe", "-", "-f", "txt", "-o", str(tmp_path)],
+            stdin=stdin,
+            capture_output=True,
+            timeout=300,
+        )
     assert proc.returncode == 0, proc.stderr
     assert b"quick brown fox" in proc.stdout
     assert "quick brown fox" in (tmp_path / "stdin.txt").read_text()
@@ -118,13 +142,19 @@ def long_recording(path: Path, repeats: int = 12) -> Path:
 def test_ctrl_c_keeps_the_finished_segments(tmp_path):
     audio = long_recording(tmp_path / "talk.wav")
     out = tmp_path / "out"
-    proc = subprocess.Popen([*CLI, "transcribe", str(audio), "-f", "srt", "-o", str(out), "--verbose"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "transcribe", str(audio), "-f", "srt", "-o", str(out), "--verbose"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     printed = [proc.stdout.readline() for _ in range(3)]  # three segments decoded: interrupt now
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert sorted(os.listdir(out)) == ["talk.srt.partial"], "no complete output and no temporary file"
+    assert sorted(os.listdir(out)) == ["talk.srt.partial"], (
+        "no complete output and no temporary file"
+    )
     partial = (out / "talk.srt.partial").read_text()
     for line in printed:
         assert line.split("]", 1)[1].strip() in partial

@@ -1,8 +1,10 @@
 """`max-whisper serve`: the OpenAI-compatible API, driven by the official `openai` client.
 
-The main server is the real CLI in a subprocess; the queue and disconnect tests run the app in-process
-on the session's shared model, behind a gate that holds the model busy for as long as a test needs.
+The main server is the real CLI in a subprocess; the queue and disconnect tests run the app
+in-process on the session's shared model, behind a gate that holds the model busy for as long as a
+test needs.
 """
+
 import io
 import os
 import socket
@@ -24,9 +26,18 @@ from support import (
     subprocess_env,
 )
 
-pytestmark = [requires_reference, requires_shared_audio,
-              requires("fastapi", "uvicorn", "multipart", "openai", "httpx",
-                       reason="the serve and test extras are not installed")]
+pytestmark = [
+    requires_reference,
+    requires_shared_audio,
+    requires(
+        "fastapi",
+        "uvicorn",
+        "multipart",
+        "openai",
+        "httpx",
+        reason="the serve and test extras are not installed",
+    ),
+]
 
 CLIP = SHARED_AUDIO / "librivox-0880.wav"
 KEY = "test-key"
@@ -67,11 +78,29 @@ def audio(path=CLIP, name=None):
 
 @pytest.fixture(scope="module")
 def cli_proc():
-    """`max-whisper transcribe` on the clip (the text alone: --verbose False), started first so that it runs
-    while the server starts."""
-    return subprocess.Popen([sys.executable, "-m", "max_whisper.cli", "transcribe", str(CLIP), "--backend",
-                             "reference", "--model", "tiny.en", "--device", "cpu", "--verbose", "False"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    """`max-whisper transcribe` on the clip (the text alone: --verbose False), started first so that
+    it runs while the server starts."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "max_whisper.cli",
+            "transcribe",
+            str(CLIP),
+            "--backend",
+            "reference",
+            "--model",
+            "tiny.en",
+            "--device",
+            "cpu",
+            "--verbose",
+            "False",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +115,29 @@ def server(cli_proc):
     """The real CLI: `python -m max_whisper.cli serve` with an API key and a 1 MB upload limit."""
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "max_whisper.cli", "serve", "--backend", "reference",
-                             "--model", "tiny.en", "--device", "cpu", "--port", str(port), "--api-key", KEY,
-                             "--max-upload-mb", "1"], stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "max_whisper.cli",
+            "serve",
+            "--backend",
+            "reference",
+            "--model",
+            "tiny.en",
+            "--device",
+            "cpu",
+            "--port",
+            str(port),
+            "--api-key",
+            KEY,
+            "--max-upload-mb",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=ENV,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc, log.name)
@@ -105,13 +154,19 @@ def server(cli_proc):
 def test_transcription_equals_cli(server, cli_text):
     api = client(server)
     assert api.audio.transcriptions.create(model="whisper-1", file=audio()).text == cli_text
-    text = api.audio.transcriptions.create(model="anything", file=audio(), response_format="text", language="en")
+    text = api.audio.transcriptions.create(
+        model="anything", file=audio(), response_format="text", language="en"
+    )
     assert text.strip() == cli_text
 
 
 def test_verbose_json(server, cli_text):
     result = client(server).audio.transcriptions.create(
-        model="whisper-1", file=audio(), response_format="verbose_json", timestamp_granularities=["word", "segment"])
+        model="whisper-1",
+        file=audio(),
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+    )
     assert (result.task, result.language, result.text) == ("transcribe", "english", cli_text)
     assert 2.5 < result.duration < 3.5
     assert result.segments and result.words
@@ -128,7 +183,11 @@ def test_subtitles_parse(server, cli_text):
     import webvtt
 
     api = client(server)
-    cues = list(srt.parse(api.audio.transcriptions.create(model="whisper-1", file=audio(), response_format="srt")))
+    cues = list(
+        srt.parse(
+            api.audio.transcriptions.create(model="whisper-1", file=audio(), response_format="srt")
+        )
+    )
     assert cues and " ".join(c.content for c in cues) == cli_text
     assert all(c.start < c.end for c in cues)
     vtt = api.audio.transcriptions.create(model="whisper-1", file=audio(), response_format="vtt")
@@ -141,7 +200,11 @@ def test_models_and_health(server):
 
     assert [m.id for m in client(server).models.list().data] == ["tiny.en"]
     health = httpx.get(f"{server}/health").json()
-    assert health["status"] == "ok" and health["model"] == "tiny.en" and health["backend"] == "reference"
+    assert (
+        health["status"] == "ok"
+        and health["model"] == "tiny.en"
+        and health["backend"] == "reference"
+    )
     assert health["device"] == "cpu" and health["queue_depth"] == 0
 
 
@@ -154,7 +217,12 @@ def test_api_key_is_required(server):
     assert err.value.status_code == 401 and err.value.code == "invalid_api_key"
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
         reply = httpx.get(f"{server}/v1/models", headers=headers)
-        assert reply.status_code == 401 and set(reply.json()["error"]) == {"message", "type", "param", "code"}
+        assert reply.status_code == 401 and set(reply.json()["error"]) == {
+            "message",
+            "type",
+            "param",
+            "code",
+        }
     assert httpx.get(f"{server}/health").status_code == 200
 
 
@@ -176,7 +244,9 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server, cli_text, tmp_pat
             api.audio.transcriptions.create(model="whisper-1", **kwargs)
         assert err.value.status_code == 400 and err.value.message, what
     with pytest.raises(openai.BadRequestError, match="cannot translate"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the client marks translations deprecated
+        warnings.simplefilter(
+            "ignore", DeprecationWarning
+        )  # the client marks translations deprecated
         api.audio.translations.create(model="whisper-1", file=audio())
 
     big = ("big.wav", os.urandom(1536 * 1024))
@@ -185,13 +255,19 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server, cli_text, tmp_pat
     assert err.value.status_code == 413
 
     def chunks():  # no Content-Length: the server must count the bytes itself
-        yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.wav\"\r\n\r\n"
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n\r\n'
         for _ in range(24):
             yield os.urandom(64 * 1024)
         yield b"\r\n--b--\r\n"
 
-    reply = httpx.post(f"{server}/v1/audio/transcriptions", content=chunks(),
-                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "multipart/form-data; boundary=b"})
+    reply = httpx.post(
+        f"{server}/v1/audio/transcriptions",
+        content=chunks(),
+        headers={
+            "Authorization": f"Bearer {KEY}",
+            "Content-Type": "multipart/form-data; boundary=b",
+        },
+    )
     assert reply.status_code == 413 and reply.json()["error"]["code"] == "file_too_large"
 
     assert api.audio.transcriptions.create(model="whisper-1", file=audio()).text == cli_text
@@ -200,8 +276,12 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server, cli_text, tmp_pat
 def test_twenty_concurrent_requests(server, cli_text):
     api = client(server)
     with ThreadPoolExecutor(20) as pool:
-        texts = list(pool.map(lambda _: api.audio.transcriptions.create(model="whisper-1", file=audio()).text,
-                              range(20)))
+        texts = list(
+            pool.map(
+                lambda _: api.audio.transcriptions.create(model="whisper-1", file=audio()).text,
+                range(20),
+            )
+        )
     assert texts == [cli_text] * 20
 
 
@@ -231,7 +311,8 @@ class GatedModel:
 
 @pytest.fixture(scope="module")
 def gated(models):
-    """The app in-process (uvicorn in a thread) with --max-queue 1, on the session's shared model."""
+    """The app in-process (uvicorn in a thread) with --max-queue 1, on the session's shared
+    model."""
     import uvicorn
 
     from max_whisper.server import create_app
@@ -292,7 +373,9 @@ def test_disconnected_client_is_dropped_unrun(gated, cli_text):
     runs = model.runs
     model.gate.clear()
     with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(lambda: client(url).audio.transcriptions.create(model="whisper-1", file=audio()).text)
+        first = pool.submit(
+            lambda: client(url).audio.transcriptions.create(model="whisper-1", file=audio()).text
+        )
         wait_for(lambda: httpx.get(f"{url}/health").json()["running"] == 1)
         with pytest.raises(httpx.ReadTimeout):  # waits behind the first, then gives up
             httpx.post(f"{url}/v1/audio/transcriptions", files={"file": audio()}, timeout=1)
@@ -301,5 +384,11 @@ def test_disconnected_client_is_dropped_unrun(gated, cli_text):
         assert first.result() == cli_text
     assert model.runs == runs + 1  # the abandoned job never reached the model
     assert httpx.get(f"{url}/health").json() | {"device": None} == {
-        "status": "ok", "model": "tiny.en", "backend": "reference", "device": None, "queue_depth": 0,
-        "running": 0, "max_queue": 1}
+        "status": "ok",
+        "model": "tiny.en",
+        "backend": "reference",
+        "device": None,
+        "queue_depth": 0,
+        "running": 0,
+        "max_queue": 1,
+    }

@@ -1,4 +1,5 @@
-"""The server at its edges: stream=true before streaming exists, and a client that hangs up mid-upload."""
+"""The server at its edges: stream=true before streaming exists, and a client that hangs up
+mid-upload."""
 
 from __future__ import annotations
 
@@ -46,16 +47,24 @@ def test_stream_true_is_a_400_until_streaming_exists(server):
     import httpx
 
     with open(SAMPLE, "rb") as f:
-        response = httpx.post(f"http://127.0.0.1:{server}/v1/audio/transcriptions",
-                              files={"file": ("sample.wav", f, "audio/wav")}, data={"stream": "true"})
+        response = httpx.post(
+            f"http://127.0.0.1:{server}/v1/audio/transcriptions",
+            files={"file": ("sample.wav", f, "audio/wav")},
+            data={"stream": "true"},
+        )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "stream"
 
 
 def test_a_client_that_hangs_up_mid_upload_is_one_info_line(server, caplog):
-    body = b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n" + b"\0" * 4096
-    head = (f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
-            f"boundary=x\r\nContent-Length: {len(body) + 1_000_000}\r\n\r\n").encode()
+    body = (
+        b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        + b"\0" * 4096
+    )
+    head = (
+        f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+        f"boundary=x\r\nContent-Length: {len(body) + 1_000_000}\r\n\r\n"
+    ).encode()
     with caplog.at_level(logging.INFO):
         with socket.create_connection(("127.0.0.1", server)) as client:
             client.sendall(head + body)

@@ -1,12 +1,13 @@
-"""Streaming a file (audio_stream.StreamedAudio): the same samples, the same mel frames to the bit and the same
-transcript as the whole file in memory (load_audio + log_mel_spectrogram), in memory that does not
-grow with the file.
+"""Streaming a file (audio_stream.StreamedAudio): the same samples, the same mel frames to the bit
+and the same transcript as the whole file in memory (load_audio + log_mel_spectrogram), in memory
+that does not grow with the file.
 
 Whisper floors the log-mel 8 below the WHOLE file's maximum and each STFT frame reads 200 samples
 either side of its centre, so windows cut from a stream must still see the global maximum and the
-right context at every chunk edge: these tests compare exactly (np.array_equal), at lengths around the
-30-s window and the 4096-frame mel block, and with windows at awkward offsets.
+right context at every chunk edge: these tests compare exactly (np.array_equal), at lengths around
+the 30-s window and the 4096-frame mel block, and with windows at awkward offsets.
 """
+
 from __future__ import annotations
 
 import tracemalloc
@@ -44,13 +45,13 @@ def synthetic(n: int, seed: int = 0) -> np.ndarray:
     t = np.arange(n) / SAMPLE_RATE
     audio = 0.1 * np.sin(2 * np.pi * (150 + 40 * (t % 7)) * t) + 0.01 * rng.standard_normal(n)
     audio[(t % 23) > 19] = 0.0
-    audio[int(n * 0.8): int(n * 0.8) + 2000] *= 8
+    audio[int(n * 0.8) : int(n * 0.8) + 2000] *= 8
     return audio.astype(np.float32)
 
 
 def speech(seconds: float, gap: float = 2.0) -> np.ndarray:
-    """The shared clips end to end (in name order, again and again), `gap` s of silence apart, cut at
-    `seconds`."""
+    """The shared clips end to end (in name order, again and again), `gap` s of silence apart, cut
+    at `seconds`."""
     pieces, n = [], 0
     silence = np.zeros(int(gap * SAMPLE_RATE), dtype=np.float32)
     while n < seconds * SAMPLE_RATE:
@@ -66,7 +67,11 @@ def seeks(n_frames: int) -> list[tuple[int, int]]:
     out, seek, steps = [], 0, [3000, 1234, 2999, 1, 2862, 4096 - 2000, 577]
     i = 0
     while seek < n_frames:
-        size = min(N_FRAMES, n_frames - seek) if i % 3 else min(N_FRAMES, max(1, (n_frames - seek) // 2))
+        size = (
+            min(N_FRAMES, n_frames - seek)
+            if i % 3
+            else min(N_FRAMES, max(1, (n_frames - seek) // 2))
+        )
         out.append((seek, size))
         seek += steps[i % len(steps)]
         i += 1
@@ -81,31 +86,54 @@ def assert_streams_like_whole_file(path: Path, n_mels: int = 80) -> StreamedAudi
     assert streamed.content_frames == mel.shape[-1] - N_FRAMES
     for seek, size in seeks(streamed.content_frames) + [(streamed.content_frames, N_FRAMES)]:
         window = streamed.mel_frames(seek, size)
-        expected = mel[:, seek: seek + size]
+        expected = mel[:, seek : seek + size]
         assert window.dtype == np.float32 and window.shape == expected.shape, (seek, size)
-        assert np.array_equal(window, expected), (seek, size, float(np.abs(window - expected).max()))
-        assert np.array_equal(streamed.samples(seek, size), audio[seek * HOP_LENGTH: (seek + size) * HOP_LENGTH])
+        assert np.array_equal(window, expected), (
+            seek,
+            size,
+            float(np.abs(window - expected).max()),
+        )
+        assert np.array_equal(
+            streamed.samples(seek, size), audio[seek * HOP_LENGTH : (seek + size) * HOP_LENGTH]
+        )
     # the first window again (as language detection takes it): decodes the file again from the start
     assert np.array_equal(streamed.mel_frames(0, N_FRAMES), mel[:, :N_FRAMES])
     assert np.array_equal(streamed.samples(0, N_FRAMES), audio[:N_SAMPLES])
     return streamed
 
 
-# --- mel frames and samples: bit-identical to the whole-file computation -----------------------------
+# --- mel frames and samples: bit-identical to the whole-file computation --------------------------
 
 
-@pytest.mark.parametrize("n_samples", [
-    1, 200, 201, 8_000, 16_000 * 12 + 37,  # shorter than a window
-    N_SAMPLES - 1, N_SAMPLES, N_SAMPLES + 1, N_SAMPLES + HOP_LENGTH,  # the 30-s window's edge
-    BLOCK - 200, BLOCK + 40, BLOCK + 41, BLOCK + 240, 2 * BLOCK - HOP_LENGTH,  # a mel block's edge and context
-    16_000 * 95 + 11,  # several blocks and windows
-], ids=lambda n: f"{n}")
+@pytest.mark.parametrize(
+    "n_samples",
+    [
+        1,
+        200,
+        201,
+        8_000,
+        16_000 * 12 + 37,  # shorter than a window
+        N_SAMPLES - 1,
+        N_SAMPLES,
+        N_SAMPLES + 1,
+        N_SAMPLES + HOP_LENGTH,  # the 30-s window's edge
+        BLOCK - 200,
+        BLOCK + 40,
+        BLOCK + 41,
+        BLOCK + 240,
+        2 * BLOCK - HOP_LENGTH,  # a mel block's edge and context
+        16_000 * 95 + 11,  # several blocks and windows
+    ],
+    ids=lambda n: f"{n}",
+)
 def test_streamed_mel_equals_whole_file(tmp_path, n_samples):
     assert_streams_like_whole_file(write_wav(tmp_path / "a.wav", synthetic(n_samples)))
 
 
 def test_streamed_mel_equals_whole_file_128_mels(tmp_path):
-    assert_streams_like_whole_file(write_wav(tmp_path / "a.wav", synthetic(16_000 * 70 + 5, seed=3)), n_mels=128)
+    assert_streams_like_whole_file(
+        write_wav(tmp_path / "a.wav", synthetic(16_000 * 70 + 5, seed=3)), n_mels=128
+    )
 
 
 @requires_shared_audio
@@ -126,7 +154,10 @@ def test_window_source():
     audio = synthetic(16_000 * 5)
     source = window_source(audio, 80)
     assert source.content_frames == len(audio) // HOP_LENGTH
-    assert np.array_equal(source.mel_frames(0, N_FRAMES), log_mel_spectrogram(audio, 80, padding=N_SAMPLES)[:, :N_FRAMES])
+    assert np.array_equal(
+        source.mel_frames(0, N_FRAMES),
+        log_mel_spectrogram(audio, 80, padding=N_SAMPLES)[:, :N_FRAMES],
+    )
 
 
 def test_window_source_of_a_path_streams(tmp_path):
@@ -136,14 +167,30 @@ def test_window_source_of_a_path_streams(tmp_path):
     assert window_source(source, 80) is source
     other = window_source(source, 128)  # another model's filterbank: scanned again for its maximum
     assert isinstance(other, StreamedAudio) and other.n_mels == 128
-    assert np.array_equal(other.mel_frames(0, 10), log_mel_spectrogram(load_audio(path), 128, padding=N_SAMPLES)[:, :10])
+    assert np.array_equal(
+        other.mel_frames(0, 10),
+        log_mel_spectrogram(load_audio(path), 128, padding=N_SAMPLES)[:, :10],
+    )
 
 
-@pytest.mark.parametrize("kind, words", [("missing", "no such file"), ("folder", "folder"), ("text", "not an audio file"),
-                                         ("empty", "empty"), ("zero-samples", "no audio samples")])
+@pytest.mark.parametrize(
+    "kind, words",
+    [
+        ("missing", "no such file"),
+        ("folder", "folder"),
+        ("text", "not an audio file"),
+        ("empty", "empty"),
+        ("zero-samples", "no audio samples"),
+    ],
+)
 def test_bad_input_raises_audio_error_like_load_audio(tmp_path, kind, words):
-    paths = {"missing": tmp_path / "missing.wav", "folder": tmp_path, "text": tmp_path / "notes.wav",
-             "empty": tmp_path / "empty.wav", "zero-samples": tmp_path / "zero.wav"}
+    paths = {
+        "missing": tmp_path / "missing.wav",
+        "folder": tmp_path,
+        "text": tmp_path / "notes.wav",
+        "empty": tmp_path / "empty.wav",
+        "zero-samples": tmp_path / "zero.wav",
+    }
     paths["text"].write_text("this is not audio\n" * 100)
     paths["empty"].write_bytes(b"")
     write_wav(paths["zero-samples"], np.zeros(0))
@@ -154,7 +201,7 @@ def test_bad_input_raises_audio_error_like_load_audio(tmp_path, kind, words):
     assert words in str(streamed.value) and str(streamed.value) == str(loaded.value)
 
 
-# --- memory: bounded whatever the length ----------------------------------------------------------------
+# --- memory: bounded whatever the length ----------------------------------------------------------
 
 
 def test_memory_does_not_grow_with_the_file(tmp_path):
@@ -187,7 +234,7 @@ def test_memory_does_not_grow_with_the_file(tmp_path):
     assert biggest_buffer <= 3 * BLOCK + 400, biggest_buffer  # samples kept: about two mel blocks
 
 
-# --- transcripts: token-identical to the array path ----------------------------------------------------
+# --- transcripts: token-identical to the array path -----------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +243,9 @@ def model(models):
 
 
 def assert_same_transcript(streamed: dict, in_memory: dict) -> None:
-    assert [s["tokens"] for s in streamed["segments"]] == [s["tokens"] for s in in_memory["segments"]]
+    assert [s["tokens"] for s in streamed["segments"]] == [
+        s["tokens"] for s in in_memory["segments"]
+    ]
     assert streamed == in_memory  # times, texts, log-probabilities: all of it
 
 
@@ -204,7 +253,9 @@ def assert_same_transcript(streamed: dict, in_memory: dict) -> None:
 @pytest.mark.parametrize("prefix", ["librivox-0870", "2412-153948-0001", "common_voice_en_651325"])
 def test_streamed_transcript_equals_array_on_clips(model, prefix):
     clip = shared_clip(prefix)
-    assert_same_transcript(transcribe(model, StreamedAudio(clip)), transcribe(model, load_audio(clip)))
+    assert_same_transcript(
+        transcribe(model, StreamedAudio(clip)), transcribe(model, load_audio(clip))
+    )
 
 
 @requires_shared_audio
@@ -221,8 +272,14 @@ def test_streamed_transcript_equals_array_with_options(model, tmp_path, monkeypa
     timestamps, and clip_timestamps in a backward order (the stream decodes the file again from the
     start); a path given as such."""
     audio = load_audio(write_wav(tmp_path / "speech.wav", speech(75.0, gap=6.0)))
-    path = write_wav(tmp_path / "padded.wav", np.concatenate([np.zeros(N_SAMPLES + 16_000, np.float32), audio]))
-    options = {"silence_threshold": -50.0, "word_timestamps": True, "clip_timestamps": "62,100,0,50"}
+    path = write_wav(
+        tmp_path / "padded.wav", np.concatenate([np.zeros(N_SAMPLES + 16_000, np.float32), audio])
+    )
+    options = {
+        "silence_threshold": -50.0,
+        "word_timestamps": True,
+        "clip_timestamps": "62,100,0,50",
+    }
     in_memory = transcribe(model, load_audio(path), **options)
     assert in_memory["segments"] and all("words" in s for s in in_memory["segments"])
     calls = {"samples": 0, "restarts": 0}
@@ -240,5 +297,9 @@ def test_streamed_transcript_equals_array_with_options(model, tmp_path, monkeypa
     monkeypatch.setattr(audio_module._PcmReader, "_restart", counted_restart)
     assert_same_transcript(transcribe(model, str(path), **options), in_memory)
     assert calls["samples"] >= 3
-    assert calls["restarts"] >= 3  # the scan's reader, the windows' reader, and back to 0 s for the second clip
-    assert min(s["seek"] for s in in_memory["segments"]) >= N_FRAMES  # the silent first window: skipped
+    assert (
+        calls["restarts"] >= 3
+    )  # the scan's reader, the windows' reader, and back to 0 s for the second clip
+    assert (
+        min(s["seek"] for s in in_memory["segments"]) >= N_FRAMES
+    )  # the silent first window: skipped

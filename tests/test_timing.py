@@ -1,5 +1,7 @@
 """Word timestamps: the NumPy DTW and median filter against openai-whisper's, and whole word timings
-on real clips against whisper.timing.add_word_timestamps on the PyTorch model with the same weights."""
+on real clips against whisper.timing.add_word_timestamps on the PyTorch model with the same
+weights."""
+
 import copy
 import subprocess
 import sys
@@ -30,11 +32,16 @@ PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"
 
 
 def test_timing_and_writers_do_not_import_torch():
-    code = "import sys, max_whisper.timing, max_whisper.writers; assert 'torch' not in sys.modules, 'torch'"
-    subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(clean=True), cwd=REPO_ROOT)
+    code = (
+        "import sys, max_whisper.timing, max_whisper.writers; "
+        "assert 'torch' not in sys.modules, 'torch'"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, env=subprocess_env(clean=True), cwd=REPO_ROOT
+    )
 
 
-# -- DTW and median filter ---------------------------------------------------------------------------
+# -- DTW and median filter -------------------------------------------------------------------------
 def test_dtw_follows_the_cheap_path():
     x = np.ones((3, 6))
     x[0, 0:2] = x[1, 2:4] = x[2, 4:6] = 0  # token i is cheap over frames 2i, 2i+1
@@ -47,8 +54,10 @@ def test_dtw_follows_the_cheap_path():
 
 def test_median_filter_reflects_at_the_edges():
     x = np.array([[5.0, 1.0, 4.0, 2.0, 3.0, 9.0]])
-    padded = np.array([4.0, 1.0, 5.0, 1.0, 4.0, 2.0, 3.0, 9.0, 3.0, 2.0])  # reflect: edges not repeated
-    expected = [np.median(padded[i:i + 5]) for i in range(6)]
+    padded = np.array(
+        [4.0, 1.0, 5.0, 1.0, 4.0, 2.0, 3.0, 9.0, 3.0, 2.0]
+    )  # reflect: edges not repeated
+    expected = [np.median(padded[i : i + 5]) for i in range(6)]
     assert median_filter(x, 5)[0].tolist() == expected
     assert median_filter(x[:, :2], 5) is not None and median_filter(x[:, :2], 5).shape == (1, 2)
     with pytest.raises(ValueError):
@@ -63,7 +72,9 @@ def test_dtw_matches_openai_whisper(shape):
     rng = np.random.default_rng(sum(shape))
     cases = {
         "normal": rng.standard_normal(shape),
-        "ties": rng.integers(0, 3, shape).astype(np.float64),  # many equal costs: the tie rules decide
+        "ties": rng.integers(0, 3, shape).astype(
+            np.float64
+        ),  # many equal costs: the tie rules decide
         "zeros": np.zeros(shape),
     }
     for name, x in cases.items():
@@ -83,23 +94,28 @@ def test_median_filter_matches_openai_whisper(shape):
     assert np.array_equal(median_filter(x, 7), theirs, equal_nan=True)
 
 
-# -- word grouping -------------------------------------------------------------------------------------
+# -- word grouping ---------------------------------------------------------------------------------
 def _words(*texts):
     return [WordTiming(text, [i], float(i), i + 1.0, 0.5) for i, text in enumerate(texts)]
 
 
 @requires_reference
-@pytest.mark.parametrize("texts", [
-    (' "', "Hello", ",", " world", ".", '"'),
-    (" (", " '", "quoted", "'", ")", " tail", "!"),
-    (" plain", " words", " only"),
-    (" -", "dash", " end", "?"),
-])
+@pytest.mark.parametrize(
+    "texts",
+    [
+        (' "', "Hello", ",", " world", ".", '"'),
+        (" (", " '", "quoted", "'", ")", " tail", "!"),
+        (" plain", " words", " only"),
+        (" -", "dash", " end", "?"),
+    ],
+)
 def test_merge_punctuations_matches_openai_whisper(texts):
     import whisper.timing as timing
 
     ours = _words(*texts)
-    theirs = [timing.WordTiming(w.word, list(w.tokens), w.start, w.end, w.probability) for w in ours]
+    theirs = [
+        timing.WordTiming(w.word, list(w.tokens), w.start, w.end, w.probability) for w in ours
+    ]
     merge_punctuations(ours, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
     timing.merge_punctuations(theirs, "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、")
     assert [(w.word, w.tokens) for w in ours] == [(w.word, w.tokens) for w in theirs]
@@ -108,31 +124,48 @@ def test_merge_punctuations_matches_openai_whisper(texts):
 
 def test_get_start_and_end():
     assert get_start([]) is None and get_end([]) is None
-    segments = [{"start": 1.0, "end": 2.0, "words": []},
-                {"start": 2.0, "end": 4.0, "words": [{"start": 2.5, "end": 3.5}]},
-                {"start": 4.0, "end": 5.0, "words": []}]
+    segments = [
+        {"start": 1.0, "end": 2.0, "words": []},
+        {"start": 2.0, "end": 4.0, "words": [{"start": 2.5, "end": 3.5}]},
+        {"start": 4.0, "end": 5.0, "words": []},
+    ]
     assert get_start(segments) == 2.5 and get_end(segments) == 3.5
     assert get_start(segments[:1]) == 1.0 and get_end(segments[2:]) == 5.0
 
 
-# -- hallucination skipping ----------------------------------------------------------------------------
+# -- hallucination skipping ------------------------------------------------------------------------
 def _segment(start, end, words):
     """words: (text, start, end, probability)"""
-    return {"start": start, "end": end,
-            "words": [{"word": t, "start": s, "end": e, "probability": p} for t, s, e, p in words]}
+    return {
+        "start": start,
+        "end": end,
+        "words": [{"word": t, "start": s, "end": e, "probability": p} for t, s, e, p in words],
+    }
 
 
 def _skip(segments, **overrides):
-    args = dict(threshold=2.0, single_timestamp_ending=True, time_offset=30.0, window_end_time=60.0,
-                segment_duration=30.0, previous_seek=3000, segment_size=3000, seek=6000,
-                last_speech_timestamp=29.0, content_duration=120.0, content_frames=12000,
-                punctuation=PUNCTUATION)
+    args = dict(
+        threshold=2.0,
+        single_timestamp_ending=True,
+        time_offset=30.0,
+        window_end_time=60.0,
+        segment_duration=30.0,
+        previous_seek=3000,
+        segment_size=3000,
+        seek=6000,
+        last_speech_timestamp=29.0,
+        content_duration=120.0,
+        content_frames=12000,
+        punctuation=PUNCTUATION,
+    )
     return skip_hallucinations(segments, **{**args, **overrides})
 
 
 def test_skip_hallucinations_keeps_ordinary_speech():
-    segments = [_segment(30.5, 33.0, [(" Hello", 30.5, 31.2, 0.9), (" there", 31.3, 32.0, 0.8)]),
-                _segment(33.0, 36.0, [(" and", 33.0, 33.4, 0.9), (" more", 33.5, 34.1, 0.95)])]
+    segments = [
+        _segment(30.5, 33.0, [(" Hello", 30.5, 31.2, 0.9), (" there", 31.3, 32.0, 0.8)]),
+        _segment(33.0, 36.0, [(" and", 33.0, 33.4, 0.9), (" more", 33.5, 34.1, 0.95)]),
+    ]
     kept = copy.deepcopy(segments)
     assert _skip(segments) == (6000, False)
     assert segments == kept
@@ -159,7 +192,7 @@ def test_skip_hallucinations_drops_an_isolated_hallucination():
     assert _skip(segments, content_duration=41.0) == (12000, False)
 
 
-# -- parity on real speech ----------------------------------------------------------------------------
+# -- parity on real speech -------------------------------------------------------------------------
 @requires_reference
 @requires_shared_audio
 @pytest.mark.parametrize("clip", ["libri-1088-134315-0000.wav", "2412-153948-0001.flac"])
@@ -185,16 +218,31 @@ def test_word_timestamps_match_openai_whisper(models, clip):
     mel = log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)
     num_frames = min(N_FRAMES, mel.shape[-1] - N_FRAMES)
     mel_segment = pad_or_trim(mel[:, :num_frames], N_FRAMES)
-    punctuation = {"prepend_punctuations": "\"'“¿([{-", "append_punctuations": "\"'.。,，!！?？:：”)]}、"}
+    punctuation = {
+        "prepend_punctuations": "\"'“¿([{-",
+        "append_punctuations": "\"'.。,，!！?？:：”)]}、",
+    }
 
     ours = copy.deepcopy(segments)
-    add_word_timestamps(segments=ours, model=model, tokenizer=model.tokenizer,
-                        features=model.backend.encode(mel_segment[None]), num_frames=num_frames,
-                        last_speech_timestamp=0.0, **punctuation)
+    add_word_timestamps(
+        segments=ours,
+        model=model,
+        tokenizer=model.tokenizer,
+        features=model.backend.encode(mel_segment[None]),
+        num_frames=num_frames,
+        last_speech_timestamp=0.0,
+        **punctuation,
+    )
     theirs = copy.deepcopy(segments)
-    reference_add_word_timestamps(segments=theirs, model=torch_model, tokenizer=reference_get_tokenizer(False),
-                                  mel=torch.from_numpy(mel_segment), num_frames=num_frames,
-                                  last_speech_timestamp=0.0, **punctuation)
+    reference_add_word_timestamps(
+        segments=theirs,
+        model=torch_model,
+        tokenizer=reference_get_tokenizer(False),
+        mel=torch.from_numpy(mel_segment),
+        num_frames=num_frames,
+        last_speech_timestamp=0.0,
+        **punctuation,
+    )
 
     n_words = 0
     for a, b in zip(ours, theirs, strict=True):
@@ -204,9 +252,13 @@ def test_word_timestamps_match_openai_whisper(models, clip):
         for x, y in zip(a["words"], b["words"]):
             assert x["start"] == pytest.approx(y["start"], abs=WORD_TIME_TOLERANCE), x
             assert x["end"] == pytest.approx(y["end"], abs=WORD_TIME_TOLERANCE), x
-            assert x["probability"] == pytest.approx(y["probability"], abs=WORD_PROBABILITY_TOLERANCE), x
+            assert x["probability"] == pytest.approx(
+                y["probability"], abs=WORD_PROBABILITY_TOLERANCE
+            ), x
             assert 0 <= x["start"] <= x["end"] <= num_frames / 100 + 0.02
             assert not isinstance(x["start"], np.generic) and type(x["probability"]) is float
         n_words += len(a["words"])
     assert n_words >= 20
-    assert "".join(w["word"] for s in ours for w in s["words"]) == "".join(s["text"] for s in segments)
+    assert "".join(w["word"] for s in ours for w in s["words"]) == "".join(
+        s["text"] for s in segments
+    )

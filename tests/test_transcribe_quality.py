@@ -1,4 +1,5 @@
 """Word error rate on the referenced clips (Whisper's English normaliser, then jiwer)."""
+
 from support import SHARED_AUDIO, requires, requires_reference, requires_shared_audio
 
 pytestmark = [requires_reference, requires_shared_audio, requires("jiwer")]
@@ -12,7 +13,9 @@ def test_reference_tiny_en_wer(models, transcripts):
     normalise = EnglishTextNormalizer()
     refs, hyps = [], []
     for name, reference in transcripts.items():
-        hypothesis = models.transcribe("tiny.en", "reference", SHARED_AUDIO / name, temperature=0.0)["text"]
+        hypothesis = models.transcribe(
+            "tiny.en", "reference", SHARED_AUDIO / name, temperature=0.0
+        )["text"]
         refs.append(normalise(reference))
         hyps.append(normalise(hypothesis))
         print(f"{name}: {hypothesis.strip()!r}")

@@ -3,6 +3,7 @@
 The rule tests on hand-made probabilities need no onnxruntime; the rest run the network on shared
 clips laid end to end with long gaps of digital silence or faint noise between them.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,11 @@ def lay_out(clips, gaps, noise_dbfs=None, seed=0):
     parts, where, at = [], [], 0
     for i, gap in enumerate(gaps):
         n = int(gap * SR)
-        parts.append(np.zeros(n, np.float32) if noise_dbfs is None
-                     else rng.normal(0, 10 ** (noise_dbfs / 20), n).astype(np.float32))
+        parts.append(
+            np.zeros(n, np.float32)
+            if noise_dbfs is None
+            else rng.normal(0, 10 ** (noise_dbfs / 20), n).astype(np.float32)
+        )
         at += n
         if i < len(clips):
             parts.append(clips[i])
@@ -137,6 +141,7 @@ def test_ten_minutes_of_speech_and_pauses(ort, clips):
 
 # --- chunks, SpeechMap.restore and the rules, on given spans and probabilities -------------------
 
+
 def test_chunks_respect_the_limit_and_cover_every_span():
     seconds = [(0, 5), (6, 20), (21, 29), (40, 45), (50, 125), (126, 127)]
     spans = [(s * SR, e * SR) for s, e in seconds]
@@ -157,13 +162,29 @@ def test_chunks_respect_the_limit_and_cover_every_span():
 
 def test_restore_maps_segment_and_word_times_back():
     speech = vad.SpeechMap([(2 * SR, 5 * SR), (10 * SR, 12 * SR)])  # collected: 0-3 s, then 3-5 s
-    result = {"text": "a b c", "language": "en", "segments": [
-        {"id": 0, "start": 0.5, "end": 3.0, "text": "a b",
-         "words": [{"word": "a", "start": 0.5, "end": 1.0},
-                   {"word": "b", "start": 2.0, "end": 3.0}]},
-        {"id": 1, "start": 3.0, "end": 4.5, "text": "c",
-         "words": [{"word": "c", "start": 3.0, "end": 4.5}]},
-    ]}
+    result = {
+        "text": "a b c",
+        "language": "en",
+        "segments": [
+            {
+                "id": 0,
+                "start": 0.5,
+                "end": 3.0,
+                "text": "a b",
+                "words": [
+                    {"word": "a", "start": 0.5, "end": 1.0},
+                    {"word": "b", "start": 2.0, "end": 3.0},
+                ],
+            },
+            {
+                "id": 1,
+                "start": 3.0,
+                "end": 4.5,
+                "text": "c",
+                "words": [{"word": "c", "start": 3.0, "end": 4.5}],
+            },
+        ],
+    }
     restored = speech.restore(result)
     first, second = restored["segments"]
     assert (first["start"], first["end"]) == (2.5, 5.0)  # an end at the joint stays in span one
@@ -215,13 +236,23 @@ def test_rules_split_over_long_speech_at_its_last_pause():
     assert hard == [(0, 187 * F), (188 * F, 375 * F), (376 * F, 563 * F), (564 * F, 625 * F)]
 
 
-@pytest.mark.parametrize("bad", [
-    {"threshold": 0}, {"threshold": 1.5}, {"threshold": float("nan")}, {"threshold": "0.5"},
-    {"threshold": True}, {"neg_threshold": 0.6}, {"neg_threshold": -0.1},
-    {"min_speech_duration_ms": -1},
-    {"min_silence_duration_ms": -5}, {"speech_pad_ms": float("inf")}, {"max_speech_duration_s": 0},
-    {"max_speech_duration_s": 0.5},  # shorter than a frame plus both pads
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"threshold": 0},
+        {"threshold": 1.5},
+        {"threshold": float("nan")},
+        {"threshold": "0.5"},
+        {"threshold": True},
+        {"neg_threshold": 0.6},
+        {"neg_threshold": -0.1},
+        {"min_speech_duration_ms": -1},
+        {"min_silence_duration_ms": -5},
+        {"speech_pad_ms": float("inf")},
+        {"max_speech_duration_s": 0},
+        {"max_speech_duration_s": 0.5},  # shorter than a frame plus both pads
+    ],
+)
 def test_options_validation(bad):
     with pytest.raises(UsageError):
         vad.VadOptions(**bad)
@@ -229,9 +260,14 @@ def test_options_validation(bad):
 
 def test_options_defaults():
     opts = vad.VadOptions()
-    assert (opts.threshold, opts.neg_threshold, opts.min_speech_duration_ms,
-            opts.max_speech_duration_s, opts.min_silence_duration_ms, opts.speech_pad_ms) == (
-        0.5, None, 250, math.inf, 2000, 400)
+    assert (
+        opts.threshold,
+        opts.neg_threshold,
+        opts.min_speech_duration_ms,
+        opts.max_speech_duration_s,
+        opts.min_silence_duration_ms,
+        opts.speech_pad_ms,
+    ) == (0.5, None, 250, math.inf, 2000, 400)
     assert opts.off_threshold == pytest.approx(0.35)
     assert vad.VadOptions(threshold=0.1).off_threshold == pytest.approx(0.01)
     with pytest.raises(AttributeError):
@@ -249,31 +285,42 @@ def test_missing_model_or_runtime_is_one_line_vad_unavailable(monkeypatch):
 
 
 def test_importing_and_finding_the_model_import_nothing_heavy():
-    code = ("import sys, max_whisper.vad as v; v.find_model()\n"
-            "heavy = ('onnxruntime', 'faster_whisper', 'ctranslate2')\n"
-            "print(sorted(m for m in heavy if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=subprocess_env(), timeout=120)
+    code = (
+        "import sys, max_whisper.vad as v; v.find_model()\n"
+        "heavy = ('onnxruntime', 'faster_whisper', 'ctranslate2')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
     if "VadUnavailable" in out.stderr:
         pytest.skip("no Silero model installed")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
 
-# --- transcription with the VAD ---------------------------------------------------------------------
+# --- transcription with the VAD -------------------------------------------------------------------
+
 
 def _words(text: str) -> list[str]:
     return "".join(c.lower() if c.isalnum() or c.isspace() else " " for c in text).split()
 
 
 def test_vad_filter_keeps_every_sentence_across_long_silences(ort, models, clips):
-    """Clips 5-15 s apart: with vad_filter each clip's words are in the transcript, at its own time."""
+    """Clips 5-15 s apart: with vad_filter each clip's words are in the transcript, at its own
+    time."""
     model = models.get("tiny.en", "max")
     audio, where = lay_out(clips, [0.5, 15.0, 5.0, 12.0, 9.0])
     result = model.transcribe(audio, vad_filter=True, temperature=0.0)
     for clip, (start, end) in zip(clips, where):
         alone = _words(model.transcribe(clip, temperature=0.0)["text"])
-        inside = [s for s in result["segments"] if s["start"] < end / SR + 1 and s["end"] > start / SR - 1]
+        inside = [
+            s for s in result["segments"] if s["start"] < end / SR + 1 and s["end"] > start / SR - 1
+        ]
         found = _words(" ".join(s["text"] for s in inside))
         assert len(set(alone) - set(found)) <= 1, (alone, found)
     assert all(0 <= s["start"] <= s["end"] <= len(audio) / SR + 0.5 for s in result["segments"])
@@ -285,7 +332,9 @@ def test_one_long_recording_in_batched_chunks(ort, models, clips):
     are cut out, so no clip is lost after a silence)."""
     model = models.get("tiny.en", "max")
     audio, where = lay_out(clips * 3, [1.0, 3.0, 6.0, 2.0, 8.0] * 3)
-    batched = model.transcribe(audio, batch_size=8, temperature=0.0, condition_on_previous_text=False)
+    batched = model.transcribe(
+        audio, batch_size=8, temperature=0.0, condition_on_previous_text=False
+    )
     segments = batched["segments"]
     assert [s["id"] for s in segments] == list(range(len(segments)))
     assert [s["start"] for s in segments] == sorted(s["start"] for s in segments)

@@ -1,5 +1,6 @@
 """A first run on a machine with no compiled graphs answers at once on NumPy while the MAX graphs
 compile in the background; `warmup` and `doctor` see the cache."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,14 @@ from support import REPO_ROOT, SAMPLE, requires_reference, subprocess_env
 
 
 def _cli(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "max_whisper.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=REPO_ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "max_whisper.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+    )
 
 
 def _stop_background(cache) -> None:
@@ -35,7 +42,9 @@ def test_first_run_uses_numpy_and_compiles_in_the_background(models, tmp_path):
         seconds = time.perf_counter() - start
         assert done.returncode == 0, done.stderr
         assert "NumPy" in done.stderr and "compiling them in the background" in done.stderr
-        expected = models.transcribe("tiny.en", "reference", SAMPLE, beam_size=5, best_of=5)  # CLI defaults
+        expected = models.transcribe(
+            "tiny.en", "reference", SAMPLE, beam_size=5, best_of=5
+        )  # CLI defaults
         assert done.stdout.strip() == expected["text"].strip()
         pid = int((cache / "graphs" / "warmup.pid").read_text())
         os.kill(pid, 0)  # the background compile outlived the command
@@ -57,6 +66,10 @@ def test_wait_for_compile_and_warm_cache_use_max(models):
     assert done.returncode == 0, done.stderr
     assert "NumPy" not in done.stderr and "compiling" not in done.stderr
     ready = _cli("warmup", "--model", "tiny.en", env=env)
-    assert ready.returncode == 0 and "compiled and cached" in ready.stderr and "compiling" not in ready.stderr
+    assert (
+        ready.returncode == 0
+        and "compiled and cached" in ready.stderr
+        and "compiling" not in ready.stderr
+    )
     doctor = _cli("doctor", env=env)
     assert "graph cache" in doctor.stdout and "compiled graphs" in doctor.stdout

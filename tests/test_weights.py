@@ -1,4 +1,6 @@
-"""Weight loading: CTranslate2 (whole, split, quantised), openai .pt and HF safetensors, and the errors."""
+"""Weight loading: CTranslate2 (whole, split, quantised), openai .pt and HF safetensors, and the
+errors."""
+
 from __future__ import annotations
 
 import base64
@@ -55,7 +57,11 @@ def test_tiny_en_from_ctranslate2(tiny):
     assert tiny.dims == TINY_EN
     assert tiny.params.keys() == expected_shapes(TINY_EN).keys()
     for name, value in tiny.params.items():
-        assert value.dtype == np.float32 and value.flags.c_contiguous and value.shape == expected_shapes(TINY_EN)[name]
+        assert (
+            value.dtype == np.float32
+            and value.flags.c_contiguous
+            and value.shape == expected_shapes(TINY_EN)[name]
+        )
     assert tiny.tokenizer_path is not None and tiny.tokenizer_path.name == "tokenizer.json"
     assert tiny.alignment_heads.dtype.kind == "i" and tiny.alignment_heads.shape[1] == 2
 
@@ -78,10 +84,14 @@ def test_loads_strictly_into_openai_whisper(models, name):
     weights = models.weights(name)
     # the session's reference model: Whisper(dims).load_state_dict(params, strict=True)
     model = models.torch(name)
-    np.testing.assert_array_equal(model.encoder.blocks[0].attn.key.weight.detach().numpy(),
-                                  weights.params["encoder.blocks.0.attn.key.weight"])
+    np.testing.assert_array_equal(
+        model.encoder.blocks[0].attn.key.weight.detach().numpy(),
+        weights.params["encoder.blocks.0.attn.key.weight"],
+    )
     # alignment heads from config.json are openai-whisper's own for this model
-    mask = np.frombuffer(gzip.decompress(base64.b85decode(whisper._ALIGNMENT_HEADS[name])), dtype=bool)
+    mask = np.frombuffer(
+        gzip.decompress(base64.b85decode(whisper._ALIGNMENT_HEADS[name])), dtype=bool
+    )
     expected = np.argwhere(mask.reshape(weights.dims.n_text_layer, weights.dims.n_text_head))
     np.testing.assert_array_equal(weights.alignment_heads, expected)
 
@@ -96,7 +106,9 @@ def test_shared_helpers_match_openai_whisper():
     state = Whisper(WhisperDims(**small.to_dict())).state_dict()
     assert expected_shapes(small) == {k: tuple(v.shape) for k, v in state.items()}
     # torch computes in float32: its arguments up to 1500 rad are off by ~1e-4 already
-    np.testing.assert_allclose(sinusoids(1500, 384), whisper_sinusoids(1500, 384).numpy(), rtol=0, atol=2e-4)
+    np.testing.assert_allclose(
+        sinusoids(1500, 384), whisper_sinusoids(1500, 384).numpy(), rtol=0, atol=2e-4
+    )
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -134,13 +146,16 @@ def test_trailing_bytes_are_reported(tmp_path):
     assert_one_line_error(info, "10 unexpected bytes")
 
 
-@pytest.mark.parametrize("name, content", [
-    ("model.bin", np.random.default_rng(0).bytes(4096)),
-    ("model.bin", b"hello, this is not a model\n" * 50),
-    ("model.bin", b""),
-    ("weights.pt", b"PK\x03\x04 not really a zip"),
-    ("model.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......"),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("model.bin", np.random.default_rng(0).bytes(4096)),
+        ("model.bin", b"hello, this is not a model\n" * 50),
+        ("model.bin", b""),
+        ("weights.pt", b"PK\x03\x04 not really a zip"),
+        ("model.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......"),
+    ],
+)
 def test_garbage_files(tmp_path, name, content):
     path = tmp_path / name
     path.write_bytes(content)
@@ -168,21 +183,30 @@ def test_split_file_in_one_folder(tmp_path, tiny):
     assert_one_line_error(info, "model.bin.part2")
 
 
-# --- other formats ----------------------------------------------------------------------------------
+# --- other formats --------------------------------------------------------------------------------
 
 # openai-whisper name fragments -> Hugging Face's, as in transformers' convert_openai_to_hf.py;
 # written independently of the loader's table, so that the round trip checks that table.
 HF_RENAMES = [
     ("encoder.positional_embedding", "encoder.embed_positions.weight"),
     ("decoder.positional_embedding", "decoder.embed_positions.weight"),
-    ("token_embedding", "embed_tokens"), ("blocks", "layers"),
-    ("mlp.0", "fc1"), ("mlp.2", "fc2"), ("mlp_ln", "final_layer_norm"),
-    (".attn.query", ".self_attn.q_proj"), (".attn.key", ".self_attn.k_proj"),
-    (".attn.value", ".self_attn.v_proj"), (".attn.out", ".self_attn.out_proj"), (".attn_ln", ".self_attn_layer_norm"),
-    (".cross_attn.query", ".encoder_attn.q_proj"), (".cross_attn.key", ".encoder_attn.k_proj"),
-    (".cross_attn.value", ".encoder_attn.v_proj"), (".cross_attn.out", ".encoder_attn.out_proj"),
+    ("token_embedding", "embed_tokens"),
+    ("blocks", "layers"),
+    ("mlp.0", "fc1"),
+    ("mlp.2", "fc2"),
+    ("mlp_ln", "final_layer_norm"),
+    (".attn.query", ".self_attn.q_proj"),
+    (".attn.key", ".self_attn.k_proj"),
+    (".attn.value", ".self_attn.v_proj"),
+    (".attn.out", ".self_attn.out_proj"),
+    (".attn_ln", ".self_attn_layer_norm"),
+    (".cross_attn.query", ".encoder_attn.q_proj"),
+    (".cross_attn.key", ".encoder_attn.k_proj"),
+    (".cross_attn.value", ".encoder_attn.v_proj"),
+    (".cross_attn.out", ".encoder_attn.out_proj"),
     (".cross_attn_ln", ".encoder_attn_layer_norm"),
-    ("decoder.ln.", "decoder.layer_norm."), ("encoder.ln_post", "encoder.layer_norm"),
+    ("decoder.ln.", "decoder.layer_norm."),
+    ("encoder.ln_post", "encoder.layer_norm"),
 ]
 
 
@@ -197,8 +221,11 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
     codes = {np.dtype("float32"): "F32", np.dtype("float16"): "F16"}
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, value in tensors.items():
-        header[name] = {"dtype": codes[value.dtype], "shape": list(value.shape),
-                        "data_offsets": [offset, offset + value.nbytes]}
+        header[name] = {
+            "dtype": codes[value.dtype],
+            "shape": list(value.shape),
+            "data_offsets": [offset, offset + value.nbytes],
+        }
         offset += value.nbytes
     blob = json.dumps(header).encode()
     with open(path, "wb") as f:
@@ -209,10 +236,15 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
 
 def hf_config(dims: ModelDimensions) -> dict:
     return {
-        "model_type": "whisper", "d_model": dims.n_audio_state, "num_mel_bins": dims.n_mels,
-        "encoder_layers": dims.n_audio_layer, "encoder_attention_heads": dims.n_audio_head,
-        "decoder_layers": dims.n_text_layer, "decoder_attention_heads": dims.n_text_head,
-        "max_source_positions": dims.n_audio_ctx, "max_target_positions": dims.n_text_ctx,
+        "model_type": "whisper",
+        "d_model": dims.n_audio_state,
+        "num_mel_bins": dims.n_mels,
+        "encoder_layers": dims.n_audio_layer,
+        "encoder_attention_heads": dims.n_audio_head,
+        "decoder_layers": dims.n_text_layer,
+        "decoder_attention_heads": dims.n_text_head,
+        "max_source_positions": dims.n_audio_ctx,
+        "max_target_positions": dims.n_text_ctx,
         "vocab_size": dims.n_vocab,
     }
 
@@ -223,7 +255,9 @@ def test_hf_safetensors_round_trip(tmp_path, tiny):
     tensors["proj_out.weight"] = tensors["model.decoder.embed_tokens.weight"]  # tied; ignored
     write_safetensors(tmp_path / "model.safetensors", tensors)
     (tmp_path / "config.json").write_text(json.dumps(hf_config(tiny.dims)))
-    (tmp_path / "generation_config.json").write_text(json.dumps({"alignment_heads": [[2, 3], [3, 1]]}))
+    (tmp_path / "generation_config.json").write_text(
+        json.dumps({"alignment_heads": [[2, 3], [3, 1]]})
+    )
 
     loaded = load_model_weights(tmp_path)
     assert loaded.source_format == "safetensors" and loaded.dims == tiny.dims
@@ -239,8 +273,12 @@ def test_safetensors_reader_matches_the_safetensors_package(tmp_path):
     import safetensors.numpy as st
 
     rng = np.random.default_rng(1)
-    tensors = {"a": rng.standard_normal((3, 4)).astype(np.float32), "b": rng.standard_normal(7).astype(np.float16),
-               "c": np.arange(6, dtype=np.int64).reshape(2, 3), "d": np.zeros((0, 5), dtype=np.float32)}
+    tensors = {
+        "a": rng.standard_normal((3, 4)).astype(np.float32),
+        "b": rng.standard_normal(7).astype(np.float16),
+        "c": np.arange(6, dtype=np.int64).reshape(2, 3),
+        "d": np.zeros((0, 5), dtype=np.float32),
+    }
     st.save_file(tensors, str(tmp_path / "x.safetensors"))
     read = read_safetensors(tmp_path / "x.safetensors")
     assert read.keys() == tensors.keys()
@@ -265,9 +303,13 @@ def test_openai_checkpoint_round_trip(tmp_path, tiny):
 def test_bare_state_dict_checkpoint(tmp_path):
     import torch
 
-    dims = ModelDimensions(128, 40, 128, 2, 2, 300, 16, 128, 2, 3)  # heads: d / 64, as dims are guessed
+    dims = ModelDimensions(
+        128, 40, 128, 2, 2, 300, 16, 128, 2, 3
+    )  # heads: d / 64, as dims are guessed
     rng = np.random.default_rng(2)
-    params = {k: rng.standard_normal(s).astype(np.float32) for k, s in expected_shapes(dims).items()}
+    params = {
+        k: rng.standard_normal(s).astype(np.float32) for k, s in expected_shapes(dims).items()
+    }
     torch.save({k: torch.from_numpy(v) for k, v in params.items()}, tmp_path / "model.pt")
     loaded = load_model_weights(tmp_path)
     assert loaded.dims == dims
@@ -284,7 +326,12 @@ def test_openai_checkpoint_without_torch(tmp_path, monkeypatch):
 
 
 QUANTIZATION_TOLERANCE = {  # max error relative to the tensor's largest value
-    "float32": 0, "float16": 1e-3, "bfloat16": 8e-3, "int16": 1e-3, "int8": 8e-3, "int8_float16": 8e-3,
+    "float32": 0,
+    "float16": 1e-3,
+    "bfloat16": 8e-3,
+    "int16": 1e-3,
+    "int8": 8e-3,
+    "int8_float16": 8e-3,
 }
 
 
@@ -296,9 +343,14 @@ def test_ctranslate2_writer_round_trip(tmp_path, quantization):
 
     dims = ModelDimensions(80, 20, 64, 2, 2, 300, 16, 64, 2, 3)
     rng = np.random.default_rng(0)
-    params = {k: (0.1 * rng.standard_normal(s)).astype(np.float32) for k, s in expected_shapes(dims).items()}
+    params = {
+        k: (0.1 * rng.standard_normal(s)).astype(np.float32)
+        for k, s in expected_shapes(dims).items()
+    }
 
-    spec = whisper_spec.WhisperSpec(dims.n_audio_layer, dims.n_audio_head, dims.n_text_layer, dims.n_text_head)
+    spec = whisper_spec.WhisperSpec(
+        dims.n_audio_layer, dims.n_audio_head, dims.n_text_layer, dims.n_text_head
+    )
     for name, value in ct2_variables(params, dims).items():
         _set_spec_variable(spec, name, value)
     spec.register_vocabulary([f"t{i}" for i in range(dims.n_vocab)])
@@ -309,7 +361,10 @@ def test_ctranslate2_writer_round_trip(tmp_path, quantization):
     loaded = load_model_weights(tmp_path)
     assert loaded.dims == dims and loaded.params.keys() == params.keys()
     for k, v in params.items():
-        assert np.abs(loaded.params[k] - v).max() <= QUANTIZATION_TOLERANCE[quantization] * np.abs(v).max(), k
+        assert (
+            np.abs(loaded.params[k] - v).max()
+            <= QUANTIZATION_TOLERANCE[quantization] * np.abs(v).max()
+        ), k
 
 
 def ct2_variables(params: dict, dims: ModelDimensions) -> dict[str, np.ndarray]:
@@ -341,12 +396,18 @@ def _set_spec_variable(spec, name: str, value: np.ndarray) -> None:
 
 def test_bfloat16_conversion():
     values = np.array([1.0, -2.5, 3.140625, 0.0, 1e-3, 65504.0], dtype=np.float32)
-    bits = (values.view(np.uint32) >> 16).astype(np.uint16)  # truncation: these are exact in bf16 but 1e-3
+    bits = (values.view(np.uint32) >> 16).astype(
+        np.uint16
+    )  # truncation: these are exact in bf16 but 1e-3
     np.testing.assert_allclose(bfloat16_to_float32(bits), values, rtol=4e-3)
 
 
 def test_positional_embedding_computed_when_absent(tmp_path, tiny):
-    tensors = {hf_name(k): v.astype(np.float16) for k, v in tiny.params.items() if k != "encoder.positional_embedding"}
+    tensors = {
+        hf_name(k): v.astype(np.float16)
+        for k, v in tiny.params.items()
+        if k != "encoder.positional_embedding"
+    }
     write_safetensors(tmp_path / "model.safetensors", tensors)
     loaded = load_model_weights(tmp_path)
     computed = loaded.params["encoder.positional_embedding"]
@@ -361,7 +422,9 @@ def test_copied_folder_keeps_tokenizer_and_alignment_heads(tmp_path, tiny):
     loaded = load_model_weights(str(tmp_path))
     assert loaded.name == str(tmp_path) and loaded.tokenizer_path == tmp_path / "tokenizer.json"
     np.testing.assert_array_equal(loaded.alignment_heads, tiny.alignment_heads)
-    (tmp_path / "config.json").write_text(json.dumps({"alignment_heads": [[4, 0]]}))  # tiny.en has 4 layers
+    (tmp_path / "config.json").write_text(
+        json.dumps({"alignment_heads": [[4, 0]]})
+    )  # tiny.en has 4 layers
     with pytest.raises(WeightsError) as info:
         load_model_weights(tmp_path)
     assert_one_line_error(info, "alignment_heads")

@@ -17,7 +17,9 @@ TOLERANCE_S = 0.02
 def openai_model(models):
     import whisper
 
-    model = whisper.model.Whisper(whisper.model.ModelDimensions(**models.weights("tiny.en").dims.to_dict()))
+    model = whisper.model.Whisper(
+        whisper.model.ModelDimensions(**models.weights("tiny.en").dims.to_dict())
+    )
     model.load_state_dict(models.torch("tiny.en").state_dict(), strict=False)
     model.set_alignment_heads(whisper._ALIGNMENT_HEADS["tiny.en"])  # openai's own, by model name
     return model.eval()
@@ -28,7 +30,9 @@ def pt_file(models, tmp_path_factory):
     import torch
 
     path = tmp_path_factory.mktemp("pt") / "tiny.en.pt"
-    state = {k: v for k, v in models.torch("tiny.en").state_dict().items() if k != "alignment_heads"}
+    state = {
+        k: v for k, v in models.torch("tiny.en").state_dict().items() if k != "alignment_heads"
+    }
     torch.save({"dims": models.weights("tiny.en").dims.to_dict(), "model_state_dict": state}, path)
     return path
 
@@ -43,11 +47,22 @@ def test_word_times_match_openai_whisper(models, openai_model, pt_file, source):
 
     from max_whisper import load_model
 
-    ours = models.get("tiny.en", "max") if source == "ctranslate2" else load_model(str(pt_file), backend="max")
+    ours = (
+        models.get("tiny.en", "max")
+        if source == "ctranslate2"
+        else load_model(str(pt_file), backend="max")
+    )
     for name in CLIPS:
         audio = load_audio(shared_clip(name))
         mine = words(ours.transcribe(audio, word_timestamps=True, temperature=0.0))
-        theirs = words(whisper.transcribe(openai_model, audio, word_timestamps=True, temperature=0.0, fp16=False))
+        theirs = words(
+            whisper.transcribe(
+                openai_model, audio, word_timestamps=True, temperature=0.0, fp16=False
+            )
+        )
         assert [w["word"] for w in mine] == [w["word"] for w in theirs]
-        worst = max(max(abs(a["start"] - b["start"]), abs(a["end"] - b["end"])) for a, b in zip(mine, theirs))
+        worst = max(
+            max(abs(a["start"] - b["start"]), abs(a["end"] - b["end"]))
+            for a, b in zip(mine, theirs)
+        )
         assert worst <= TOLERANCE_S, f"{name}: {worst * 1000:.0f} ms"

@@ -1,5 +1,6 @@
 """Output formats: parsed back with the srt and webvtt packages, and byte for byte equal to
 openai-whisper's writers for the same result."""
+
 import copy
 import json
 import sys
@@ -24,8 +25,8 @@ SUBTITLE_OPTIONS = [
 
 @pytest.fixture(scope="module")
 def results(models):
-    """Two real results for one clip: segment-level only, and with word timings (the tests using it are
-    marked requires_reference and requires_shared_audio)."""
+    """Two real results for one clip: segment-level only, and with word timings (the tests using it
+    are marked requires_reference and requires_shared_audio)."""
     path = shared_clip(CLIP)
     plain = models.transcribe("tiny.en", "reference", path, temperature=0.0)
     words = models.transcribe("tiny.en", "reference", path, temperature=0.0, word_timestamps=True)
@@ -39,10 +40,24 @@ def synthetic_result() -> dict:
         "text": " Grüße\tà tous --> 東京 done",
         "language": "en",
         "segments": [
-            {"id": 0, "seek": 0, "start": 0.0, "end": 1.5, "text": " Grüße\tà tous", "tokens": [1, 2]},
+            {
+                "id": 0,
+                "seek": 0,
+                "start": 0.0,
+                "end": 1.5,
+                "text": " Grüße\tà tous",
+                "tokens": [1, 2],
+            },
             {"id": 1, "seek": 0, "start": 1.5, "end": 3.25, "text": " --> 東京 ", "tokens": [3]},
             {"id": 2, "seek": 0, "start": 3.25, "end": 3.25, "text": "", "tokens": []},
-            {"id": 3, "seek": 0, "start": 3725.0004, "end": 3727.9996, "text": " done", "tokens": [4]},
+            {
+                "id": 3,
+                "seek": 0,
+                "start": 3725.0004,
+                "end": 3727.9996,
+                "text": " done",
+                "tokens": [4],
+            },
         ],
     }
 
@@ -116,8 +131,10 @@ def test_word_level_subtitles_parse(tmp_path, results):
         lines = cue.content.split("\n")
         assert len(lines) <= 2
         assert all(len(line) <= 20 or " " not in line for line in lines)
-    assert " ".join(c.content.replace("\n", " ") for c in cues).split() == "".join(
-        w["word"] for w in words).split()
+    assert (
+        " ".join(c.content.replace("\n", " ") for c in cues).split()
+        == "".join(w["word"] for w in words).split()
+    )
     assert cues[0].start.total_seconds() == pytest.approx(words[0]["start"], abs=5e-4)
     assert cues[-1].end.total_seconds() == pytest.approx(words[-1]["end"], abs=5e-4)
     starts = [c.start for c in cues]
@@ -149,7 +166,9 @@ def test_txt_tsv_json_contents(tmp_path, results):
     assert tsv[0] == "start\tend\ttext"
     rows = [line.split("\t") for line in tsv[1:]]
     assert [(int(a), int(b), t) for a, b, t in rows] == [
-        (round(1000 * s["start"]), round(1000 * s["end"]), s["text"].strip()) for s in result["segments"]]
+        (round(1000 * s["start"]), round(1000 * s["end"]), s["text"].strip())
+        for s in result["segments"]
+    ]
 
     loaded = json.loads((tmp_path / "libri-1088-134315-0000.json").read_text(encoding="utf-8"))
     assert loaded["text"] == result["text"]
@@ -158,14 +177,20 @@ def test_txt_tsv_json_contents(tmp_path, results):
     assert loaded["segments"][0]["words"][0]["word"] == result["segments"][0]["words"][0]["word"]
 
     for fmt in ("txt", "tsv", "json", "srt", "vtt"):
-        assert render(result, fmt) == (tmp_path / f"libri-1088-134315-0000.{fmt}").read_text(encoding="utf-8")
+        assert render(result, fmt) == (tmp_path / f"libri-1088-134315-0000.{fmt}").read_text(
+            encoding="utf-8"
+        )
     assert render(result, "text") == txt
 
 
 def test_synthetic_edge_cases(tmp_path):
     result = synthetic_result()
     assert render(result, "tsv").splitlines()[1:] == [
-        "0\t1500\tGrüße à tous", "1500\t3250\t--> 東京", "3250\t3250\t", "3725000\t3728000\tdone"]
+        "0\t1500\tGrüße à tous",
+        "1500\t3250\t--> 東京",
+        "3250\t3250\t",
+        "3725000\t3728000\tdone",
+    ]
     srt_text = render(result, "srt")
     assert "2\n00:00:01,500 --> 00:00:03,250\n-> 東京\n" in srt_text
     assert "4\n01:02:05,000 --> 01:02:08,000\ndone\n" in srt_text
@@ -188,7 +213,9 @@ def _assert_same_as_openai(tmp_path, result, options):
 
 
 @requires_reference
-@pytest.mark.skipif(sys.getdefaultencoding() != "utf-8", reason="openai-whisper rewrites text off UTF-8")
+@pytest.mark.skipif(
+    sys.getdefaultencoding() != "utf-8", reason="openai-whisper rewrites text off UTF-8"
+)
 def test_synthetic_same_bytes_as_openai_whisper(tmp_path):
     _assert_same_as_openai(tmp_path, synthetic_result(), None)
 
@@ -211,7 +238,9 @@ def test_all_writes_every_format_like_openai_whisper(tmp_path, results):
     (tmp_path / "ours").mkdir()
     (tmp_path / "theirs").mkdir()
     get_writer("all", tmp_path / "ours")(copy.deepcopy(results["words"]), CLIP, options)
-    whisper_utils.get_writer("all", str(tmp_path / "theirs"))(copy.deepcopy(results["words"]), CLIP, options)
+    whisper_utils.get_writer("all", str(tmp_path / "theirs"))(
+        copy.deepcopy(results["words"]), CLIP, options
+    )
     ours = {p.name: p.read_bytes() for p in (tmp_path / "ours").iterdir()}
     theirs = {p.name: p.read_bytes() for p in (tmp_path / "theirs").iterdir()}
     assert len(ours) == 5 and ours == theirs
