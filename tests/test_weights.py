@@ -261,7 +261,9 @@ def test_hf_safetensors_round_trip(tmp_path, tiny):
 
     loaded = load_model_weights(tmp_path)
     assert loaded.source_format == "safetensors" and loaded.dims == tiny.dims
-    assert loaded.alignment_heads.tolist() == [[2, 3], [3, 1]] and loaded.tokenizer_path is None
+    # a tiny.en-shaped model gets openai-whisper's own heads, whatever a converted file lists
+    assert loaded.alignment_heads.tolist() == tiny.alignment_heads.tolist()
+    assert loaded.tokenizer_path is None
     assert_same_params(loaded.params, tiny.params)
 
     (tmp_path / "config.json").unlink()  # dims then come from the shapes (head size 64)

@@ -63,11 +63,15 @@ def assemble(
 
 
 def _alignment_heads(folder: Path, dims: ModelDimensions) -> np.ndarray | None:
-    """(layer, head) pairs: openai-whisper's for the models it publishes (by shape), else from
-    config.json (CTranslate2) or generation_config.json (Hugging Face)."""
+    """(layer, head) pairs: openai-whisper's for the models it publishes (by shape), else those of
+    config.json (CTranslate2) or generation_config.json (Hugging Face); a malformed list is an
+    error either way."""
+    listed = _listed_alignment_heads(folder, dims)
     known = openai_alignment_heads(dims.n_vocab, dims.n_text_layer, dims.n_text_state)
-    if known is not None:
-        return np.asarray(known, dtype=np.int64)
+    return np.asarray(known, dtype=np.int64) if known is not None else listed
+
+
+def _listed_alignment_heads(folder: Path, dims: ModelDimensions) -> np.ndarray | None:
     for filename in ("config.json", "generation_config.json"):
         config = read_json(folder / filename) or {}
         if config.get("alignment_heads"):
