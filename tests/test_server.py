@@ -76,6 +76,16 @@ def audio(path=CLIP, name=None):
     return (name or path.name, path.read_bytes())
 
 
+MODEL_ARGS = [
+    "--backend",
+    "reference",
+    "--model",
+    "tiny.en",
+    "--device",
+    "cpu",
+]  # CLI and server alike
+
+
 @pytest.fixture(scope="module")
 def cli_proc():
     """`max-whisper transcribe` on the clip (the text alone: --verbose False), started first so that
@@ -87,12 +97,7 @@ def cli_proc():
             "max_whisper.cli",
             "transcribe",
             str(CLIP),
-            "--backend",
-            "reference",
-            "--model",
-            "tiny.en",
-            "--device",
-            "cpu",
+            *MODEL_ARGS,
             "--verbose",
             "False",
         ],
@@ -121,12 +126,7 @@ def server(cli_proc):
             "-m",
             "max_whisper.cli",
             "serve",
-            "--backend",
-            "reference",
-            "--model",
-            "tiny.en",
-            "--device",
-            "cpu",
+            *MODEL_ARGS,
             "--port",
             str(port),
             "--api-key",
