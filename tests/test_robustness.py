@@ -126,8 +126,9 @@ def test_audio_from_standard_input(tmp_path):
     assert "quick brown fox" in (tmp_path / "stdin.txt").read_text()
 
 
-def long_recording(path: Path, repeats: int = 12) -> Path:
-    """The sample, again and again: long enough that an interrupt lands mid-file."""
+def long_recording(path: Path, repeats: int = 120) -> Path:
+    """The sample, again and again (~25 min): long enough that an interrupt after the first window
+    lands mid-file however fast the machine decodes."""
     from max_whisper.audio import load_audio
 
     samples = np.concatenate([load_audio(SAMPLE), np.zeros(16000, dtype=np.float32)] * repeats)
