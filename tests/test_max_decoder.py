@@ -161,3 +161,38 @@ def test_max_transcription_never_imports_torch():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "young man" in done.stdout.lower(), done.stdout
+
+
+def test_the_float16_head_only_where_the_weights_are_float16():
+    """The bundled weights are float16 values, so the logits may come from a float16 copy of the
+    token embedding; a weight that float16 would round keeps the float32 head (exactness first)."""
+    from max_whisper.backends.max.decoder import uses_half_head
+    from max_whisper.backends.max.device import MaxRuntime
+    from max_whisper.backends.max.weight_layout import exact_in_float16, step_registry
+    from max_whisper.weights import load_model_weights
+
+    weights = load_model_weights("tiny.en")
+    embedding = weights.params["decoder.token_embedding.weight"]
+    assert exact_in_float16(embedding)
+    nudged = embedding.copy()
+    nudged[7, 3] = np.nextafter(nudged[7, 3], np.float32(1))  # one float32 ulp: not a float16
+    assert not exact_in_float16(nudged)
+    assert not exact_in_float16(np.array([1e5], np.float32))  # overflows float16
+
+    cpu = MaxRuntime.create("cpu")
+    assert uses_half_head(cpu, weights.params)
+    assert not uses_half_head(cpu, {**weights.params, "decoder.token_embedding.weight": nudged})
+    half = step_registry(weights.dims, weights.params, half_head=True)["token_embedding_half"]
+    assert half.dtype == np.float16 and np.array_equal(half.astype(np.float32), embedding)
+
+
+@pytest.mark.parametrize("half_head", [True, False])
+def test_both_heads_build(half_head):
+    """Both output projections make a valid step graph (building is cheap; compiling is not)."""
+    from max.graph import DeviceRef
+
+    from max_whisper.backends.max.decoder_graph import build_step_graph
+    from max_whisper.weights import load_model_weights
+
+    graph = build_step_graph(load_model_weights("tiny.en").dims, DeviceRef.CPU(), half_head=half_head)
+    assert ("half_weight_gemv" in str(graph)) == half_head

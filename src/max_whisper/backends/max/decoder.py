@@ -9,36 +9,49 @@ import numpy as np
 from max.driver import CPU, Buffer
 
 from ...dims import ModelDimensions
-from . import decoder_graph, layers, weight_layout
+from . import custom_ops, decoder_graph, layers, weight_layout
 from .compile_cache import compiled_graph, source_hash
 from .device import MaxRuntime
 
-GRAPH_SOURCES = [Path(m.__file__) for m in (decoder_graph, layers, weight_layout)]
+GRAPH_SOURCES = [
+    Path(m.__file__) for m in (decoder_graph, layers, weight_layout, custom_ops)
+] + custom_ops.KERNEL_SOURCES
 
 DECODER_COMPILE_ESTIMATE_S = 160  # a cold compile on a 2-core CPU, shown before it starts
 
 
-def decoder_signature(dims: ModelDimensions) -> dict:
+def decoder_signature(dims: ModelDimensions, half_head: bool = True) -> dict:
     """What the compiled decoder module depends on besides MAX, device and CPU
     (never weight values)."""
     return {
         "graph": "decoder",
         "dtype": "float32",
+        "head": "float16" if half_head else "float32",
         "code": source_hash(*GRAPH_SOURCES),
         **dims.to_dict(),
     }
+
+
+def uses_half_head(runtime: MaxRuntime, params: dict[str, np.ndarray] | None = None) -> bool:
+    """The float16 output projection (our CPU kernel) where it is exact: on a CPU, for weights
+    that are float16 values (the bundled models; params=None: assume so, as warmup does)."""
+    if runtime.label != "cpu":
+        return False
+    return params is None or weight_layout.exact_in_float16(
+        params["decoder.token_embedding.weight"]
+    )
 
 
 def decoder_label(dims: ModelDimensions) -> str:
     return f"decoder ({dims.n_text_layer} x {dims.n_text_state} wide)"
 
 
-def compiled_decoder(runtime: MaxRuntime, dims: ModelDimensions):
+def compiled_decoder(runtime: MaxRuntime, dims: ModelDimensions, half_head: bool):
     """(compiled decoder module, seconds spent compiling it: 0.0 from the cache)."""
     return compiled_graph(
         runtime.session,
-        lambda: decoder_graph.build_decoder_module(dims, runtime.device_ref),
-        decoder_signature(dims),
+        lambda: decoder_graph.build_decoder_module(dims, runtime.device_ref, half_head),
+        decoder_signature(dims, half_head),
         decoder_label(dims),
         DECODER_COMPILE_ESTIMATE_S,
     )
@@ -87,10 +100,11 @@ class MaxDecoder:
         self._keep: list[
             dict
         ] = []  # MAX reads host arrays in place: registries must outlive models
-        compiled, self.compile_seconds = compiled_decoder(runtime, dims)
-        registry = weight_layout.step_registry(dims, params) | weight_layout.cross_kv_registry(
-            dims, params
-        )
+        half_head = uses_half_head(runtime, params)
+        compiled, self.compile_seconds = compiled_decoder(runtime, dims, half_head)
+        registry = weight_layout.step_registry(
+            dims, params, half_head
+        ) | weight_layout.cross_kv_registry(dims, params)
         models = self.session.init_all(compiled, weights_registry=self._registry(registry))
         self._cross_kv = models["whisper_decoder_cross_kv_all"]
         self._step = models["whisper_decoder_step"]

@@ -7,7 +7,8 @@ One module, compiled once per model shape:
     positional embedding,
     N pre-LN blocks (causal self-attention over cached + new K/V, cross-attention, MLP), then, for
     the k positions asked for (logit_rows: the last one after a prompt; the SOT's too on a first
-    call), final LayerNorm and logits from a pre-transposed [d, vocab] copy of the token embedding.
+    call), final LayerNorm and logits from the token embedding (a float16 [vocab, d] copy through
+    our own kernel on a CPU where the weights are float16, else a pre-transposed [d, vocab] one).
     It takes each layer's past self-attention K/V and returns them concatenated with the new
     positions; the session feeds those buffers back on the next call, so the cache never visits
     the host. Symbolic sizes: one compiled graph serves prefill and single-token steps, greedy
@@ -34,6 +35,7 @@ from max.dtype import DType
 from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, ops
 
 from ...dims import ModelDimensions
+from .custom_ops import half_weight_matmul, kernel_library
 from .layers import gelu, layer_norm, linear, weight
 
 N_AUDIO = "n_audio"
@@ -118,14 +120,22 @@ def _embed(
 
 
 def _head(
-    x: TensorValue, logit_rows: TensorValue, dims: ModelDimensions, device: DeviceRef
+    x: TensorValue,
+    logit_rows: TensorValue,
+    dims: ModelDimensions,
+    device: DeviceRef,
+    half_head: bool,
 ) -> TensorValue:
     """x [A, G, n, d], logit_rows [k] (indices into n) -> logits [A, G, k, vocab]."""
     d = dims.n_text_state
     x = ops.gather(x, logit_rows, axis=2)
     n_audio, group, k = x.shape[0], x.shape[1], x.shape[2]
     x = layer_norm(ops.reshape(x, [n_audio * group * k, d]), "ln", d, device)
-    logits = x @ weight("token_embedding_t", [d, dims.n_vocab], device)  # one GEMM: W read once
+    if half_head:  # the token embedding as float16 [vocab, d]: half the bytes read per step
+        embedding = weight("token_embedding_half", [dims.n_vocab, d], device, DType.float16)
+        logits = half_weight_matmul(x, embedding, device)
+    else:  # one GEMM against a float32 [d, vocab] copy: W read once
+        logits = x @ weight("token_embedding_t", [d, dims.n_vocab], device)
     return ops.reshape(logits, [n_audio, group, k, dims.n_vocab])
 
 
@@ -181,21 +191,27 @@ def build_cross_kv_graph(
 
 
 def build_step_graph(
-    dims: ModelDimensions, device: DeviceRef, scores: bool = False, module: Module | None = None
+    dims: ModelDimensions,
+    device: DeviceRef,
+    scores: bool = False,
+    module: Module | None = None,
+    half_head: bool = False,
 ) -> Graph:
     """The whole decoder step in one graph.
 
     Inputs: tokens [A, G, n], positions [A, G, n], logit_rows [k], mask [A, G, n, past + n], then
     cross_k, cross_v per layer, then past_k, past_v per layer. Outputs: logits [A, G, k, vocab],
     then k_all, v_all per layer; or, with `scores` (no logit_rows input), only each layer's
-    cross-attention scores before the softmax [A, H, G*n, ctx].
+    cross-attention scores before the softmax [A, H, G*n, ctx]. half_head: logits from a float16
+    copy of the token embedding through our own kernel (CPU; exact where the weights are float16).
     """
     t = _types(dims, device)
     n_layer = dims.n_text_layer
     types = [t["tokens"], t["positions"]] + ([] if scores else [t["logit_rows"]]) + [t["mask"]]
     types += [t["cross_k"], t["cross_v"]] * n_layer + [t["past_k"], t["past_v"]] * n_layer
     name = "whisper_decoder_scores" if scores else "whisper_decoder_step"
-    with Graph(name, input_types=types, module=module) as graph:
+    extensions = [kernel_library()] if half_head and not scores else []
+    with Graph(name, input_types=types, module=module, custom_extensions=extensions) as graph:
         inputs = [i.tensor for i in graph.inputs]
         tokens, positions = inputs[:2]
         logit_rows = None if scores else inputs[2]
@@ -220,15 +236,15 @@ def build_step_graph(
         if scores:
             graph.output(*layer_scores)
         else:
-            graph.output(_head(x, logit_rows, dims, device), *caches)
+            graph.output(_head(x, logit_rows, dims, device, half_head), *caches)
     return graph
 
 
-def build_decoder_module(dims: ModelDimensions, device: DeviceRef) -> Module:
+def build_decoder_module(dims: ModelDimensions, device: DeviceRef, half_head: bool) -> Module:
     """The cross K/V, step and scores graphs, compiled together (one compile shares MAX's fixed cost
     of a compile and the kernels the graphs have in common)."""
     module = Module()
     build_cross_kv_graph(dims, device, module=module)
-    build_step_graph(dims, device, module=module)
+    build_step_graph(dims, device, module=module, half_head=half_head)
     build_step_graph(dims, device, scores=True, module=module)
     return module

@@ -72,14 +72,14 @@ def jobs_for(
     return [GraphJob(dims, "encoder", float64_blocks, device), GraphJob(dims, "decoder", 0, device)]
 
 
-def _signature(job: GraphJob) -> dict:
-    from .decoder import decoder_signature
+def _signature(job: GraphJob, runtime) -> dict:
+    from .decoder import decoder_signature, uses_half_head
     from .encoder import encoder_signature
 
     return (
         encoder_signature(job.dims, job.float64_blocks)
         if job.part == "encoder"
-        else decoder_signature(job.dims)
+        else decoder_signature(job.dims, uses_half_head(runtime))
     )
 
 
@@ -92,20 +92,22 @@ def missing(jobs: list[GraphJob]) -> list[GraphJob]:
     return [
         job
         for job in jobs
-        if not cached_path(runtimes[job.device].session, _signature(job)).exists()
+        if not cached_path(
+            runtimes[job.device].session, _signature(job, runtimes[job.device])
+        ).exists()
     ]
 
 
 def compile_here(job: GraphJob) -> float:
     """Compile one job's graph in this process (or find it cached): seconds spent compiling."""
-    from .decoder import compiled_decoder
+    from .decoder import compiled_decoder, uses_half_head
     from .device import MaxRuntime
     from .encoder import compiled_encoder
 
     runtime = MaxRuntime.create(job.device)
     if job.part == "encoder":
         return compiled_encoder(runtime, job.dims, job.float64_blocks)[1]
-    return compiled_decoder(runtime, job.dims)[1]
+    return compiled_decoder(runtime, job.dims, uses_half_head(runtime))[1]
 
 
 def _say(message: str) -> None:

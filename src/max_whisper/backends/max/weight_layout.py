@@ -117,15 +117,27 @@ def cross_kv_registry(dims: ModelDimensions, params: Params) -> Params:
     return registry
 
 
-def step_registry(dims: ModelDimensions, params: Params) -> Params:
+def exact_in_float16(a: np.ndarray) -> bool:
+    """Whether every value survives float16 (weights shipped in float16 do): then a float16 copy
+    computes exactly what the float32 one does."""
+    with np.errstate(over="ignore"):
+        return bool(np.array_equal(a.astype(np.float16).astype(a.dtype), a))
+
+
+def step_registry(dims: ModelDimensions, params: Params, half_head: bool = False) -> Params:
+    """The step graph's weights; half_head: the output projection as a float16 [vocab, d] copy of
+    the token embedding (exact only where exact_in_float16), else a float32 [d, vocab] one."""
     embedding = params["decoder.token_embedding.weight"]
     registry = {
         "token_embedding": _f32(embedding),
         "positional_embedding": _f32(params["decoder.positional_embedding"]),
         "ln.weight": _f32(params["decoder.ln.weight"]),
         "ln.bias": _f32(params["decoder.ln.bias"]),
-        "token_embedding_t": _f32(embedding.T),
     }
+    if half_head:
+        registry["token_embedding_half"] = np.ascontiguousarray(embedding, dtype=np.float16)
+    else:
+        registry["token_embedding_t"] = _f32(embedding.T)
     for i in range(dims.n_text_layer):
         registry |= decoder_block_registry(dims, params, i, prefix=f"blocks.{i}.")
     return registry

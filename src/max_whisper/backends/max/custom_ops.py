@@ -1,0 +1,61 @@
+"""Our own Mojo kernels (kernels/*.mojo), built once per machine into a library in the graph cache,
+and the graph ops that call them."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+from pathlib import Path
+
+from max.dtype import DType
+from max.graph import DeviceRef, TensorType, TensorValue, ops
+
+from .compile_cache import cache_dir, source_hash
+
+KERNELS = Path(__file__).with_name("kernels")
+KERNEL_SOURCES = sorted(KERNELS.glob("*.mojo"))
+HALF_WEIGHT_WIDTH = 16  # the kernel's vector width: the inner dimension must be a multiple of it
+
+
+class KernelBuildError(RuntimeError):
+    """The Mojo compiler could not build our kernels."""
+
+
+def kernel_library() -> Path:
+    """The compiled kernel library (.mojoc), built on first use and kept in the graph cache."""
+    version = importlib.metadata.version("max").replace(".", "_")
+    # the file's stem is the library's module name: an identifier
+    path = cache_dir() / f"whisper_kernels_{source_hash(*KERNEL_SOURCES)}_max{version}.mojoc"
+    if path.exists():
+        return path
+    from mojo.run import subprocess_run_mojo
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".staging-{os.getpid()}"  # the file name is the module's name
+    staging.mkdir(exist_ok=True)
+    try:
+        subprocess_run_mojo(
+            ["precompile", str(KERNELS), "-o", str(staging / path.name)],
+            capture_output=True,
+            check=True,
+        )
+        os.replace(staging / path.name, path)
+    except subprocess.CalledProcessError as error:
+        detail = (error.stderr or b"").decode(errors="replace").strip().splitlines()
+        raise KernelBuildError(
+            f"building the Mojo kernels failed: {detail[-1] if detail else error}"
+        ) from error
+    finally:
+        for leftover in staging.glob("*"):
+            leftover.unlink()
+        staging.rmdir()
+    return path
+
+
+def half_weight_matmul(x: TensorValue, w: TensorValue, device: DeviceRef) -> TensorValue:
+    """x [m, k] float32 times a float16 weight stored [n, k] (out, in) -> [m, n] float32."""
+    if x.shape[1] != w.shape[1] or int(w.shape[1]) % HALF_WEIGHT_WIDTH:
+        raise ValueError(f"half_weight_matmul: shapes {x.shape} and {w.shape} do not fit")
+    out = TensorType(DType.float32, [x.shape[0], w.shape[0]], device=device)
+    return ops.custom("half_weight_gemv", device, [x, w], [out])[0].tensor
