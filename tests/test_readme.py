@@ -63,6 +63,15 @@ def test_make_lines_name_real_targets_and_files():
                 assert (REPO_ROOT / word.removeprefix("AUDIO=")).exists(), line
 
 
+def test_python_example_compiles_and_its_files_exist():
+    [example] = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    compile(example, "README.md", "exec")
+    for name in re.findall(r'"((?:samples|\.\./shared)/[^"]+)"', example):
+        if name.startswith("../shared/") and not SHARED_AUDIO.is_dir():
+            continue
+        assert (REPO_ROOT / name).exists(), name
+
+
 def test_extras_named_exist():
     extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
         "optional-dependencies"
