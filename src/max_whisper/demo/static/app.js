@@ -155,6 +155,8 @@ function render(body) {
     let text;
     if (r.error) {
       text = el("p", { class: "transcript error" }, r.error);
+    } else if (!r.segments.length) {
+      text = el("p", { class: "transcript hint" }, "(no speech)");
     } else {
       // one line per segment, its times beside its words
       text = el("ol", { class: "transcript" });
