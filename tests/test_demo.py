@@ -301,6 +301,12 @@ def test_api_upload_and_errors(models):
     detail = answer.json()["detail"]
     assert answer.status_code == 400 and "'my notes.wav'" in detail, detail
     assert "/tmp" not in detail and "max-whisper-demo" not in detail, detail
+    answer = client.post(
+        "/api/transcribe",
+        data={"model": "tiny.en", "backends": "reference"},
+        files={"file": ("..", b"not audio\n" * 50, "audio/wav")},
+    )
+    assert answer.status_code == 400 and "'..'" in answer.json()["detail"], answer.text
 
     bad = [
         ({"model": "tiny.en", "backends": "reference", "clip": "nope.wav"}, 400),

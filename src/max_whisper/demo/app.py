@@ -112,18 +112,18 @@ def split_diff(diff: list[dict], segment_texts: list[str]) -> list[list[dict]]:
     if not sizes:
         return []
     parts: list[list[dict]] = [[] for _ in sizes]
-    index, room = 0, sizes[0] if sizes else 0
+    index, room, last = 0, sizes[0], len(sizes) - 1
     for op in diff:
         words = op["text"].split()
+        while index < last and room == 0:  # past a full segment
+            index, room = index + 1, sizes[index + 1]
         if op["op"] == "delete":
-            while index < len(sizes) - 1 and room == 0:
-                index, room = index + 1, sizes[index + 1]
             parts[index].append(op)
             continue
         while words:
-            while index < len(sizes) - 1 and room == 0:
+            while index < last and room == 0:
                 index, room = index + 1, sizes[index + 1]
-            take = len(words) if index == len(sizes) - 1 else min(room, len(words))
+            take = len(words) if index == last else min(room, len(words))
             parts[index].append({"op": op["op"], "text": " ".join(words[:take])})
             words, room = words[take:], room - take
     return parts
@@ -145,7 +145,9 @@ def read_upload(filename: str, data: bytes) -> np.ndarray:
     """16 kHz samples of an uploaded file; errors name the user's file, not the server's copy."""
     from ..audio import load_audio
 
-    name = Path(filename).name or "upload"
+    name = Path(filename).name
+    if name in ("", ".", ".."):
+        name = "upload"
     with tempfile.TemporaryDirectory(prefix="max-whisper-demo-upload-") as folder:
         path = Path(folder) / name
         path.write_bytes(data)
