@@ -65,6 +65,7 @@ NEEDS_NO_MAX_GRAPH = {
     "test_audio.py",
     "test_cli.py",
     "test_numpy_backend.py",
+    "test_readme.py",
     "test_server.py",
     "test_server_limits.py",
     "test_tokenizer.py",

@@ -162,7 +162,9 @@ def test_txt_tsv_json_contents(tmp_path, results):
     txt = (tmp_path / "libri-1088-134315-0000.txt").read_text(encoding="utf-8")
     assert txt.splitlines() == [s["text"].strip() for s in result["segments"]]
 
-    tsv = (tmp_path / "libri-1088-134315-0000.tsv").read_text(encoding="utf-8").splitlines()
+    tsv_text = (tmp_path / "libri-1088-134315-0000.tsv").read_text(encoding="utf-8")
+    assert tsv_text.endswith("\n") and not tsv_text.endswith("\n\n")  # each line ends
+    tsv = tsv_text.splitlines()
     assert tsv[0] == "start\tend\ttext"
     rows = [line.split("\t") for line in tsv[1:]]
     assert [(int(a), int(b), t) for a, b, t in rows] == [
@@ -185,6 +187,8 @@ def test_txt_tsv_json_contents(tmp_path, results):
 
 def test_synthetic_edge_cases(tmp_path):
     result = synthetic_result()
+    assert render({"segments": []}, "tsv") == "start\tend\ttext\n"
+    assert render(result, "tsv").endswith("\tdone\n")
     assert render(result, "tsv").splitlines()[1:] == [
         "0\t1500\tGrüße à tous",
         "1500\t3250\t--> 東京",

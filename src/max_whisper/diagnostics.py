@@ -13,6 +13,12 @@ import numpy as np
 from .backends import DEVICES
 from .weights.registry import NAMED_MODELS
 
+# The final encoder features against PyTorch's: bounded loosely, because any two float32
+# evaluations of Whisper's encoder land up to ~1e-3 apart depending on the CPU's kernels while
+# their tokens agree (README: Correctness). `compare` and the tests hold MAX to these.
+FEATURES_ATOL = 5e-3
+FEATURES_MIN_COSINE = 1 - 1e-6
+
 
 def add_parsers(sub) -> None:
     from .cli import add_model_options
@@ -155,10 +161,13 @@ def cmd_compare(args) -> int:
             f"{r['max_mean']:>9.4f} {r['max_std']:>8.4f} {r['max_min']:>8.3f} {r['max_max']:>8.3f} "
             f"{r['max_abs']:>10.2e} {r['cosine']:>10.7f}"
         )
-    worst = rows[-1]["max_abs"]
-    verdict = "OK" if worst <= 1e-3 else "MISMATCH"
-    print(f"{verdict}: final features max |diff| {worst:.2e} (tolerance 1e-3)")
-    return 0 if worst <= 1e-3 else 1
+    worst, cosine = rows[-1]["max_abs"], rows[-1]["cosine"]
+    ok = worst <= FEATURES_ATOL and cosine >= FEATURES_MIN_COSINE
+    print(
+        f"{'OK' if ok else 'MISMATCH'}: final features max |diff| {worst:.2e}, cosine {cosine:.7f} "
+        f"(tolerance {FEATURES_ATOL:g}, cosine >= 1 - {1 - FEATURES_MIN_COSINE:.0e})"
+    )
+    return 0 if ok else 1
 
 
 # -- doctor ---------------------------------------------------------------------------------------

@@ -114,25 +114,33 @@ class FasterWhisperRunner:
 
             self.pipeline = BatchedInferencePipeline(model=self.model)
 
-    def transcribe(self, samples: np.ndarray) -> Pass:
+    def transcribe(self, samples: np.ndarray, settings: DecodeSettings | None = None) -> Pass:
+        """One clip, under `settings` (default: the runner's own)."""
         if self.model is None:
             self.load()
+        settings = settings or self.settings
         self.times.reset()
         start = time.perf_counter()
         if (
             self.pipeline is not None
         ):  # its own VAD chunking; decodes a batch at once (not timed apart)
             options = {
-                **self.settings.faster_whisper(),
+                **settings.faster_whisper(),
                 "vad_filter": True,
                 "batch_size": BATCHED_SIZE,
             }
             options.pop("condition_on_previous_text")
             segments, _ = self.pipeline.transcribe(samples, **options)
         else:
-            segments, _ = self.model.transcribe(samples, **self.settings.faster_whisper())
-        text = "".join(s.text for s in segments).strip()  # the generator does the work
+            segments, _ = self.model.transcribe(samples, **settings.faster_whisper())
+        # the generator does the work
+        segments = [{"start": s.start, "end": s.end, "text": s.text} for s in segments]
+        text = "".join(s["text"] for s in segments).strip()
         # the batched pipeline's decoding is not timed apart, nor its tokens counted
         return Pass.timed(
-            text, time.perf_counter() - start, self.times, decoder_timed=self.pipeline is None
+            text,
+            time.perf_counter() - start,
+            self.times,
+            decoder_timed=self.pipeline is None,
+            segments=segments,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -81,12 +81,21 @@ class Pass:
     windows: int
     decoder_s: float | None
     tokens: int | None  # None where the engine does not count them (the batched pipeline)
+    segments: list[dict] = field(default_factory=list)  # [{"start", "end", "text"}]
 
     @classmethod
-    def timed(cls, text: str, wall_s: float, times: PhaseTimes, decoder_timed: bool = True) -> Pass:
-        if not decoder_timed:
-            return cls(text, wall_s, times.encoder_s, times.windows, None, None)
-        return cls(text, wall_s, times.encoder_s, times.windows, times.decoder_s, times.tokens)
+    def timed(
+        cls,
+        text: str,
+        wall_s: float,
+        times: PhaseTimes,
+        decoder_timed: bool = True,
+        segments: list[dict] | None = None,
+    ) -> Pass:
+        decoder_s, tokens = (times.decoder_s, times.tokens) if decoder_timed else (None, None)
+        return cls(
+            text, wall_s, times.encoder_s, times.windows, decoder_s, tokens, list(segments or [])
+        )
 
 
 class WhisperRunner:
@@ -121,13 +130,16 @@ class WhisperRunner:
         self._timed = copy.copy(self.model)
         self._timed.backend = TimedBackend(self.model.backend, self.times)
 
-    def transcribe(self, samples: np.ndarray) -> Pass:
+    def transcribe(self, samples: np.ndarray, settings: DecodeSettings | None = None) -> Pass:
+        """One clip, under `settings` (default: the runner's own)."""
         if self._timed is None:
             self.load()
         self.times.reset()
         start = time.perf_counter()
-        result = self._timed.transcribe(samples, self.settings.ours())
-        return Pass.timed(result["text"].strip(), time.perf_counter() - start, self.times)
+        result = self._timed.transcribe(samples, (settings or self.settings).ours())
+        wall_s = time.perf_counter() - start
+        segments = [{k: s[k] for k in ("start", "end", "text")} for s in result["segments"]]
+        return Pass.timed(result["text"].strip(), wall_s, self.times, segments=segments)
 
     def transcribe_set(self, clips: list[np.ndarray]) -> list[Pass]:
         """All clips at once through the batching engine (BATCHED_SIZE streams): one Pass per clip,

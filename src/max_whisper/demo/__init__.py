@@ -9,21 +9,22 @@ from __future__ import annotations
 
 
 def add_parsers(sub) -> None:
-    from ..bench import DEFAULT_BACKENDS
+    from ..bench import DEFAULT_BACKENDS, DEFAULT_MODELS
 
     p = sub.add_parser(
         "demo",
         help="a local web page comparing backends on a clip, side by side",
-        description="Serve a local web page: pick a clip or upload one, choose backends, "
-        "and compare transcripts (word differences highlighted) and speed.",
+        description="Serve a local web page: pick a clip or upload one, choose the model, "
+        "backends and decoding (greedy or beam search, previous-text conditioning), and compare "
+        "timestamped transcripts (word differences highlighted) and speed.",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument(
         "--models",
-        default="tiny.en",
-        help="comma-separated models offered on the page (default: tiny.en); "
-        "the first is preselected",
+        default=",".join(DEFAULT_MODELS),
+        help="comma-separated models offered on the page, those installed (default: "
+        f"{','.join(DEFAULT_MODELS)}; base needs the base extra); the first is preselected",
     )
     p.add_argument(
         "--backends",

@@ -1,14 +1,18 @@
 """The demo's FastAPI app: static page + JSON API.
 
 GET  /               the page (static/index.html; static/app.js, static/style.css under /static)
-GET  /api/config     {"models", "backends": [{"name", "device", "engine"}], "skipped", "clips"}
-POST /api/transcribe form fields: model, backends (comma-separated), and clip (a name from
-                     /api/config) or file (an upload). Answers {"audio_s", "source", "reference",
-                     "results": [{"backend", "text", "wall_s", "rtfx", "load_s",
+GET  /api/config     {"models", "backends": [{"name", "device", "engine"}], "skipped", "clips",
+                     "beam_size"}
+POST /api/transcribe form fields: model, backends (comma-separated), clip (a name from
+                     /api/config) or file (an upload), decoding ("greedy" | "beam"),
+                     condition_on_previous_text ("true" | "false"). Answers {"audio_s", "source",
+                     "reference", "options" (the decoding options used), "results": [{"backend",
+                     "text", "segments": [{"start", "end", "diff"}], "wall_s", "rtfx", "load_s",
                      "encoder_ms_per_window", "decoder_ms_per_token", "tokens", "wer", "diff",
                      "changed_words", "error"}]}
                      where "diff" is the transcript's words against the first backend's:
-                     [{"op": "equal" | "insert" | "delete", "text"}], insert = only in this one.
+                     [{"op": "equal" | "insert" | "delete", "text"}], insert = only in this one;
+                     each segment carries its part of it.
 
 Runners (bench.py's: one loaded model with its phases timed) are made on first use, once per
 (model, backend), and kept. A lock per model lets one job at a time use it; jobs on different
@@ -16,21 +20,24 @@ models may run together.
 """
 
 import difflib
-import os
 import re
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from .. import bench
 from ..dims import SAMPLE_RATE
+from ..errors import UsageError
+from ..options import TranscribeOptions
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+BEAM_SIZE = TranscribeOptions.cli_defaults().beam_size  # "beam": the command line's beam search
 
 
 def default_clip_sources() -> list[str]:
@@ -97,6 +104,62 @@ def changed_words(diff: list[dict]) -> int:
     return sum(len(op["text"].split()) for op in diff if op["op"] != "equal")
 
 
+def split_diff(diff: list[dict], segment_texts: list[str]) -> list[list[dict]]:
+    """`diff` (of a transcript made of these segments) cut into one diff per segment: each segment
+    gets its own words in order; the base's missing words go with the segment that follows them
+    (the last one at the end)."""
+    sizes = [len(t.split()) for t in segment_texts]
+    if not sizes:
+        return []
+    parts: list[list[dict]] = [[] for _ in sizes]
+    index, room, last = 0, sizes[0], len(sizes) - 1
+    for op in diff:
+        words = op["text"].split()
+        while index < last and room == 0:  # past a full segment
+            index, room = index + 1, sizes[index + 1]
+        if op["op"] == "delete":
+            parts[index].append(op)
+            continue
+        while words:
+            while index < last and room == 0:
+                index, room = index + 1, sizes[index + 1]
+            take = len(words) if index == last else min(room, len(words))
+            parts[index].append({"op": op["op"], "text": " ".join(words[:take])})
+            words, room = words[take:], room - take
+    return parts
+
+
+def decode_settings(decoding: str, condition_on_previous_text: str) -> bench.DecodeSettings:
+    """The page's choices as the bench's settings (the options every engine decodes with)."""
+    if decoding not in ("greedy", "beam"):
+        raise UsageError(f"decoding must be greedy or beam, not '{decoding}'")
+    if condition_on_previous_text not in ("true", "false"):
+        raise UsageError("condition_on_previous_text must be true or false")
+    return bench.DecodeSettings(
+        beam_size=BEAM_SIZE if decoding == "beam" else 1,
+        condition_on_previous_text=condition_on_previous_text == "true",
+    )
+
+
+def read_upload(filename: str, data: bytes) -> np.ndarray:
+    """16 kHz samples of an uploaded file; errors name the user's file, not the server's copy."""
+    from ..audio import load_audio
+
+    name = Path(filename).name
+    if name in ("", ".", ".."):
+        name = "upload"
+    with tempfile.TemporaryDirectory(prefix="max-whisper-demo-upload-") as folder:
+        path = Path(folder) / name
+        path.write_bytes(data)
+        try:
+            return load_audio(path)
+        except Exception as exc:
+            reason = str(exc).replace(str(path), filename).replace(folder, "")
+            raise UsageError(
+                reason if filename in reason else f"cannot read '{filename}' as audio: {reason}"
+            ) from None
+
+
 # -- the app ---------------------------------------------------------------------------------------
 class DemoState:
     def __init__(
@@ -112,7 +175,7 @@ class DemoState:
             clips,
             loader,
         )
-        self.settings = bench.DecodeSettings()
+        self.settings = bench.DecodeSettings()  # the runners' warm-up; each run has its own
         self.runners: dict[tuple[str, str], object] = {}
         self.model_locks = {m: threading.Lock() for m in models}
         self.workdir = tempfile.TemporaryDirectory(prefix="max-whisper-demo-")
@@ -147,7 +210,12 @@ class DemoState:
         return runner, time.perf_counter() - start
 
     def run(
-        self, model_name: str, backends: list[str], samples, reference: str | None
+        self,
+        model_name: str,
+        backends: list[str],
+        samples,
+        reference: str | None,
+        settings: bench.DecodeSettings,
     ) -> list[dict]:
         audio_s = len(samples) / SAMPLE_RATE
         results = []
@@ -157,10 +225,11 @@ class DemoState:
                 entry: dict = {"backend": name, "device": row.device}
                 try:
                     runner, load_s = self.runner(model_name, row)
-                    p = runner.transcribe(samples)
+                    p = runner.transcribe(samples, settings)
                     entry.update(
                         {
                             "text": p.text,
+                            "segments": p.segments,
                             "wall_s": round(p.wall_s, 4),
                             "rtfx": round(audio_s / p.wall_s, 3),
                             "load_s": round(load_s, 3),
@@ -176,6 +245,7 @@ class DemoState:
                     entry.update(
                         {
                             "text": "",
+                            "segments": [],
                             "wall_s": None,
                             "rtfx": None,
                             "load_s": None,
@@ -188,6 +258,11 @@ class DemoState:
         for r in results:
             r["diff"] = word_diff(base, r["text"]) if r["error"] is None else []
             r["changed_words"] = changed_words(r["diff"])
+            cut = split_diff(r["diff"], [s["text"] for s in r["segments"]])
+            r["segments"] = [
+                {"start": round(s["start"], 2), "end": round(s["end"], 2), "diff": d}
+                for s, d in zip(r["segments"], cut)
+            ]
             r["wer"] = None
             if reference and r["error"] is None and self.normalize(reference).strip():
                 r["wer"] = round(
@@ -198,14 +273,15 @@ class DemoState:
 
 
 def create_app(
-    models: Iterable[str] = ("tiny.en",),
+    models: Iterable[str] = bench.DEFAULT_MODELS,
     backends: Iterable[str] = bench.DEFAULT_BACKENDS,
     clips: Iterable[str] | None = None,
     loader: Callable[[str, str, str], object] | None = None,
     device: str = "auto",
 ):
-    """The demo app. `loader(model, backend, device)` may supply our loaded models (the tests
-    share theirs)."""
+    """The demo app: the models among `models` that are installed (the others are listed as
+    skipped). `loader(model, backend, device)` may supply our loaded models (the tests share
+    theirs)."""
     from fastapi import FastAPI, File, Form, HTTPException, UploadFile
     from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
@@ -240,6 +316,7 @@ def create_app(
             "backends": [{"name": r.name, "device": r.device, "engine": r.engine} for r in rows],
             "skipped": skipped + skipped_models,
             "clips": [{k: c[k] for k in ("name", "seconds", "reference")} for c in found.values()],
+            "beam_size": BEAM_SIZE,
         }
 
     @app.post("/api/transcribe")
@@ -248,9 +325,15 @@ def create_app(
         backends: str = Form(...),
         clip: str | None = Form(None),
         file: UploadFile | None = File(None),
+        decoding: str = Form("greedy"),
+        condition_on_previous_text: str = Form("false"),
     ):
         from ..audio import load_audio
 
+        try:
+            settings = decode_settings(decoding, condition_on_previous_text)
+        except UsageError as exc:
+            raise HTTPException(400, str(exc)) from None
         if model not in state.model_locks:
             raise HTTPException(
                 400, f"unknown model '{model}' (offered: {', '.join(state.models)})"
@@ -270,15 +353,10 @@ def create_app(
                 raise HTTPException(
                     413, f"uploads are limited to {MAX_UPLOAD_BYTES // (1 << 20)} MB"
                 )
-            suffix = Path(file.filename).suffix[:10]
-            with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as tmp:
-                tmp.write(data)
             try:
-                samples = load_audio(tmp.name)
-            except Exception as exc:
-                raise HTTPException(400, f"cannot read the upload as audio: {exc}") from None
-            finally:
-                os.unlink(tmp.name)
+                samples = read_upload(file.filename, data)
+            except UsageError as exc:
+                raise HTTPException(400, str(exc)) from None
             source = file.filename
         elif clip:
             if clip not in state.clips:
@@ -288,13 +366,14 @@ def create_app(
         else:
             raise HTTPException(400, "pick a clip or upload a file")
         if len(samples) == 0:
-            raise HTTPException(400, "the audio is empty")
-        results = state.run(model, chosen, samples, reference)
+            raise HTTPException(400, f"'{source}' contains no audio samples")
+        results = state.run(model, chosen, samples, reference, settings)
         return {
             "model": model,
             "source": source,
             "audio_s": round(len(samples) / SAMPLE_RATE, 3),
             "reference": reference,
+            "options": {"decoding": decoding, **asdict(settings)},
             "results": results,
         }
 

@@ -23,6 +23,7 @@ function svg(tag, attrs = {}, text = null) {
 }
 
 const fmt = (value, digits) => (value === null || value === undefined ? "–" : Number(value).toFixed(digits));
+const fmtTime = (s) => `${Math.floor(s / 60)}:${(s % 60).toFixed(1).padStart(4, "0")}`;
 
 async function loadConfig() {
   const response = await fetch("/api/config");
@@ -32,9 +33,11 @@ async function loadConfig() {
   for (const c of config.clips) {
     clip.append(el("option", { value: c.name }, `${c.name} (${c.seconds.toFixed(1)} s)`));
   }
-  clip.addEventListener("change", showReference);
+  clip.addEventListener("change", clearUpload); // a clip picked after an upload is the one that runs
   $("#file").addEventListener("change", showReference);
+  $("#clear-file").addEventListener("click", clearUpload);
   showReference();
+  $("#beam-size").textContent = config.beam_size;
 
   const model = $("#model");
   for (const m of config.models) model.append(el("option", { value: m }, m));
@@ -55,7 +58,13 @@ async function loadConfig() {
   }
 }
 
+function clearUpload() {
+  $("#file").value = "";
+  showReference();
+}
+
 function showReference() {
+  $("#clear-file").hidden = !$("#file").files.length;
   const p = $("#reference");
   const chosen = config.clips.find((c) => c.name === $("#clip").value);
   if ($("#file").files.length || !chosen || !chosen.reference) {
@@ -76,6 +85,8 @@ async function run(event) {
   const form = new FormData();
   form.append("model", $("#model").value);
   form.append("backends", backends.join(","));
+  form.append("decoding", document.querySelector("input[name=decoding]:checked").value);
+  form.append("condition_on_previous_text", $("#condition").checked ? "true" : "false");
   const file = $("#file").files[0];
   if (file) form.append("file", file);
   else form.append("clip", $("#clip").value);
@@ -84,38 +95,76 @@ async function run(event) {
   button.disabled = true;
   const started = performance.now();
   $("#status").textContent = "running…";
+  $("#error").hidden = true;
   const ticker = setInterval(() => {
     $("#status").textContent = `running… ${((performance.now() - started) / 1000).toFixed(0)} s`;
   }, 1000);
   try {
     const response = await fetch("/api/transcribe", { method: "POST", body: form });
-    const body = await response.json();
-    if (!response.ok) throw new Error(body.detail || response.statusText);
+    const body = await response.json().catch(() => ({ detail: response.statusText }));
+    if (!response.ok) {
+      const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+      throw new Error(detail || `HTTP ${response.status}`);
+    }
     render(body);
     $("#status").textContent = `done in ${((performance.now() - started) / 1000).toFixed(1)} s`;
   } catch (error) {
-    $("#status").textContent = `error: ${error.message}`;
+    showError(error.message);
   } finally {
     clearInterval(ticker);
     button.disabled = false;
   }
 }
 
+// An error replaces the last results: nothing stale stays on the page.
+function showError(message) {
+  $("#status").textContent = "failed";
+  $("#error").textContent = message;
+  $("#error").hidden = false;
+  $("#output").hidden = true;
+  $("#results").replaceChildren();
+  $("#options").textContent = "";
+  $("#chart").replaceChildren();
+  $("#timings tbody").replaceChildren();
+}
+
+function describeOptions(o) {
+  return [
+    o.beam_size > 1 ? `beam search, ${o.beam_size} beams` : "greedy",
+    `temperature ${o.temperature} (no fallback)`,
+    o.condition_on_previous_text ? "conditioned on previous text" : "not conditioned on previous text",
+    `language ${o.language}`,
+  ].join(" · ");
+}
+
+function appendDiff(node, diff) {
+  for (const part of diff) {
+    if (node.childNodes.length) node.append(" ");
+    node.append(part.op === "equal" ? part.text : el(part.op === "insert" ? "ins" : "del", {}, part.text));
+  }
+}
+
 function render(body) {
   $("#output").hidden = false;
   $("#source").textContent = `${body.source}, ${body.audio_s.toFixed(1)} s, ${body.model}`;
+  $("#options").textContent = `Options: ${describeOptions(body.options)}`;
 
   const results = $("#results");
   results.replaceChildren();
   body.results.forEach((r, i) => {
-    const text = el("p", { class: "transcript" });
+    let text;
     if (r.error) {
-      text.classList.add("error");
-      text.textContent = r.error;
+      text = el("p", { class: "transcript error" }, r.error);
+    } else if (!r.segments.length) {
+      text = el("p", { class: "transcript hint" }, "(no speech)");
     } else {
-      for (const part of r.diff) {
-        if (text.childNodes.length) text.append(" ");
-        text.append(part.op === "equal" ? part.text : el(part.op === "insert" ? "ins" : "del", {}, part.text));
+      // one line per segment, its times beside its words
+      text = el("ol", { class: "transcript" });
+      for (const segment of r.segments) {
+        const words = el("span", { class: "text" });
+        appendDiff(words, segment.diff);
+        text.append(el("li", { class: "segment" },
+          el("span", { class: "time" }, `${fmtTime(segment.start)}–${fmtTime(segment.end)}`), words));
       }
     }
     const note = i === 0 ? "baseline" : r.error ? "" : `${r.changed_words} word(s) differ`;
