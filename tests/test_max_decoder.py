@@ -194,5 +194,7 @@ def test_both_heads_build(half_head):
     from max_whisper.backends.max.decoder_graph import build_step_graph
     from max_whisper.weights import load_model_weights
 
-    graph = build_step_graph(load_model_weights("tiny.en").dims, DeviceRef.CPU(), half_head=half_head)
+    graph = build_step_graph(
+        load_model_weights("tiny.en").dims, DeviceRef.CPU(), half_head=half_head
+    )
     assert ("half_weight_gemv" in str(graph)) == half_head
