@@ -1,13 +1,15 @@
 """The cluster engine (`--ray`): Ray Data reads the file list, decodes audio in CPU tasks and
 transcribes in a pool of actors, each loading the model once; results stream back to this
 process, which writes every output and the manifest. Ray restarts an actor that dies and retries
-its files; what this process has already written stays written.
+its batch (Ray Data's default: max_restarts and max_task_retries -1); what this process has
+already written stays written.
 
 `ray` is the `cluster` extra, imported only here.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +23,6 @@ from .results import Finished, error_line
 from .sources import BatchItem
 
 DECODE_CPUS = 0.25  # a decode task is short, and mostly waits on the file
-TASK_RETRIES = 3  # a batch whose actor died is retried this often, then the run stops
 
 
 def import_ray():
@@ -46,6 +47,7 @@ def transcribe_ray(
     ray = import_ray()
     if workers < 1:
         raise UsageError("--workers must be at least 1")
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress says it all
     ray.init(
         address=address,
         logging_level="ERROR",
@@ -68,10 +70,8 @@ def transcribe_ray(
                 fn_constructor_kwargs={"model_args": model_args},
                 batch_size=batch_size,
                 batch_format="numpy",
-                concurrency=workers,
+                compute=ray.data.ActorPoolStrategy(size=workers),
                 num_cpus=worker_cpus,
-                max_restarts=-1,
-                max_task_retries=TASK_RETRIES,
             )
         )
         for row in dataset.iter_rows():
