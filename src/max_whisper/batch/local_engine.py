@@ -64,6 +64,23 @@ def _try_read(path: str, n_mels: int):
         return exc
 
 
+def for_model(model, options_for: Callable) -> Callable:
+    """options_for, made right for the model (English-only: English, a warning once per set of
+    options; see transcribe_command.english_only)."""
+    from ..transcribe_command import english_only
+
+    seen: dict[str, TranscribeOptions] = {}
+
+    def options(key) -> TranscribeOptions:
+        asked = options_for(key)
+        text = repr(asked)
+        if text not in seen:
+            seen[text] = english_only(model, asked)
+        return seen[text]
+
+    return options
+
+
 def transcribe_local(
     model,
     items: list[BatchItem],
@@ -72,6 +89,7 @@ def transcribe_local(
     prefetch: int = 2,
 ) -> Iterator[Finished]:
     """Each item's Finished, in the order they finish."""
+    options_for = for_model(model, options_for)
     started: dict[int, float] = {}
     durations: dict[int, float] = {}
 

@@ -117,13 +117,15 @@ class _Transcriber:
 
     def __init__(self, model_args: dict):
         from .. import load_model
+        from .local_engine import for_model
 
         self.model = load_model(**model_args)
+        self.options = for_model(self.model, pickle.loads)
 
     def __call__(self, batch: dict) -> dict:
         started = time.monotonic()
         count = len(batch["index"])
-        options = [pickle.loads(o) for o in batch["options"]]
+        options = [self.options(o) for o in batch["options"]]
         todo = [k for k in range(count) if not batch["error"][k]]
         audios = [batch["audio"][k] if len(batch["audio"][k]) else batch["path"][k] for k in todo]
         results, errors = [b""] * count, [str(e) for e in batch["error"]]
