@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import wave
 from pathlib import Path
@@ -31,15 +33,14 @@ BAD = ("corrupt.mp3", "notaudio.wav", "empty.wav")
 FORMATS = "txt,srt,vtt,tsv,json"
 
 
-def batch_cli(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+def batch_cli(*args, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "max_whisper.cli", "batch", *map(str, args), "--no-progress"],
         capture_output=True,
         text=True,
-        timeout=timeout,
-        env=subprocess_env(),
+        timeout=600,
+        env=env or subprocess_env(),
         cwd=REPO_ROOT,
-        **kwargs,
     )
 
 
@@ -261,10 +262,17 @@ def test_ray_cluster_gives_the_same_outputs_and_statuses(corpus, local_run, tmp_
     _, local_out = local_run
     port = _free_port()
     log = tmp_path / "ray-head.log"
+    ray_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # its socket paths must stay short
+    env = subprocess_env(  # this cluster's own token: only these processes can use it
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+    )
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}"]
-        + ["--num-cpus=3", "--include-dashboard=false", f"--temp-dir={tmp_path / 'ray'}"],
-        env=subprocess_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"),
+        + ["--num-cpus=3", "--include-dashboard=false", "--disable-usage-stats"]
+        + [f"--temp-dir={ray_dir}"],
+        env=env,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -275,7 +283,7 @@ def test_ray_cluster_gives_the_same_outputs_and_statuses(corpus, local_run, tmp_
             time.sleep(0.2)
         out = tmp_path / "out"
         proc = batch_cli(
-            corpus, "-o", out, "-f", FORMATS, "--workers", "2", f"--ray=127.0.0.1:{port}"
+            corpus, "-o", out, "-f", FORMATS, "--workers", "2", f"--ray=127.0.0.1:{port}", env=env
         )
         assert proc.returncode == 1, proc.stderr
         assert "3 of 7 files failed" in proc.stderr
@@ -289,3 +297,4 @@ def test_ray_cluster_gives_the_same_outputs_and_statuses(corpus, local_run, tmp_
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+        shutil.rmtree(ray_dir, ignore_errors=True)
