@@ -239,6 +239,27 @@ def test_python_api_with_per_file_prompt(models, corpus, tmp_path):
     assert summary.records[0].outputs == ["LJ002-0020.json"]
 
 
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["*.nothing"], "no file matches"),
+        ([".", "-f", "txt,doc"], "unknown output format 'doc'"),
+        ([".", "--batch-size", "0"], "batch_size must be at least 1"),
+    ],
+)
+def test_bad_options_give_one_line_error(corpus, tmp_path, args, fragment):
+    proc = subprocess.run(
+        [sys.executable, "-m", "max_whisper.cli", "batch", *args, "-o", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=corpus,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and fragment in proc.stderr, proc.stderr
+    assert not (tmp_path / "manifest.jsonl").exists()
+
+
 def test_default_path_never_imports_ray(corpus, tmp_path):
     code = (
         "import sys; from max_whisper.cli import main; "

@@ -45,8 +45,6 @@ def transcribe_ray(
     """Each item's Finished, in the order they come back. `address`: a running cluster's
     (host:port, or "auto"); None starts a Ray instance on this machine for the run."""
     ray = import_ray()
-    if workers < 1:
-        raise UsageError("--workers must be at least 1")
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress says it all
     ray.init(
         address=address,

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..backends import DEFAULT_BACKEND
-from ..errors import MaxWhisperError
+from ..errors import MaxWhisperError, UsageError
 from ..inputs import missing_input
 from ..options import TranscribeOptions
 from ..weights.registry import DEFAULT_MODEL
@@ -69,8 +69,9 @@ def run(
     started = time.monotonic()
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    if batch_size < 1:
-        raise MaxWhisperError("batch_size must be at least 1")
+    for name, value in (("batch_size", batch_size), ("workers", workers)):
+        if value < 1:
+            raise UsageError(f"{name} must be at least 1, got {value}")
     items = collect_items(list(inputs))
     out_dir = prepare_output_dir(out_dir)
     formats = parse_formats(formats)
