@@ -15,7 +15,7 @@ class BatchProgress:
         self.mode = ProgressBar.mode_for(enabled, self.stream)
         self.total, self.done, self.failed, self.audio_seconds = total_files, 0, 0, 0.0
         self._started = self._last_line = time.monotonic()
-        self._bar = None
+        self._bar, self._done_in_line = None, None
         if self.mode == "bar" and total_files:
             from tqdm import tqdm
 
@@ -57,7 +57,7 @@ class BatchProgress:
             print(line, file=file, flush=True)
 
     def _line(self) -> None:
-        self._last_line = time.monotonic()
+        self._last_line, self._done_in_line = time.monotonic(), self.done
         print(
             f"max-whisper: batch: {self.done}/{self.total} files, {self.status()}",
             file=self.stream,
@@ -67,5 +67,9 @@ class BatchProgress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif self.mode == "lines" and time.monotonic() - self._started >= LINE_INTERVAL_S:
-            self._line()
+        elif (
+            self.mode == "lines"
+            and time.monotonic() - self._started >= LINE_INTERVAL_S
+            and self._done_in_line != self.done
+        ):
+            self._line()  # a long run says where it ended; a short one stays quiet

@@ -91,32 +91,13 @@ def run(
 
     remove_stale_temp_files(out_dir)
     manifest = Manifest(out_dir)
-    records: dict[str, Record] = {}
-    item_options: dict[str, TranscribeOptions] = {}
+    item_options = {item.path: options for item in items}
     fingerprints: dict[str, str] = {}
-    pending: list[BatchItem] = []
-    owners: dict[str, str] = {}  # output name -> the input that has it
-    for item in items:
-        try:
-            item_options[item.path] = own_options(options, item)
-        except MaxWhisperError as exc:
-            records[item.path] = _failure(item, error_line(exc))
-            continue
-        fingerprints[item.path] = fingerprint({**shared, "options": repr(item_options[item.path])})
-        clash = owners.setdefault(item.relative, item.path)
-        previous = None if force else manifest.done(item.path, fingerprints[item.path])
-        if clash != item.path:
-            records[item.path] = _failure(
-                item, f"its outputs would overwrite those of {clash} (same name, same folder)"
-            )
-        elif previous is not None:
-            records[item.path] = Record(**{**vars(previous), "status": SKIPPED})
-        elif reason := missing_input(item.path):
-            records[item.path] = _failure(item, reason)
-        else:
-            pending.append(item)
+    records, pending = _plan(items, manifest, options, shared, force, item_options, fingerprints)
     for record in records.values():
         manifest.add(record, sync=False)
+        if record.status == ERROR:
+            _report(record)
     manifest.sync()
 
     bar = BatchProgress(len(pending), enabled=progress)
@@ -133,8 +114,7 @@ def run(
                 audio_seconds += record.duration or 0.0
             bar.update(record.duration, failed=record.status == ERROR)
             if record.status == ERROR:
-                where = "" if record.path in record.error else f"{record.path}: "
-                bar.write(f"max-whisper: error: {where}{record.error}", sys.stderr)
+                _report(record, bar)
             elif verbose:
                 bar.write(f"{record.path}: {finished.result['text'].strip()}")
     except KeyboardInterrupt:
@@ -155,6 +135,51 @@ def run(
         manifest=manifest.path,
         records=ordered,
     )
+
+
+def _plan(
+    items: list[BatchItem],
+    manifest: Manifest,
+    options: TranscribeOptions,
+    shared: dict,
+    force: bool,
+    item_options: dict[str, TranscribeOptions],
+    fingerprints: dict[str, str],
+) -> tuple[dict[str, Record], list[BatchItem]]:
+    """The records of the files that need no transcribing (done before, missing, bad options),
+    and the files that do; fills in each file's options and their fingerprint."""
+    records: dict[str, Record] = {}
+    pending: list[BatchItem] = []
+    owners: dict[str, str] = {}  # output name -> the input that has it
+    for item in items:
+        try:
+            item_options[item.path] = own_options(options, item)
+        except MaxWhisperError as exc:
+            records[item.path] = _failure(item, error_line(exc))
+            continue
+        fingerprints[item.path] = fingerprint({**shared, "options": repr(item_options[item.path])})
+        owner = owners.setdefault(item.relative, item.path)
+        previous = None if force else manifest.done(item.path, fingerprints[item.path])
+        if owner != item.path:
+            records[item.path] = _failure(
+                item, f"its outputs would overwrite those of {owner} (same name, same folder)"
+            )
+        elif previous is not None:
+            records[item.path] = Record(**{**vars(previous), "status": SKIPPED})
+        elif reason := missing_input(item.path):
+            records[item.path] = _failure(item, reason)
+        else:
+            pending.append(item)
+    return records, pending
+
+
+def _report(record: Record, bar: BatchProgress | None = None) -> None:
+    where = "" if record.path in record.error else f"{record.path}: "
+    line = f"max-whisper: error: {where}{record.error}"
+    if bar is None:
+        print(line, file=sys.stderr, flush=True)
+    else:
+        bar.write(line, sys.stderr)
 
 
 def parse_formats(formats: str | Iterable[str]) -> list[str]:
