@@ -3,7 +3,8 @@
 A manifest is a `.txt` of paths (one a line, `#` comments), or a `.csv` / `.jsonl` with a path
 column and optional `language` and `prompt` columns. Relative paths in a manifest are relative to
 the manifest's folder. Each item's outputs go under the output folder at the item's path relative
-to the common folder of all inputs, so the output tree mirrors the input tree.
+to the common folder of the inputs (a folder or a glob's fixed part, else the files' own folders),
+so the output tree mirrors the input tree.
 """
 
 from __future__ import annotations
@@ -38,8 +39,7 @@ def collect_items(inputs: list[str | os.PathLike]) -> list[BatchItem]:
         found += _expand(item)
     if not found:
         raise UsageError("no input files")
-    # a manifest may name files outside its folder: the root holds every file's folder too
-    root = os.path.commonpath([d for path, base, _ in found for d in (base, os.path.dirname(path))])
+    root = os.path.commonpath([base for _, base, _ in found])
     items, seen = [], set()
     for path, _, extras in found:
         if path in seen:
@@ -86,7 +86,7 @@ def _glob_base(pattern: str) -> str:
 
 
 def read_manifest(manifest: str) -> list[tuple[str, str, dict]]:
-    """(absolute path, the manifest's folder, {"language", "prompt"}) for each entry."""
+    """(absolute path, its folder, {"language", "prompt"}) for each entry."""
     folder = os.path.dirname(os.path.abspath(manifest))
     kind = os.path.splitext(manifest)[1].lower()
     with open(manifest, encoding="utf-8", newline="") as file:
@@ -112,11 +112,11 @@ def read_manifest(manifest: str) -> list[tuple[str, str, dict]]:
             "language": row.get("language") or None,
             "prompt": next((row[c] for c in PROMPT_COLUMNS if row.get(c)), None),
         }
-        path = os.path.join(folder, os.path.expanduser(str(path).strip()))
-        entries.append((path, folder, extras))
+        entries.append((os.path.join(folder, os.path.expanduser(str(path).strip())), extras))
     if not entries:
         raise UsageError(f"{manifest}: no entries")
-    return [(os.path.normpath(p), base, extras) for p, base, extras in entries]
+    paths = [(os.path.normpath(path), extras) for path, extras in entries]
+    return [(path, os.path.dirname(path), extras) for path, extras in paths]
 
 
 def _json_row(manifest: str, number: int, line: str) -> dict:
