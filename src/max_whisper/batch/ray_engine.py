@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -44,6 +45,11 @@ def transcribe_ray(
 ) -> Iterator[Finished]:
     """Each item's Finished, in the order they come back. `address`: a running cluster's
     (host:port, or "auto"); None starts a Ray instance on this machine for the run."""
+    if "max._core" in sys.modules:  # MAX's native library, then Ray's: a crash in ray.init
+        raise UsageError(
+            "the Ray engine cannot start in a process that has loaded a MAX model: "
+            "run it in a fresh process"
+        )
     ray = import_ray()
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress says it all
     ray.init(

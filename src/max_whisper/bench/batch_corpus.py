@@ -4,8 +4,9 @@ Ray with 1 and 2 workers (a Ray instance on this machine).
     python -m max_whisper.bench.batch_corpus [--files 120] [--audio ../shared/audio]
         [--engines local,ray1,ray2] [--model tiny.en] [--batch-size 8] [--json OUT]
 
-The corpus is the clips of --audio repeated (as links) up to --files files. Each engine starts from
-an empty output folder and is timed end to end: model loading, Ray's start, decoding, writing.
+The corpus is the clips of --audio repeated (as links) up to --files files. Each engine runs in
+its own process from an empty output folder, timed end to end: model loading, Ray's start,
+decoding, writing.
 Prints one JSON object.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +40,21 @@ def make_corpus(audio: str, files: int, folder: Path) -> list[Path]:
 
 
 def measure(engine: str, corpus_dir: Path, out_dir: Path, model: str, batch_size: int) -> dict:
+    """One engine's run, in a fresh process (Ray cannot start where MAX is loaded)."""
+    code = (
+        "import json, sys; from max_whisper.bench.batch_corpus import measure_here; "
+        "print(json.dumps(measure_here(*sys.argv[1:5], int(sys.argv[5]))))"
+    )
+    args = [engine, corpus_dir, out_dir, model, batch_size]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE, text=True
+    )
+    if proc.returncode:
+        return {"engine": engine, "error": f"exit status {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_here(engine: str, corpus_dir, out_dir, model: str, batch_size: int) -> dict:
     from ..batch import run
 
     workers = int(engine[3:]) if engine.startswith("ray") else 1
