@@ -65,7 +65,8 @@ def run(
     A file that fails is recorded and the run goes on; Ctrl-C stops it, keeping what is complete.
 
     `ray`: True (a Ray instance on this machine) or a cluster's address runs the job on Ray with
-    `workers` actors; else one process here. `options` and keyword overrides: TranscribeOptions."""
+    `workers` actors (from a process that has not loaded a MAX model); else one process here.
+    `options` and keyword overrides: TranscribeOptions."""
     started = time.monotonic()
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
