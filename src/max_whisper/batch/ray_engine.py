@@ -51,7 +51,7 @@ def transcribe_ray(
             "run it in a fresh process"
         )
     ray = import_ray()
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress says it all
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # our own progress says it all
     ray.init(
         address=address,
         logging_level="ERROR",
