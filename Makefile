@@ -30,7 +30,7 @@ install-reference: $(VENV)/.installed-reference
 
 # + everything the tests, the benchmark, the server and the demo use
 $(VENV)/.installed-test: $(VENV)/.installed-reference
-	$(PIP) install -e '.[base,reference,serve,bench,vad,test]'
+	$(PIP) install -e '.[base,reference,serve,bench,vad,cluster,test]'
 	touch $@
 install-test: $(VENV)/.installed-test
 

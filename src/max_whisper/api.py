@@ -92,13 +92,15 @@ class WhisperModel:
         options: TranscribeOptions | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         on_segment: Callable[[int, dict], None] | None = None,
+        options_for: Callable[[int], TranscribeOptions] | None = None,
         **overrides,
     ) -> Iterator[tuple[int, dict | Exception]]:
         """Transcribe many recordings at once, their windows batched `batch_size` at a time.
 
         Yields (index into `audios`, result) as each recording finishes: the same result
         `transcribe` gives it alone, or the exception that stopped that recording (the others go
-        on). on_segment(index, segment) sees each segment as it is decoded."""
+        on). on_segment(index, segment) sees each segment as it is decoded. options_for(index),
+        where given, is that recording's own options instead of `options`."""
         from .transcribe import transcription_stream
 
         options = TranscribeOptions.from_kwargs(options, **overrides)
@@ -106,7 +108,7 @@ class WhisperModel:
             transcription_stream(
                 self,
                 audio,
-                options,
+                options if options_for is None else options_for(index),
                 on_segment=None if on_segment is None else functools.partial(on_segment, index),
             )
             for index, audio in enumerate(audios)

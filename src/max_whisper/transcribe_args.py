@@ -11,9 +11,6 @@ from .tokenizer import normalize_language
 
 
 def add_parsers(sub) -> None:
-    from .vad import VadOptions
-
-    d, vd = TranscribeOptions.cli_defaults(), VadOptions()
     p = sub.add_parser(
         "transcribe",
         help="transcribe audio files",
@@ -22,6 +19,17 @@ def add_parsers(sub) -> None:
         "command line's: beam search of 5, temperature fallback with 5 samples.",
     )
     p.add_argument("audio", nargs="+", help="audio files or folders; - reads stdin")
+    add_transcribe_options(p)
+    from .transcribe_command import cmd_transcribe
+
+    p.set_defaults(func=cmd_transcribe)
+
+
+def add_transcribe_options(p: argparse.ArgumentParser, output_options: bool = True) -> None:
+    """The model and transcription flags (and, with output_options, -f and -o)."""
+    from .vad import VadOptions
+
+    d, vd = TranscribeOptions.cli_defaults(), VadOptions()
     add_model_options(p)
 
     def option(name: str, help: str, **kwargs) -> None:
@@ -33,19 +41,20 @@ def add_parsers(sub) -> None:
         option(name, help, type=str2bool, nargs="?", const=True, default=default)
 
     none_float = {"type": optional_float}
-    option(
-        "output_format",
-        "write transcripts in this format (None: print them only)",
-        short=("-f",),
-        choices=OUTPUT_FORMATS,
-        default=None,
-    )
-    option(
-        "output_dir",
-        "folder for the written files (None: the current folder, if -f is given)",
-        short=("-o",),
-        default=None,
-    )
+    if output_options:
+        option(
+            "output_format",
+            "write transcripts in this format (None: print them only)",
+            short=("-f",),
+            choices=OUTPUT_FORMATS,
+            default=None,
+        )
+        option(
+            "output_dir",
+            "folder for the written files (None: the current folder, if -f is given)",
+            short=("-o",),
+            default=None,
+        )
     option("language", "language code or name (None: detect)", default=d.language)
     option(
         "task",
@@ -211,9 +220,6 @@ def add_parsers(sub) -> None:
         "text once a file is done",
         True,
     )
-    from .transcribe_command import cmd_transcribe
-
-    p.set_defaults(func=cmd_transcribe)
 
 
 def transcribe_options(args) -> TranscribeOptions:
