@@ -34,7 +34,7 @@ def segment_tokens(result: dict) -> list[list[int]]:
 
 
 def test_streams_from_many_threads_batch_and_match_alone(models, service):
-    clips = CLIPS[:6]
+    clips = CLIPS[1:6]  # five: one waits for a slot in the batch of four
     alone = [models.transcribe("tiny.en", "max", clip, temperature=0.0) for clip in clips]
     seen: list[list[dict]] = [[] for _ in clips]
     service.model.backend.gate.clear()
@@ -51,7 +51,7 @@ def test_streams_from_many_threads_batch_and_match_alone(models, service):
         assert segment_tokens(results[i]) == segment_tokens(alone[i]), clip.name
         assert results[i]["text"] == alone[i]["text"] and seen[i] == results[i]["segments"]
     stats = service.stats()
-    assert (stats["largest_batch"], stats["completed"], stats["running"]) == (4, 6, 0)
+    assert (stats["largest_batch"], stats["completed"], stats["running"]) == (4, 5, 0)
 
 
 def test_a_cancelled_stream_leaves_the_batch(models, service):
@@ -65,8 +65,9 @@ def test_a_cancelled_stream_leaves_the_batch(models, service):
     gate.clear()
     future = service.submit(recording, OPTIONS, on_segment=lambda segment: future.cancel())
     gate.set()
-    wait_for(lambda: service.stats()["running"] == 0)
-    assert future.cancelled() and service.model.backend.windows == 1
+    wait_for(future.cancelled, timeout=300)
+    wait_for(lambda: service.stats()["running"] == 0)  # left the batch
+    assert service.model.backend.windows == 1
     clip = shared_clip("librivox-0880")
     assert (
         service.submit(load_audio(clip), OPTIONS).result(timeout=300)["text"]
