@@ -57,10 +57,10 @@ def test_streams_from_many_threads_batch_and_match_alone(models, service):
 def test_a_cancelled_stream_leaves_the_batch(models, service):
     """A recording of several windows, cancelled at its first segment: no window after it is
     encoded, and the service goes on serving."""
-    speech = [load_audio(shared_clip(name)) for name in ("libri-1088", "2412-153948", "librivox")]
+    speech = [load_audio(shared_clip(name)) for name in ("libri-1088", "librivox")]
     pause = np.zeros(16000 * 20, np.float32)
     recording = np.concatenate([part for clip in speech for part in (clip, pause)])
-    assert len(recording) > 16000 * 60  # three windows at least
+    assert len(recording) > 16000 * 40  # two windows at least
     gate = service.model.backend.gate
     gate.clear()
     future = service.submit(recording, OPTIONS, on_segment=lambda segment: future.cancel())
