@@ -127,8 +127,8 @@ def create_app(
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024),
 ):
-    """The FastAPI app serving `model` (already loaded). Its engine service (app.state.engine) is
-    there for other routes to submit streams to."""
+    """The FastAPI app serving `model` (already loaded). Other routes submit their streams to its
+    engine service, app.state.engine, inside app.state.admitted() (the queue's bound)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
     from starlette.datastructures import UploadFile
@@ -325,9 +325,11 @@ def create_app(
             if job is not None:
                 job.cancel()  # a no-op once done; else the stream leaves the batch
 
-    async def handle(request: Request, task: str):
-        limit = service.batch_size + max_queue  # a full batch running + max_queue waiting
-        if state["active"] >= limit:
+    @contextlib.asynccontextmanager
+    async def admitted():
+        """Count a request as admitted while it lasts; a 503 when a full batch runs and max_queue
+        more wait (app.state.admitted: for every route that submits to the engine)."""
+        if state["active"] >= service.batch_size + max_queue:
             batches = math.ceil(state["active"] / service.batch_size)
             retry = max(1, math.ceil(state["seconds"] * batches))
             raise ApiError(
@@ -340,32 +342,37 @@ def create_app(
         state["active"] += 1
         started = time.monotonic()
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                try:
-                    form = await stack.enter_async_context(request.form(max_files=1, max_fields=32))
-                except ClientDisconnect:  # the client hung up mid-upload: nobody to answer
-                    log.info("client disconnected during its upload: request dropped")
-                    return Response(status_code=499)
-                options, fmt, words = options_from(form, task)
-                upload = form.get("file")
-                if not isinstance(upload, UploadFile):
-                    raise ApiError(
-                        400,
-                        "'file' is required: the audio to transcribe, as a multipart upload",
-                        "file",
-                    )
-                if upload.size and upload.size > max_upload_bytes:
-                    raise ApiError(413, too_large_message, "file", "file_too_large")
-                if upload.size == 0:
-                    raise ApiError(400, f"the uploaded file '{upload.filename}' is empty", "file")
-                done = await transcribe(request, upload, options)
-                if done is None:  # nobody is listening: the job is dropped
-                    log.info("client of %s went away: its job dropped", upload.filename)
-                    return Response(status_code=499)
-                result, duration = done
-                state["seconds"] = 0.7 * state["seconds"] + 0.3 * (time.monotonic() - started)
+            yield
+            state["seconds"] = 0.7 * state["seconds"] + 0.3 * (time.monotonic() - started)
         finally:
             state["active"] -= 1
+
+    app.state.admitted = admitted
+
+    async def handle(request: Request, task: str):
+        async with admitted(), contextlib.AsyncExitStack() as stack:
+            try:
+                form = await stack.enter_async_context(request.form(max_files=1, max_fields=32))
+            except ClientDisconnect:  # the client hung up mid-upload: nobody to answer
+                log.info("client disconnected during its upload: request dropped")
+                return Response(status_code=499)
+            options, fmt, words = options_from(form, task)
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise ApiError(
+                    400,
+                    "'file' is required: the audio to transcribe, as a multipart upload",
+                    "file",
+                )
+            if upload.size and upload.size > max_upload_bytes:
+                raise ApiError(413, too_large_message, "file", "file_too_large")
+            if upload.size == 0:
+                raise ApiError(400, f"the uploaded file '{upload.filename}' is empty", "file")
+            done = await transcribe(request, upload, options)
+            if done is None:  # nobody is listening: the job is dropped
+                log.info("client of %s went away: its job dropped", upload.filename)
+                return Response(status_code=499)
+        result, duration = done
         return render(result, fmt, task, duration, words)
 
     def endpoint(task: str):
