@@ -8,8 +8,13 @@ request those by name and import the rest from here:
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import importlib.util
 import os
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +117,59 @@ def subprocess_env(*, clean: bool = False, **extra: str) -> dict[str, str]:
     base = {"PATH": "/usr/bin:/bin"} if clean else dict(os.environ)
     path = os.pathsep.join(p for p in (str(REPO_ROOT / "src"), base.get("PYTHONPATH")) if p)
     return {**base, "PYTHONPATH": path, **extra}
+
+
+# --- a backend held at will -----------------------------------------------------------------------
+class GatedBackend:
+    """A model's backend that waits at each encode while `gate` is clear (holding the engine's
+    thread, as a long batch would) and counts the windows it encodes."""
+
+    def __init__(self, inner):
+        self.inner, self.gate, self.windows = inner, threading.Event(), 0
+        self.gate.set()
+
+    def encode(self, mel):
+        assert self.gate.wait(120), "the gate stayed closed"
+        self.windows += len(mel)
+        return self.inner.encode(mel)
+
+    def __getattr__(self, name):  # decoder_session, dims, device, ...
+        return getattr(self.inner, name)
+
+
+def gated_model(model):
+    """A shallow copy of `model` whose backend is a GatedBackend (the model itself is untouched)."""
+    gated = copy.copy(model)
+    gated.backend = GatedBackend(model.backend)
+    return gated
+
+
+# --- a server in this process ---------------------------------------------------------------------
+@contextlib.contextmanager
+def serving(app, log_level: str = "warning"):
+    """`app` served by uvicorn on a free local port from a thread: yields its base URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        sock.close()
+
+
+def wait_for(predicate, timeout: float = 60) -> None:
+    """Poll until `predicate()` holds; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

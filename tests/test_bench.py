@@ -188,6 +188,25 @@ def test_long_form_file_is_the_clips_with_pauses(tmp_path):
     assert len(pause) and np.abs(pause).max() == 0
 
 
+@requires_shared_audio
+def test_long_form_file_has_the_references_of_its_clips(tmp_path):
+    """Made of the clips with a reference (one without is left out), it has theirs, in turn."""
+    from max_whisper.audio import load_audio
+
+    referenced = [SHARED_AUDIO / "librivox-0880.wav", SHARED_AUDIO / "librivox-0930.wav"]
+    unreferenced = SHARED_AUDIO / "common_voice_en_651325.mp3"
+    path = bench.long_form_file([unreferenced, *referenced], tmp_path, seconds=25)
+    references = [bench.read_references(SHARED_AUDIO)[p.name] for p in referenced]
+    [clip] = bench.load_clips([path])
+    assert clip.reference.startswith(" ".join(references + references[:1]) + " ")
+    pieces = sum(clip.reference.count(r) for r in references)
+    pauses = bench.LONG_FORM_PAUSES_S
+    seconds = [len(load_audio(p)) / 16000 for p in referenced]
+    assert clip.seconds == pytest.approx(
+        sum(seconds[i % 2] + pauses[i % len(pauses)] for i in range(pieces)), abs=0.01
+    )
+
+
 def test_batched_faster_whisper_row():
     none = bench.GpuInfo()
     rows, _ = bench.plan_rows(["faster-whisper"], "cpu", none)

@@ -19,6 +19,7 @@ class IdleModel:
     """Enough of a model for requests that must be answered before any transcription."""
 
     name, is_multilingual, backend_name, device = "tiny.en", False, "max", "cpu"
+    backend = tokenizer = None  # its engine service never runs a stream
 
     def transcribe(self, *args, **kwargs):  # pragma: no cover - reaching it is the failure
         raise AssertionError("no request here may reach the model")

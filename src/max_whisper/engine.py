@@ -6,7 +6,9 @@ A stream is a generator (transcribe.transcription_stream) that yields what it ne
 keeps up to `batch_size` streams in flight: each round it encodes every waiting window in one
 call, then decodes every waiting window in batches of windows that share their options (each with
 its own prompt), and hands each stream its answer. A stream that ends frees its slot for the next
-one (continuous batching), so a short file never waits for a long one.
+one (continuous batching), so a short file never waits for a long one. A live source (the
+server's engine service) may yield None for "no new stream yet": the running ones go on, and the
+engine asks again after the next round.
 
 Batching changes no result: each window is decoded as it would be alone (see decoding.DecodingTask).
 """
@@ -59,6 +61,7 @@ class BatchingEngine:
         self.backend, self.tokenizer, self.batch_size = backend, tokenizer, batch_size
         # windows with prompts of different lengths share a batch only where the backend pads rows
         self.ragged = getattr(backend, "ragged_batches", False)
+        self.largest_batch = 0  # the most windows decoded together so far
 
     def run_one(self, stream: Stream) -> Any:
         result = next(iter(self.run([stream])))[1]
@@ -81,6 +84,8 @@ class BatchingEngine:
                 if item is None:
                     return
                 index, stream = item
+                if stream is None:  # none ready yet: admit again after the next round
+                    return
                 yield from self._advance(active, index, stream, None, first=True)
 
         yield from admit()
@@ -137,6 +142,7 @@ class BatchingEngine:
         if kind is DetectLanguage:
             return detect_language(self.backend, self.tokenizer, features)[1]
         options = requests[0].options
+        self.largest_batch = max(self.largest_batch, len(requests))
         results: list[DecodingResult] = decode(
             self.backend,
             self.tokenizer,

@@ -2,14 +2,15 @@
 
 Routes: POST /v1/audio/transcriptions, POST /v1/audio/translations, GET /v1/models, GET /health.
 
-One model is loaded per process, before the server accepts requests. Requests reach it one at a
-time: each admitted request waits on an asyncio lock (FIFO), then its job (write the upload to a
-temp file, decode, transcribe) runs on the one worker thread, which alone ever touches the model.
-At most `max_queue` requests wait behind the running one; more are answered 503 with Retry-After
-before their upload is read. While waiting, a request listens for its client's disconnect and
-leaves the line unrun if it goes; a job already on the model runs to completion (decoding cannot
-be interrupted) and its result is discarded. Uploads over `max_upload_bytes` get 413, by
-Content-Length before the body is read, else by counting bytes as they arrive.
+One model is loaded per process, before the server accepts requests. Each admitted request
+decodes its upload on a worker thread, then submits it to the engine service (engine_service): one
+thread that alone touches the model and runs up to `batch_size` requests in one batch, a new one
+joining the running batch at its next window (continuous batching). Beyond a full batch, at most
+`max_queue` requests wait; more are answered 503 with Retry-After before their upload is read. A
+request listens for its client's disconnect throughout and cancels its stream if it goes: a
+waiting one never runs, a running one leaves the batch at its next window. Uploads over
+`max_upload_bytes` get 413, by Content-Length before the body is read, else by counting bytes as
+they arrive.
 """
 
 import argparse
@@ -19,29 +20,16 @@ import hmac
 import logging
 import math
 import os
-import re
 import socket
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from .dims import SAMPLE_RATE
-from .errors import UsageError
+from .engine import DEFAULT_BATCH_SIZE
+from .errors import MaxWhisperError, UsageError
 from .options import TranscribeOptions
 from .server_docs import API_DESCRIPTION, FORMATS, index_page, request_schema
+from .server_io import read_upload, render, upload_error
 
-SEGMENT_KEYS = (
-    "id",
-    "seek",
-    "start",
-    "end",
-    "text",
-    "tokens",
-    "temperature",
-    "avg_logprob",
-    "compression_ratio",
-    "no_speech_prob",
-)
 PUBLIC_PATHS = ("/", "/health", "/docs", "/openapi.json")  # no API key needed
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_MAX_UPLOAD_MB = 25.0  # OpenAI's own limit
@@ -72,7 +60,13 @@ def add_parsers(sub) -> None:
         "--max-queue",
         type=int,
         default=DEFAULT_MAX_QUEUE,
-        help="requests that may wait behind the running one; more get 503",
+        help="requests that may wait while a full batch runs; more get 503",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="requests transcribed together, their windows decoded in one batch",
     )
     p.add_argument(
         "--max-upload-mb",
@@ -90,8 +84,8 @@ def cmd_serve(args) -> int:
         import uvicorn
     except ImportError:
         raise UsageError("serve needs the serve extra: pip install 'max-whisper[serve]'") from None
-    if args.max_queue < 0 or args.max_upload_mb <= 0:
-        raise UsageError("--max-queue must be >= 0 and --max-upload-mb > 0")
+    if args.max_queue < 0 or args.max_upload_mb <= 0 or args.batch_size < 1:
+        raise UsageError("--max-queue must be >= 0, --max-upload-mb > 0 and --batch-size >= 1")
     from . import load_model
 
     # bind first (a taken port fails fast), load the model, then accept connections
@@ -113,6 +107,7 @@ def cmd_serve(args) -> int:
             model,
             api_key=args.api_key,
             max_queue=args.max_queue,
+            batch_size=args.batch_size,
             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         )
         print(
@@ -129,11 +124,13 @@ def create_app(
     *,
     api_key: str | None = None,
     max_queue: int = DEFAULT_MAX_QUEUE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024),
 ):
-    """The FastAPI app serving `model` (already loaded)."""
+    """The FastAPI app serving `model` (already loaded). Other routes submit their streams to its
+    engine service, app.state.engine, inside app.state.admitted() (the queue's bound)."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from fastapi.responses import JSONResponse, Response
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect
@@ -157,20 +154,17 @@ def create_app(
         body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
         return JSONResponse(body, status, headers=headers)
 
-    state = {
-        "active": 0,
-        "running": 0,
-        "seconds": 1.0,
-    }  # admitted requests, on the model, avg job time
-    lock = asyncio.Lock()
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="max-whisper-model")
+    from .engine_service import EngineService
+
+    state = {"active": 0, "seconds": 1.0}  # admitted requests, average time of a request
+    service = EngineService(model, batch_size)
     model_id = str(model.name)
     log = logging.getLogger("uvicorn.error")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        worker.shutdown(wait=False, cancel_futures=True)
+        service.close(timeout=5)
 
     app = FastAPI(
         title="max-whisper",
@@ -179,6 +173,7 @@ def create_app(
         redoc_url=None,
         lifespan=lifespan,
     )
+    app.state.engine = service
 
     @app.exception_handler(HTTPException)
     async def _http_error(request, exc: HTTPException):
@@ -304,55 +299,39 @@ def create_app(
                 400, str(exc), "temperature" if "temperature" in str(exc) else None
             ) from None
 
-    def run_job(upload: UploadFile, options: TranscribeOptions) -> tuple[dict, float]:
-        """On the worker thread: the upload to a temp file (always deleted), decode, transcribe."""
-        from .audio import load_audio
-        from .errors import MaxWhisperError
-
-        suffix = os.path.splitext(upload.filename or "")[1]
-        fd, path = tempfile.mkstemp(suffix=suffix if re.fullmatch(r"\.\w{1,8}", suffix) else ".bin")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                upload.file.seek(0)
-                while chunk := upload.file.read(1 << 20):
-                    f.write(chunk)
-            audio = load_audio(path)
-            return model.transcribe(audio, options), len(audio) / SAMPLE_RATE
-        except MaxWhisperError as exc:  # the upload's fault (bad audio...): a 400, in one line
-            message = str(exc).replace(path, upload.filename or "upload").strip().splitlines()
-            raise ApiError(400, message[0] if message else type(exc).__name__, "file") from None
-        finally:
-            os.unlink(path)
-
     async def client_gone(request: Request) -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    async def wait_turn(request: Request) -> bool:
-        """Take the model lock (True), or leave the line as soon as the client disconnects (False).
-
-        Listening for the disconnect while waiting (not one is_disconnected() poll at the front of
-        the line) matters: uvicorn may not have read the client's EOF yet when the turn comes."""
-        turn = asyncio.ensure_future(lock.acquire())
+    async def transcribe(request: Request, upload: UploadFile, options) -> tuple | None:
+        """Decode the upload, run it on the engine; None once the client has gone (its stream
+        cancelled, or never submitted). Listening for the disconnect all along (not one
+        is_disconnected() poll) matters: uvicorn may not have read the client's EOF yet."""
         gone = asyncio.ensure_future(client_gone(request))
+        job = None
         try:
-            await asyncio.wait({turn, gone}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            if turn.done() and not turn.cancelled():
-                lock.release()
-            raise
+            try:
+                audio = await asyncio.to_thread(read_upload, upload)
+                if not gone.done():
+                    job = asyncio.wrap_future(service.submit(audio, options))
+                    await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if gone.done() or job is None:
+                    return None
+                return job.result(), len(audio) / SAMPLE_RATE
+            except MaxWhisperError as exc:  # the upload's fault (bad audio...): a 400, in one line
+                raise ApiError(400, upload_error(exc), "file") from None
         finally:
             gone.cancel()
-            turn.cancel()  # a no-op once acquired
-        held = turn.done() and not turn.cancelled()
-        if held and gone.done() and not gone.cancelled():
-            lock.release()
-            return False
-        return held
+            if job is not None:
+                job.cancel()  # a no-op once done; else the stream leaves the batch
 
-    async def handle(request: Request, task: str):
-        if state["active"] > max_queue:  # one running + max_queue waiting
-            retry = max(1, math.ceil(state["seconds"] * state["active"]))
+    @contextlib.asynccontextmanager
+    async def admitted():
+        """Count a request as admitted while it lasts; a 503 when a full batch runs and max_queue
+        more wait (app.state.admitted: for every route that submits to the engine)."""
+        if state["active"] >= service.batch_size + max_queue:
+            batches = math.ceil(state["active"] / service.batch_size)
+            retry = max(1, math.ceil(state["seconds"] * batches))
             raise ApiError(
                 503,
                 f"the server is busy ({state['active']} requests queued or running); retry later",
@@ -361,51 +340,40 @@ def create_app(
                 headers={"Retry-After": str(retry)},
             )
         state["active"] += 1
+        started = time.monotonic()
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                try:
-                    form = await stack.enter_async_context(request.form(max_files=1, max_fields=32))
-                except ClientDisconnect:  # the client hung up mid-upload: nobody to answer
-                    log.info("client disconnected during its upload: request dropped")
-                    return Response(status_code=499)
-                options, fmt, words = options_from(form, task)
-                upload = form.get("file")
-                if not isinstance(upload, UploadFile):
-                    raise ApiError(
-                        400,
-                        "'file' is required: the audio to transcribe, as a multipart upload",
-                        "file",
-                    )
-                if upload.size and upload.size > max_upload_bytes:
-                    raise ApiError(413, too_large_message, "file", "file_too_large")
-                if upload.size == 0:
-                    raise ApiError(400, f"the uploaded file '{upload.filename}' is empty", "file")
-                if not await wait_turn(request):  # nobody is listening: drop the job unrun
-                    log.info("client of %s went away before its turn: job dropped", upload.filename)
-                    return Response(status_code=499)
-                state["running"], started = 1, time.monotonic()
-                try:
-                    result, duration = await asyncio.wrap_future(
-                        worker.submit(run_job, upload, options)
-                    )
-                finally:
-                    lock.release()
-                    state["running"] = 0
-                    state["seconds"] = 0.7 * state["seconds"] + 0.3 * (time.monotonic() - started)
+            yield
+            state["seconds"] = 0.7 * state["seconds"] + 0.3 * (time.monotonic() - started)
         finally:
             state["active"] -= 1
-        text = result["text"].strip()
-        if fmt == "json":
-            return JSONResponse({"text": text})
-        if fmt == "text":
-            return PlainTextResponse(text)
-        if fmt in ("srt", "vtt"):
-            from .writers import render
 
-            return PlainTextResponse(
-                render(result, fmt), media_type="text/vtt" if fmt == "vtt" else "text/plain"
-            )
-        return JSONResponse(verbose_json(result, task, duration, text, words))
+    app.state.admitted = admitted
+
+    async def handle(request: Request, task: str):
+        async with admitted(), contextlib.AsyncExitStack() as stack:
+            try:
+                form = await stack.enter_async_context(request.form(max_files=1, max_fields=32))
+            except ClientDisconnect:  # the client hung up mid-upload: nobody to answer
+                log.info("client disconnected during its upload: request dropped")
+                return Response(status_code=499)
+            options, fmt, words = options_from(form, task)
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise ApiError(
+                    400,
+                    "'file' is required: the audio to transcribe, as a multipart upload",
+                    "file",
+                )
+            if upload.size and upload.size > max_upload_bytes:
+                raise ApiError(413, too_large_message, "file", "file_too_large")
+            if upload.size == 0:
+                raise ApiError(400, f"the uploaded file '{upload.filename}' is empty", "file")
+            done = await transcribe(request, upload, options)
+            if done is None:  # nobody is listening: the job is dropped
+                log.info("client of %s went away: its job dropped", upload.filename)
+                return Response(status_code=499)
+        result, duration = done
+        return render(result, fmt, task, duration, words)
 
     def endpoint(task: str):
         async def answer(request: Request):
@@ -436,42 +404,17 @@ def create_app(
 
     @app.get("/health")
     async def health():
+        engine = service.stats()
         return {
             "status": "ok",
             "model": model_id,
             "backend": model.backend_name,
             "device": model.device,
-            "queue_depth": state["active"] - state["running"],
-            "running": state["running"],
+            "queue_depth": max(0, state["active"] - engine["running"]),
+            "running": engine["running"],
             "max_queue": max_queue,
+            "batch_size": engine["batch_size"],
+            "largest_batch": engine["largest_batch"],
         }
 
     return app
-
-
-def verbose_json(result: dict, task: str, duration: float, text: str, words: bool) -> dict:
-    from .tokenizer import LANGUAGES
-
-    def plain(value):  # numpy scalars -> JSON numbers
-        return (
-            [int(t) for t in value]
-            if isinstance(value, list)
-            else value.item()
-            if hasattr(value, "item")
-            else value
-        )
-
-    body = {
-        "task": task,
-        "language": LANGUAGES.get(result["language"], result["language"]),
-        "duration": round(duration, 3),
-        "text": text,
-        "segments": [{k: plain(s[k]) for k in SEGMENT_KEYS if k in s} for s in result["segments"]],
-    }
-    if words:
-        body["words"] = [
-            {"word": w["word"].strip(), "start": float(w["start"]), "end": float(w["end"])}
-            for s in result["segments"]
-            for w in s.get("words", [])
-        ]
-    return body

@@ -117,14 +117,23 @@ def long_form_audio(
 ) -> np.ndarray:
     """The clips in turn, each followed by a pause (`pauses` in turn), repeated until it lasts at
     least `seconds`."""
-    pieces, total, i = [], 0, 0
+    order = _long_form_order([len(c) for c in clips], seconds, pauses)
+    return np.concatenate(
+        [part for k, pause in order for part in (clips[k], np.zeros(pause, np.float32))]
+    )
+
+
+def _long_form_order(
+    lengths: list[int], seconds: float, pauses: tuple[float, ...]
+) -> list[tuple[int, int]]:
+    """(clip index, samples of the pause after it) for each piece of the long-form audio."""
+    order, total, i = [], 0, 0
     while total < seconds * SAMPLE_RATE:
-        clip = clips[i % len(clips)]
-        pause = np.zeros(int(pauses[i % len(pauses)] * SAMPLE_RATE), np.float32)
-        pieces += [clip, pause]
-        total += len(clip) + len(pause)
+        pause = int(pauses[i % len(pauses)] * SAMPLE_RATE)
+        order.append((i % len(lengths), pause))
+        total += lengths[i % len(lengths)] + pause
         i += 1
-    return np.concatenate(pieces)
+    return order
 
 
 def long_form_file(
@@ -132,12 +141,22 @@ def long_form_file(
 ) -> Path:
     """One 16 kHz WAV made of the clips in turn with pauses between them (LONG_FORM_PAUSES_S),
     repeated until it lasts `seconds`: the long-form workload (the 30-s seek loop over speech and
-    silences)."""
+    silences). Its clips are those with a reference (all of them when none has one), and then a
+    transcripts.tsv beside it gives its reference, theirs in turn, for its WER."""
     from ..audio import load_audio
 
-    audio = long_form_audio([load_audio(p) for p in paths], seconds)
+    references = {p: references_near(p).get(Path(p).name) for p in map(Path, paths)}
+    pieces = [p for p, reference in references.items() if reference] or list(references)
+    clips = [load_audio(p) for p in pieces]
+    order = _long_form_order([len(c) for c in clips], seconds, LONG_FORM_PAUSES_S)
+    audio = long_form_audio(clips, seconds)
     path = Path(folder) / f"long-form-{round(len(audio) / SAMPLE_RATE)}s.wav"
     write_wav(path, audio)
+    if all(references[p] for p in pieces):
+        with open(Path(folder) / REFERENCES_FILE, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, delimiter="\t")
+            writer.writerow(["file", "reference"])
+            writer.writerow([path.name, " ".join(references[pieces[k]] for k, _ in order)])
     return path
 
 
