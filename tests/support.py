@@ -1,5 +1,5 @@
 """What the tests share that cannot be a fixture: paths, the clip lists used to parametrize tests,
-skip markers, tolerances and the environment for child processes.
+skip markers, tolerances and child processes (their environment, a child Python).
 
 Fixtures (the loaded models, the memoised openai-whisper results) live in conftest.py; test files
 request those by name and import the rest from here:
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,15 @@ def subprocess_env(*, clean: bool = False, **extra: str) -> dict[str, str]:
     base = {"PATH": "/usr/bin:/bin"} if clean else dict(os.environ)
     path = os.pathsep.join(p for p in (str(REPO_ROOT / "src"), base.get("PYTHONPATH")) if p)
     return {**base, "PYTHONPATH": path, **extra}
+
+
+def run_python(script: str, timeout: float) -> subprocess.CompletedProcess:
+    """`script` run by a child Python that imports this checkout's max_whisper; its stdout and
+    stderr as text."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=timeout,
+    )
