@@ -1,5 +1,5 @@
 """What the tests share that cannot be a fixture: paths, the clip lists used to parametrize tests,
-skip markers, tolerances and the environment for child processes.
+skip markers, tolerances and child processes (their environment, a child Python).
 
 Fixtures (the loaded models, the memoised openai-whisper results) live in conftest.py; test files
 request those by name and import the rest from here:
@@ -13,6 +13,8 @@ import copy
 import importlib.util
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -173,3 +175,15 @@ def wait_for(predicate, timeout: float = 60) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def run_python(script: str, timeout: float) -> subprocess.CompletedProcess:
+    """`script` run by a child Python that imports this checkout's max_whisper; its stdout and
+    stderr as text."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=timeout,
+    )

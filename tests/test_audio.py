@@ -14,7 +14,6 @@ import pytest
 from max_whisper.audio import (
     AudioError,
     audio_duration,
-    iter_audio_chunks,
     load_audio,
     log_mel_spectrogram,
     mel_filters,
@@ -173,22 +172,10 @@ def test_load_audio_other_containers(tmp_path, suffix, codec):
     assert abs(np.sqrt(np.mean(middle**2)) - 0.3 / np.sqrt(2)) < 0.02  # lossy codecs: ~5% off
 
 
-@clip_params
-def test_iter_audio_chunks_concatenate_to_load_audio(clip):
-    full = load_audio(clip)
-    chunks = list(iter_audio_chunks(clip, chunk_seconds=1.5))
-    assert all(len(c) == 24_000 for c in chunks[:-1]) and 0 < len(chunks[-1]) <= 24_000
-    np.testing.assert_array_equal(np.concatenate(chunks), full)
-
-
-def test_iter_audio_chunks_on_long_synthetic_file(tmp_path):
+def test_audio_duration_of_a_long_synthetic_file(tmp_path):
     path = tmp_path / "long.wav"
     _write_wav(path, 0.1 * np.sin(np.arange(16_000 * 65) / 7.0), 16_000)
-    sizes = [len(c) for c in iter_audio_chunks(path, 30)]
-    assert sizes == [N_SAMPLES, N_SAMPLES, 16_000 * 5]
     assert audio_duration(path) == pytest.approx(65.0)
-    with pytest.raises(ValueError):
-        next(iter_audio_chunks(path, 0))
 
 
 # --- bad input: one clear line ------------------------------------------------------------------
@@ -211,13 +198,10 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.mark.parametrize("kind", ["missing", "folder", "text", "empty", "zero-samples"])
-@pytest.mark.parametrize(
-    "reader", [load_audio, lambda p: list(iter_audio_chunks(p, 30))], ids=["load", "iter"]
-)
-def test_bad_input_raises_audio_error(tmp_path, kind, reader):
+def test_bad_input_raises_audio_error(tmp_path, kind):
     path, words = _bad_inputs(tmp_path)[kind]
     with pytest.raises(AudioError) as info:
-        reader(path)
+        load_audio(path)
     message = str(info.value)
     assert words in message and path.name in message and "\n" not in message
     assert isinstance(info.value, ValueError)

@@ -8,9 +8,6 @@ Compiled graphs come from the on-disk .mef cache (the first run compiles them: m
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -23,8 +20,8 @@ from support import (
     clip_ids,
     requires_reference,
     requires_shared_audio,
+    run_python,
     shared_clip,
-    subprocess_env,
 )
 
 pytestmark = [requires_shared_audio]
@@ -152,13 +149,7 @@ def test_max_transcription_never_imports_torch():
         "leaked = sorted(m for m in ('torch', 'whisper') if m in sys.modules)\n"
         "assert not leaked, leaked\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=1800,
-    )
+    done = run_python(script, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "young man" in done.stdout.lower(), done.stdout
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,8 +15,8 @@ from support import (
     requires_base,
     requires_reference,
     requires_shared_audio,
+    run_python,
     shared_clip,
-    subprocess_env,
 )
 
 # The promise is the tokens (test_max_decoder). Features are bounded loosely: any two float32
@@ -199,13 +197,7 @@ def test_second_process_loads_the_cached_graphs(max_encoder):
         "print(json.dumps({'compile_seconds': encoder.compile_seconds, "
         "'start_seconds': seconds}))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=600,
-    )
+    done = run_python(script, timeout=600)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"second process: {report}")

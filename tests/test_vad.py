@@ -7,7 +7,6 @@ clips laid end to end with long gaps of digital silence or faint noise between t
 from __future__ import annotations
 
 import math
-import subprocess
 import sys
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 from max_whisper import vad
 from max_whisper.audio import load_audio
 from max_whisper.errors import MaxWhisperError, UsageError
-from support import shared_clip, subprocess_env
+from support import run_python, shared_clip
 
 SR = 16000
 PAD = 0.4  # VadOptions().speech_pad_ms, in seconds
@@ -290,13 +289,7 @@ def test_importing_and_finding_the_model_import_nothing_heavy():
         "heavy = ('onnxruntime', 'faster_whisper', 'ctranslate2')\n"
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
-    )
+    out = run_python(code, timeout=120)
     if "VadUnavailable" in out.stderr:
         pytest.skip("no Silero model installed")
     assert out.returncode == 0, out.stderr

@@ -79,38 +79,44 @@ def test_format_timestamp():
         format_timestamp(-0.5)
 
 
-@requires_reference
-@requires_shared_audio
-@requires("srt")
-def test_srt_parses_with_segment_cues(tmp_path, results):
+def _srt_cues(path) -> list[tuple[str, str, str]]:
     import srt
 
-    result = results["plain"]
-    get_writer("srt", tmp_path)(result, CLIP)
-    cues = list(srt.parse((tmp_path / "libri-1088-134315-0000.srt").read_text(encoding="utf-8")))
-    assert [c.index for c in cues] == list(range(1, len(result["segments"]) + 1))
-    for cue, segment in zip(cues, result["segments"]):
-        assert cue.start.total_seconds() == pytest.approx(segment["start"], abs=5e-4)
-        assert cue.end.total_seconds() == pytest.approx(segment["end"], abs=5e-4)
-        assert cue.content == segment["text"].strip()
+    cues = list(srt.parse(path.read_text(encoding="utf-8")))
+    assert [c.index for c in cues] == list(range(1, len(cues) + 1))
+    as_text = srt.timedelta_to_srt_timestamp
+    return [(as_text(c.start), as_text(c.end), c.content) for c in cues]
+
+
+def _vtt_cues(path) -> list[tuple[str, str, str]]:
+    import webvtt
+
+    assert path.read_text(encoding="utf-8").startswith("WEBVTT\n\n")
+    return [(c.start, c.end, c.text) for c in webvtt.read(str(path)).captions]
 
 
 @requires_reference
 @requires_shared_audio
-@requires("webvtt")
-def test_vtt_parses_with_segment_cues(tmp_path, results):
-    import webvtt
-
+@pytest.mark.parametrize(
+    ("fmt", "read_cues", "decimal_marker"),
+    [
+        pytest.param("srt", _srt_cues, ",", marks=requires("srt"), id="srt"),
+        pytest.param("vtt", _vtt_cues, ".", marks=requires("webvtt"), id="vtt"),
+    ],
+)
+def test_subtitles_parse_with_segment_cues(tmp_path, results, fmt, read_cues, decimal_marker):
+    """One cue a segment, with its text and times (hours included, as the parsers give them)."""
     result = results["plain"]
-    get_writer("vtt", tmp_path)(result, CLIP)
-    path = tmp_path / "libri-1088-134315-0000.vtt"
-    assert path.read_text(encoding="utf-8").startswith("WEBVTT\n\n")
-    captions = webvtt.read(str(path)).captions
-    assert len(captions) == len(result["segments"])
-    for caption, segment in zip(captions, result["segments"]):
-        assert caption.start == format_timestamp(segment["start"], always_include_hours=True)
-        assert caption.end == format_timestamp(segment["end"], always_include_hours=True)
-        assert caption.text == segment["text"].strip()
+    get_writer(fmt, tmp_path)(result, CLIP)
+    cues = read_cues(tmp_path / f"libri-1088-134315-0000.{fmt}")
+    assert cues == [
+        (
+            format_timestamp(s["start"], True, decimal_marker),
+            format_timestamp(s["end"], True, decimal_marker),
+            s["text"].strip(),
+        )
+        for s in result["segments"]
+    ]
 
 
 @requires_reference

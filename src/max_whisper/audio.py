@@ -27,7 +27,6 @@ PathLike = str | os.PathLike
 __all__ = [
     "AudioError",
     "audio_duration",
-    "iter_audio_chunks",
     "load_audio",
     "log_mel_spectrogram",
     "mel_filters",
@@ -50,31 +49,6 @@ def load_audio(path: PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     if not pcm:
         raise AudioError(f"'{os.fspath(path)}' contains no audio samples")
     return _to_float(np.concatenate(pcm))
-
-
-def iter_audio_chunks(
-    path: PathLike, chunk_seconds: float, sr: int = SAMPLE_RATE
-) -> Iterator[np.ndarray]:
-    """Decode incrementally: mono float32 chunks of `chunk_seconds` (the last may be shorter), so
-    memory stays bounded however long the file is."""
-    chunk = int(round(chunk_seconds * sr))
-    if chunk <= 0:
-        raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
-    pending: list[np.ndarray] = []
-    n_pending = 0
-    n_total = 0
-    for pcm in _decode_pcm16(path, sr):
-        pending.append(pcm)
-        n_pending += len(pcm)
-        while n_pending >= chunk:
-            joined = np.concatenate(pending)
-            yield _to_float(joined[:chunk])
-            n_total += chunk
-            pending, n_pending = [joined[chunk:]], n_pending - chunk
-    if n_pending:
-        yield _to_float(np.concatenate(pending))
-    elif n_total == 0:
-        raise AudioError(f"'{os.fspath(path)}' contains no audio samples")
 
 
 def audio_duration(path: PathLike) -> float:

@@ -21,6 +21,23 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def add_command(
+    sub, name: str, run, help: str, description: str | None = None, show_defaults: bool = False
+) -> argparse.ArgumentParser:
+    """The parser of subcommand `name`, which `run(args)` carries out (`show_defaults`: --help
+    shows every option's default)."""
+    p = sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        formatter_class=(
+            argparse.ArgumentDefaultsHelpFormatter if show_defaults else argparse.HelpFormatter
+        ),
+    )
+    p.set_defaults(func=run)
+    return p
+
+
 def add_model_options(
     p: argparse.ArgumentParser, backend_default: str | None = DEFAULT_BACKEND
 ) -> None:
@@ -37,6 +54,11 @@ def add_model_options(
             help="max: the whole model in MAX; hybrid: MAX encoder + PyTorch decoder; "
             "reference: openai-whisper's PyTorch model",
         )
+    add_device_options(p)
+
+
+def add_device_options(p: argparse.ArgumentParser) -> None:
+    """Where the MAX graphs run and how exact the encoder's first blocks are."""
     p.add_argument(
         "--device",
         default="auto",

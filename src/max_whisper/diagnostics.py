@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import DEVICES
 from .weights.registry import NAMED_MODELS
 
 # The final encoder features against PyTorch's: bounded loosely, because any two float32
@@ -21,22 +20,26 @@ FEATURES_MIN_COSINE = 1 - 1e-6
 
 
 def add_parsers(sub) -> None:
-    from .cli import add_model_options
+    from .cli import add_command, add_device_options, add_model_options
 
-    p = sub.add_parser(
-        "compare", help="run the reference and MAX encoders side by side, layer by layer"
+    p = add_command(
+        sub,
+        "compare",
+        cmd_compare,
+        help="run the reference and MAX encoders side by side, layer by layer",
     )
     p.add_argument("audio", help="an audio file (its first 30 s are compared)")
     add_model_options(p, backend_default=None)
-    p.set_defaults(func=cmd_compare)
-
-    p = sub.add_parser(
-        "doctor", help="report MAX, devices, CPU, cache, models and optional packages"
+    add_command(
+        sub,
+        "doctor",
+        cmd_doctor,
+        help="report MAX, devices, CPU, cache, models and optional packages",
     )
-    p.set_defaults(func=cmd_doctor)
-
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "warmup",
+        cmd_warmup,
         help="compile and cache every MAX graph the models need (for images and CI)",
         description="Compile the MAX graphs of the given models for this machine, in parallel "
         "processes, and keep them in the graph cache (see `doctor`).",
@@ -44,18 +47,10 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--model", nargs="+", default=["tiny.en"], help="model names or paths (default: tiny.en)"
     )
-    p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument(
-        "--encoder-float64-blocks",
-        type=int,
-        default=0,
-        metavar="N",
-        help="the encoder variant with N float64 leading blocks (default 0)",
-    )
+    add_device_options(p)
     p.add_argument(
         "--jobs", type=int, default=None, help="compiles at once (default: one per core)"
     )
-    p.set_defaults(func=cmd_warmup)
 
 
 def cmd_warmup(args) -> int:

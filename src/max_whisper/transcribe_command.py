@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .dims import SAMPLE_RATE
@@ -39,15 +42,15 @@ def cmd_transcribe(args) -> int:
             warm_start=not args.wait_for_compile,
         )
         options = english_only(model, options)
+        many = len(args.audio) > 1 or len(paths) > 1
+        outputs = FileOutputs.from_args(args, writer, options.language, labelled=many)
         if args.batch_size > 1 and len(paths) > 1:
             return _finish(
-                _transcribe_batched(model, paths, options, writer, args) + failures, total
+                _transcribe_batched(model, paths, options, outputs, args) + failures, total
             )
         for path in paths:
             try:
-                _transcribe_file(
-                    model, path, options, writer, args, many=len(args.audio) > 1 or len(paths) > 1
-                )
+                _transcribe_file(model, path, options, outputs, args)
             except (MaxWhisperError, OSError) as exc:  # this file is lost; the others go on
                 _report_failure(path, _one_line(exc))
                 failures += 1
@@ -60,7 +63,71 @@ def _finish(failures: int, total: int) -> int:
     return 1 if failures else 0
 
 
-def _transcribe_batched(model, paths: list[str], options: TranscribeOptions, writer, args) -> int:
+_print_now = functools.partial(print, flush=True)
+
+
+@dataclass(frozen=True)
+class FileOutputs:
+    """What becomes of each input's transcript: its text on the console (unless --verbose showed
+    each segment as it came; `labelled`: after the file's name) and the files asked for (-f, -o)."""
+
+    writer: Callable | None
+    writer_options: dict
+    language: str | None
+    verbose: bool
+    labelled: bool
+
+    @classmethod
+    def from_args(
+        cls, args, writer: Callable | None, language: str | None, labelled: bool
+    ) -> FileOutputs:
+        writer_options = {
+            "max_line_width": args.max_line_width,
+            "max_line_count": args.max_line_count,
+            "max_words_per_line": args.max_words_per_line,
+            "highlight_words": args.highlight_words,
+        }
+        return cls(writer, writer_options, language, args.verbose, labelled)
+
+    def finished(self, name: str, result: dict, show: Callable[[str], None] = _print_now) -> None:
+        if not self.verbose:
+            show(self._line(name, result["text"]))
+        if self.writer is not None:
+            self.writer(result, name, self.writer_options)
+
+    def interrupted(
+        self, name: str, segments: list[dict], show: Callable[[str], None] = _print_now
+    ) -> None:
+        """The segments finished before the interrupt: `.partial` files where files were asked
+        for, else their text."""
+        if not segments:
+            return
+        text = "".join(s["text"] for s in segments)
+        if self.writer is None:
+            if not self.verbose:
+                show(self._line(name, text))
+            return
+        partial = {
+            "text": text,
+            "segments": segments,
+            "language": self.language,
+            "incomplete": True,
+        }
+        written = self.writer(partial, name, self.writer_options, partial=True)
+        where = ", ".join(written) if isinstance(written, list) else written
+        print(
+            f"max-whisper: interrupted: the {len(segments)} finished segments of {name} are in "
+            f"{where}",
+            file=sys.stderr,
+        )
+
+    def _line(self, name: str, text: str) -> str:
+        return f"{name}: {text.strip()}" if self.labelled else text.strip()
+
+
+def _transcribe_batched(
+    model, paths: list[str], options: TranscribeOptions, outputs: FileOutputs, args
+) -> int:
     """Every input through the batching engine at once (--batch-size windows at a time); each
     file's outputs are written as it finishes. Returns the number that failed."""
     import tempfile
@@ -69,7 +136,6 @@ def _transcribe_batched(model, paths: list[str], options: TranscribeOptions, wri
     from .inputs import STDIN, stdin_to_file
     from .progress import ProgressBar
 
-    writer_options = _writer_options(args)
     names = ["stdin" if p == STDIN else p for p in paths]
     finished: dict[int, list[dict]] = {i: [] for i in range(len(paths))}
     failures = done_seconds = 0.0
@@ -98,13 +164,10 @@ def _transcribe_batched(model, paths: list[str], options: TranscribeOptions, wri
                         finished.pop(index)
                         continue
                     finished.pop(index)
-                    if not args.verbose:
-                        bar.write(f"{names[index]}: {result['text'].strip()}")
-                    if writer is not None:
-                        writer(result, names[index], writer_options)
+                    outputs.finished(names[index], result, bar.write)
         except KeyboardInterrupt:
             for index, segments in finished.items():
-                _write_partial(names[index], segments, options, writer, writer_options)
+                outputs.interrupted(names[index], segments)
             raise
     return int(failures)
 
@@ -118,35 +181,6 @@ def _duration_or_zero(audio_duration, path: str) -> float:
 
 def _one_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def _writer_options(args) -> dict:
-    return {
-        "max_line_width": args.max_line_width,
-        "max_line_count": args.max_line_count,
-        "max_words_per_line": args.max_words_per_line,
-        "highlight_words": args.highlight_words,
-    }
-
-
-def _write_partial(
-    name: str, segments: list[dict], options: TranscribeOptions, writer, writer_options
-) -> None:
-    """An interrupted file's finished segments, as `.partial` files where files were asked for."""
-    if writer is None or not segments:
-        return
-    partial = {
-        "text": "".join(s["text"] for s in segments),
-        "segments": segments,
-        "language": options.language,
-        "incomplete": True,
-    }
-    written = writer(partial, name, writer_options, partial=True)
-    where = ", ".join(written) if isinstance(written, list) else written
-    print(
-        f"max-whisper: interrupted: the {len(segments)} finished segments of {name} are in {where}",
-        file=sys.stderr,
-    )
 
 
 def english_only(model, options: TranscribeOptions) -> TranscribeOptions:
@@ -205,7 +239,7 @@ def _report_failure(path: str, message: str) -> None:
 
 
 def _transcribe_file(
-    model, path: str, options: TranscribeOptions, writer, args, many: bool
+    model, path: str, options: TranscribeOptions, outputs: FileOutputs, args
 ) -> None:
     """One input, start to written output. On Ctrl-C, the segments finished so far are written
     (as `.partial` files where files were asked for) before the interrupt goes on."""
@@ -223,7 +257,6 @@ def _transcribe_file(
             if path == STDIN  # a file: read window by window
             else StreamedAudio(path, n_mels=model.dims.n_mels)
         )
-    writer_options = _writer_options(args)
     finished: list[dict] = []
     mode = ProgressBar.mode_for(not args.no_progress)
     try:
@@ -238,15 +271,9 @@ def _transcribe_file(
                 audio, options, on_progress=bar.update_to, on_segment=on_segment
             )
     except KeyboardInterrupt:
-        _write_partial(name, finished, options, writer, writer_options)
-        if writer is None and finished and not args.verbose:
-            print("".join(s["text"] for s in finished).strip(), flush=True)
+        outputs.interrupted(name, finished)
         raise
-    if not args.verbose:
-        text = result["text"].strip()
-        print(f"{name}: {text}" if many else text, flush=True)
-    if writer is not None:
-        writer(result, name, writer_options)
+    outputs.finished(name, result)
 
 
 def _segment_line(segment: dict) -> str:

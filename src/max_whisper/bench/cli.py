@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..backends import DEVICES
+from ..cli import add_command
 from .settings import DEFAULT_BACKENDS, DEFAULT_MODELS, WORKLOADS, BenchError, log_to_stderr
 
 MODES = ("systems", "stages", "compile", "memory")
@@ -33,8 +34,10 @@ def _csv(value: str) -> list[str]:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "bench",
+        cmd_bench,
         help="benchmark backends and faster-whisper: speed, memory, WER",
         description="Benchmark each backend × model on the same clips: RTFx, phase times, "
         "peak RSS, load times and WER. Prints the results as JSON.",
@@ -149,7 +152,6 @@ def add_parsers(sub) -> None:
     g.add_argument(
         "--minutes", type=float, default=None, help="memory: minutes of audio (default 60)"
     )
-    p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:

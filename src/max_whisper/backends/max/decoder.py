@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from max.driver import CPU, Buffer
+from max.driver import Buffer
 
 from ...dims import ModelDimensions
 from . import custom_ops, decoder_graph, layers, weight_layout
+from .buffers import DeviceBuffers, to_numpy
 from .compile_cache import compiled_graph, source_hash
 from .device import MaxRuntime
 
@@ -97,35 +98,20 @@ class MaxDecoder:
     def __init__(self, dims: ModelDimensions, params: dict[str, np.ndarray], runtime: MaxRuntime):
         self.dims, self.device, self.device_ref = dims, runtime.device, runtime.device_ref
         self.session = runtime.session
-        self._keep: list[
-            dict
-        ] = []  # MAX reads host arrays in place: registries must outlive models
+        self._buffers = DeviceBuffers(runtime.device)
+        self._to_device, self._to_numpy = self._buffers.to_device, to_numpy
         half_head = uses_half_head(runtime, params)
         compiled, self.compile_seconds = compiled_decoder(runtime, dims, half_head)
         registry = weight_layout.step_registry(
             dims, params, half_head
         ) | weight_layout.cross_kv_registry(dims, params)
-        models = self.session.init_all(compiled, weights_registry=self._registry(registry))
+        models = self.session.init_all(compiled, weights_registry=self._buffers.weights(registry))
         self._cross_kv = models["whisper_decoder_cross_kv_all"]
         self._step = models["whisper_decoder_step"]
         self._scores = models["whisper_decoder_scores"]
         self._last_cross: tuple[np.ndarray, list[Buffer]] | None = None
         d, heads = dims.n_text_state, dims.n_text_head
         self._cache_shapes = ((heads, d // heads, 0), (heads, 0, d // heads))  # after [A, G]
-
-    def _registry(self, registry: dict[str, np.ndarray]) -> dict:
-        self._keep.append(registry)
-        if self.device.is_host:
-            return registry
-        return {name: Buffer.from_numpy(a).to(self.device) for name, a in registry.items()}
-
-    # host <-> device
-    def _to_device(self, a: np.ndarray) -> Buffer:
-        return Buffer.from_numpy(np.ascontiguousarray(a)).to(self.device)
-
-    @staticmethod
-    def _to_numpy(b: Buffer) -> np.ndarray:
-        return b.to_numpy() if b.is_host else b.to(CPU()).to_numpy()
 
     def cross_kv(self, audio_features: np.ndarray) -> list[Buffer]:
         """[n_audio, ctx, d] features -> [k_0, v_0, k_1, v_1, ...] on the device.

@@ -14,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from max.driver import CPU, Buffer
+from max.driver import Buffer
 
 from ...dims import ModelDimensions
 from . import encoder_graph, layers, weight_layout
+from .buffers import DeviceBuffers, to_numpy
 from .compile_cache import compiled_graph, source_hash
 from .device import MaxRuntime
 
@@ -69,23 +70,15 @@ class MaxEncoder:
     ):
         self.dims = dims
         runtime = device if isinstance(device, MaxRuntime) else MaxRuntime.create(device)
-        self._device, self.device = runtime.device, runtime.label
+        self.device = runtime.label
         self._session = runtime.session
-        self._registries: list[
-            dict
-        ] = []  # MAX reads host arrays in place: they must outlive the models
+        self._buffers = DeviceBuffers(runtime.device)
         self.stage_dtypes = {"stem": "float32", "ln_post": "float32"}  # what each stage computes in
         for i in range(dims.n_audio_layer):
             self.stage_dtypes[f"block.{i}"] = "float64" if i < float64_blocks else "float32"
         compiled, self.compile_seconds = compiled_encoder(runtime, dims, float64_blocks)
-        registry = self._on_device(weight_layout.encoder_registry(dims, params, float64_blocks))
-        self._model = self._session.init(compiled, weights_registry=registry)
-
-    def _on_device(self, registry: dict[str, np.ndarray]) -> dict:
-        self._registries.append(registry)
-        if self._device.is_host:
-            return registry
-        return {name: Buffer.from_numpy(a).to(self._device) for name, a in registry.items()}
+        registry = weight_layout.encoder_registry(dims, params, float64_blocks)
+        self._model = self._session.init(compiled, weights_registry=self._buffers.weights(registry))
 
     def _input(self, mel: np.ndarray) -> Buffer:
         mel = np.ascontiguousarray(mel, dtype=np.float32)
@@ -94,11 +87,7 @@ class MaxEncoder:
             raise ValueError(
                 f"mel must be [n_audio, {expected[0]}, {expected[1]}], got {list(mel.shape)}"
             )
-        buffer = Buffer.from_numpy(mel)
-        return buffer if self._device.is_host else buffer.to(self._device)
-
-    def _to_numpy(self, buffer: Buffer) -> np.ndarray:
-        return (buffer if self._device.is_host else buffer.to(CPU())).to_numpy()
+        return self._buffers.to_device(mel)
 
     def _run(self, mel: np.ndarray) -> list[tuple[str, Buffer]]:
         features, stem, *blocks = self._model.execute(self._input(mel))
@@ -109,9 +98,9 @@ class MaxEncoder:
         )
 
     def __call__(self, mel: np.ndarray) -> np.ndarray:
-        return self._to_numpy(self._model.execute(self._input(mel))[0])
+        return to_numpy(self._model.execute(self._input(mel))[0])
 
     def run_with_intermediates(self, mel: np.ndarray) -> list[tuple[str, np.ndarray]]:
         """[("stem", ...), ("block.0", ...), ..., ("ln_post", final features)],
         all [n_audio, n_audio_ctx, d]."""
-        return [(name, self._to_numpy(buffer)) for name, buffer in self._run(mel)]
+        return [(name, to_numpy(buffer)) for name, buffer in self._run(mel)]
