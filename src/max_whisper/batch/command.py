@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -12,12 +11,15 @@ from ..writers import FORMATS, WORD_OPTIONS
 
 
 def add_parsers(sub) -> None:
+    from ..cli import add_command
     from ..transcribe_args import add_transcribe_options
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "batch",
+        cmd_batch,
         help="transcribe a whole corpus, resumably, here or on a Ray cluster",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        show_defaults=True,
         description="Transcribe every file of a corpus into OUT_DIR (mirroring the input tree), "
         "with OUT_DIR/manifest.jsonl saying what became of each file. A rerun skips the files "
         "already done with the same options; a file that fails is recorded and the run goes on.",
@@ -53,7 +55,7 @@ def add_parsers(sub) -> None:
         "--prefetch", type=int, default=2, help="local: threads decoding the next files' audio"
     )
     add_transcribe_options(p, output_options=False)
-    p.set_defaults(func=cmd_batch, batch_size=DEFAULT_BATCH_SIZE, verbose=False)
+    p.set_defaults(batch_size=DEFAULT_BATCH_SIZE, verbose=False)
 
 
 def cmd_batch(args) -> int:
