@@ -1,5 +1,5 @@
-"""The server at its edges: stream=true before streaming exists, and a client that hangs up
-mid-upload."""
+"""The server at its edges: stream=true requests refused before any event, and a client that
+hangs up mid-upload."""
 
 from __future__ import annotations
 
@@ -43,17 +43,24 @@ def server():
     thread.join(10)
 
 
-def test_stream_true_is_a_400_until_streaming_exists(server):
+@pytest.mark.parametrize(
+    "fields, param",
+    [({"stream": "true", "response_format": "srt"}, "stream"), ({"stream": "true"}, "file")],
+    ids=["subtitles", "unreadable-audio"],
+)
+def test_stream_true_errors_before_any_event_are_plain_400s(server, fields, param):
+    """Streamed answers are text events: subtitles cannot stream; audio that cannot be read is a
+    JSON 400 (not an event stream cut short)."""
     import httpx
 
-    with open(SAMPLE, "rb") as f:
-        response = httpx.post(
-            f"http://127.0.0.1:{server}/v1/audio/transcriptions",
-            files={"file": ("sample.wav", f, "audio/wav")},
-            data={"stream": "true"},
-        )
+    upload = ("sample.wav", open(SAMPLE, "rb").read()[:100] if param == "stream" else b"\0" * 999)
+    response = httpx.post(
+        f"http://127.0.0.1:{server}/v1/audio/transcriptions",
+        files={"file": (*upload, "audio/wav")},
+        data=fields,
+    )
     assert response.status_code == 400
-    assert response.json()["error"]["param"] == "stream"
+    assert response.json()["error"]["param"] == param
 
 
 def test_a_client_that_hangs_up_mid_upload_is_one_info_line(server, caplog):

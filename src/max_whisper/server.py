@@ -29,6 +29,7 @@ from .dims import SAMPLE_RATE
 from .errors import UsageError
 from .options import TranscribeOptions
 from .server_docs import API_DESCRIPTION, FORMATS, index_page, request_schema
+from .server_stream import SegmentEvents
 
 SEGMENT_KEYS = (
     "id",
@@ -241,7 +242,7 @@ def create_app(
             raise ApiError(400, f"'{name}' must be a plain form field, not a file", name)
         return value or None
 
-    def options_from(form, task: str) -> tuple[TranscribeOptions, str, bool]:
+    def options_from(form, task: str) -> tuple[TranscribeOptions, str, bool, bool]:
         from .tokenizer import TokenizerError, normalize_language
 
         fmt = field(form, "response_format") or "json"
@@ -271,13 +272,9 @@ def create_app(
                 "model",
                 "model_not_multilingual",
             )
-        if (field(form, "stream") or "false").lower() not in ("false", "0"):
-            raise ApiError(
-                400,
-                "stream=true is not supported by this server yet: send stream=false "
-                "(or leave it out) for the whole result in one response",
-                "stream",
-            )
+        stream = (field(form, "stream") or "false").lower() not in ("false", "0")
+        if stream and fmt not in ("json", "text"):
+            raise ApiError(400, "stream=true answers text events: use json or text", "stream")
         options = {"task": task, "word_timestamps": "word" in granularities}
         if field(form, "language"):
             try:
@@ -298,13 +295,13 @@ def create_app(
                     400, "temperature must be a number between 0 and 1", "temperature"
                 ) from None
         try:
-            return TranscribeOptions(**options), fmt, "word" in granularities
+            return TranscribeOptions(**options), fmt, "word" in granularities, stream
         except UsageError as exc:
             raise ApiError(
                 400, str(exc), "temperature" if "temperature" in str(exc) else None
             ) from None
 
-    def run_job(upload: UploadFile, options: TranscribeOptions) -> tuple[dict, float]:
+    def run_job(upload: UploadFile, options: TranscribeOptions, on_segment) -> tuple[dict, float]:
         """On the worker thread: the upload to a temp file (always deleted), decode, transcribe."""
         from .audio import load_audio
         from .errors import MaxWhisperError
@@ -317,7 +314,7 @@ def create_app(
                 while chunk := upload.file.read(1 << 20):
                     f.write(chunk)
             audio = load_audio(path)
-            return model.transcribe(audio, options), len(audio) / SAMPLE_RATE
+            return model.transcribe(audio, options, on_segment=on_segment), len(audio) / SAMPLE_RATE
         except MaxWhisperError as exc:  # the upload's fault (bad audio...): a 400, in one line
             message = str(exc).replace(path, upload.filename or "upload").strip().splitlines()
             raise ApiError(400, message[0] if message else type(exc).__name__, "file") from None
@@ -368,7 +365,7 @@ def create_app(
                 except ClientDisconnect:  # the client hung up mid-upload: nobody to answer
                     log.info("client disconnected during its upload: request dropped")
                     return Response(status_code=499)
-                options, fmt, words = options_from(form, task)
+                options, fmt, words, stream = options_from(form, task)
                 upload = form.get("file")
                 if not isinstance(upload, UploadFile):
                     raise ApiError(
@@ -384,14 +381,23 @@ def create_app(
                     log.info("client of %s went away before its turn: job dropped", upload.filename)
                     return Response(status_code=499)
                 state["running"], started = 1, time.monotonic()
-                try:
-                    result, duration = await asyncio.wrap_future(
-                        worker.submit(run_job, upload, options)
-                    )
-                finally:
+
+                def release(_=None):  # when the job ends, not the request: the worker is busy
                     lock.release()
                     state["running"] = 0
                     state["seconds"] = 0.7 * state["seconds"] + 0.3 * (time.monotonic() - started)
+
+                events = SegmentEvents() if stream else None
+                try:
+                    job = worker.submit(run_job, upload, options, events and events.on_segment)
+                except BaseException:
+                    release()
+                    raise
+                loop = asyncio.get_running_loop()
+                job.add_done_callback(lambda _: loop.call_soon_threadsafe(release))
+                if events:  # answered once the upload is read: its errors are plain 4xx answers
+                    return await events.response(job)
+                result, duration = await asyncio.wrap_future(job)
         finally:
             state["active"] -= 1
         text = result["text"].strip()
