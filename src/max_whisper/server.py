@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .dims import SAMPLE_RATE
 from .errors import UsageError
+from .live.realtime import LiveLimits, add_live_options, add_realtime_route, live_limits
 from .options import TranscribeOptions
 from .server_docs import API_DESCRIPTION, FORMATS, index_page, request_schema
 from .server_stream import SegmentEvents
@@ -81,6 +82,7 @@ def add_parsers(sub) -> None:
         default=DEFAULT_MAX_UPLOAD_MB,
         help="largest accepted upload; larger ones get 413",
     )
+    add_live_options(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -115,6 +117,7 @@ def cmd_serve(args) -> int:
             api_key=args.api_key,
             max_queue=args.max_queue,
             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+            live=live_limits(args),
         )
         print(
             f"max-whisper: serving {model.name} ({model.backend_name}, {model.device}) "
@@ -131,6 +134,7 @@ def create_app(
     api_key: str | None = None,
     max_queue: int = DEFAULT_MAX_QUEUE,
     max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024),
+    live: LiveLimits = LiveLimits(),
 ):
     """The FastAPI app serving `model` (already loaded)."""
     from fastapi import FastAPI, Request
@@ -235,6 +239,7 @@ def create_app(
         return error_response(413, too_large_message, "file", "file_too_large")
 
     app.add_middleware(Guard)
+    add_realtime_route(app, model, worker, api_key=api_key, limits=live)
 
     def field(form, name: str) -> str | None:
         value = form.get(name)

@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import bench
 from ..dims import SAMPLE_RATE
+from ..live.realtime import add_lazy_realtime_route, live_model
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
@@ -228,6 +229,8 @@ def create_app(
     app = FastAPI(title="max-whisper demo", docs_url=None, redoc_url=None)
     app.state.demo = state
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    add_lazy_realtime_route(app, lambda: live_model(model_names[0], device, loader))
 
     @app.get("/", include_in_schema=False)
     def index():
