@@ -18,7 +18,7 @@ from ..dims import SAMPLE_RATE
 from ..errors import UsageError
 from .policy import Completed, Event, Update
 
-CONTAINER_MAGIC = (b"RIFF", b"fLaC", b"OggS", b"ID3", b"\x1aE\xdf\xa3", b"FORM", b"\xff\xf")
+CONTAINER_MAGIC = (b"RIFF", b"fLaC", b"OggS", b"ID3", b"\x1aE\xdf\xa3", b"FORM")
 DIM, PLAIN, CLEAR_LINE = "\033[2m", "\033[0m", "\r\033[K"
 
 
@@ -104,7 +104,8 @@ def standard_input(speed: float) -> Iterator[np.ndarray]:
         raise UsageError("standard input is a terminal: pipe audio into it")
     stream = sys.stdin.buffer
     head = stream.read(16)
-    if head.startswith(CONTAINER_MAGIC) or head[4:8] == b"ftyp":  # a whole file: decode it
+    mpeg_sync = head[:1] == b"\xff" and head[1:2] >= b"\xe0"
+    if head.startswith(CONTAINER_MAGIC) or head[4:8] == b"ftyp" or mpeg_sync:  # a whole file
         import tempfile
 
         from ..audio import load_audio
