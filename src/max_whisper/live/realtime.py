@@ -6,8 +6,10 @@ of raw PCM16 is the same), `input_audio_buffer.commit` (end the utterance now),
 model and policy are the server's). Server events: `transcription_session.created`,
 `conversation.item.input_audio_transcription.delta` (the words just made final as `delta`, which
 the client appends, and the words not yet agreed on as `partial`, which the next event replaces),
-`input_audio_buffer.committed` and `conversation.item.input_audio_transcription.completed` (the
-utterance's transcript) when voice activity or the client ends an utterance, and `error`.
+`conversation.item.input_audio_transcription.completed` (the utterance's transcript) when voice
+activity or the client ends an utterance, `input_audio_buffer.committed` once for each client
+commit, after the text it completed (its item_id; null when the buffer held no speech), and
+`error`.
 Limits: sessions at once (more are refused with an error event), session length, idle time.
 """
 
@@ -169,6 +171,7 @@ class LiveSession:
         self.wake = asyncio.Event()
         self.sent = itertools.count(1)
         self.last_pending = ""
+        self.commits = 0  # client commits not answered yet
 
     async def send(self, event: dict) -> None:
         await self.websocket.send_json({"event_id": f"event_{next(self.sent)}", **event})
@@ -239,6 +242,7 @@ class LiveSession:
             self._append(data) if data else None
         elif kind == "input_audio_buffer.commit":
             self.transcript.commit()
+            self.commits += 1
             self.wake.set()
         elif kind == "input_audio_buffer.clear":
             self.transcript.clear()
@@ -260,6 +264,7 @@ class LiveSession:
         while True:
             await self.wake.wait()
             self.wake.clear()
+            completed = None
             while (request := self.transcript.next_request()) is not None:
                 try:
                     result = await self.decoder.decode(request)
@@ -273,18 +278,24 @@ class LiveSession:
                 for event in self.transcript.apply(request, result):
                     for message in self._messages(event):
                         await self.send(message)
+                    completed = self._item(event) if isinstance(event, Completed) else completed
+            for _ in range(self.commits):  # each client commit is answered, once its text is out
+                await self.send({"type": "input_audio_buffer.committed", "item_id": completed})
+            self.commits = 0
+
+    def _item(self, event: Event) -> str:
+        return f"item_{self.id}_{event.item}"
 
     def _messages(self, event: Event) -> list[dict]:
-        item = f"item_{self.id}_{event.item}"
+        item = self._item(event)
         if isinstance(event, Completed):
             return [
-                {"type": "input_audio_buffer.committed", "item_id": item},
                 {
                     "type": "conversation.item.input_audio_transcription.completed",
                     "item_id": item,
                     "content_index": 0,
                     "transcript": event.text,
-                },
+                }
             ]
         if not event.delta and event.pending == self.last_pending:
             return []
