@@ -249,7 +249,7 @@ def test_cli_live_prints_the_utterances(speech, offline_wer):
     audio, reference = speech
     pcm = (audio * 32767).astype("<i2").tobytes()
     run = subprocess.run(
-        [sys.executable, "-m", "max_whisper", "live", "-", "--model", "tiny.en", "--device", "cpu"],
+        [sys.executable, "-m", "max_whisper.cli", "live", "-", "--model", "tiny.en", "--device", "cpu"],
         input=pcm,
         capture_output=True,
         env=subprocess_env(),
@@ -268,7 +268,7 @@ def test_cli_live_errors_are_one_line(tmp_path):
         ["live", "x.wav", "--speed", "0"],
     ):
         run = subprocess.run(
-            [sys.executable, "-m", "max_whisper", *args],
+            [sys.executable, "-m", "max_whisper.cli", *args],
             capture_output=True,
             text=True,
             env=subprocess_env(),
