@@ -107,13 +107,15 @@ class VoiceActivity:
             self.judged += n
 
     def speech_end(self, start: int, min_silence: int) -> int | None:
-        """The sample where speech after `start` ended, if `min_silence` samples of silence follow
-        it; None while speech goes on (or there was none)."""
-        frames = self.probs[start // FRAME :]
-        spoken = [i for i, p in enumerate(frames) if p >= self.threshold]
-        if not spoken or (len(frames) - 1 - spoken[-1]) * FRAME < min_silence:
-            return None
-        return (start // FRAME + spoken[-1] + 1) * FRAME
+        """The sample where the first speech after `start` that `min_silence` samples of silence
+        follow ended; None while speech goes on (or there was none)."""
+        first, last_speech = start // FRAME, None
+        for i, p in enumerate(self.probs[first:]):
+            if p >= self.threshold:
+                last_speech = i
+            elif last_speech is not None and (i - last_speech) * FRAME >= min_silence:
+                return (first + last_speech + 1) * FRAME
+        return None
 
     def heard_speech(self, start: int) -> bool:
         return any(p >= self.threshold for p in self.probs[start // FRAME :])
