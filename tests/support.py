@@ -8,8 +8,13 @@ request those by name and import the rest from here:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -111,3 +116,25 @@ def subprocess_env(*, clean: bool = False, **extra: str) -> dict[str, str]:
     base = {"PATH": "/usr/bin:/bin"} if clean else dict(os.environ)
     path = os.pathsep.join(p for p in (str(REPO_ROOT / "src"), base.get("PYTHONPATH")) if p)
     return {**base, "PYTHONPATH": path, **extra}
+
+
+@contextlib.contextmanager
+def served(app) -> Iterator[int]:
+    """`app` served by uvicorn on a thread of this process, on a free local port (yielded)."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    try:
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+            time.sleep(0.05)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

@@ -12,7 +12,6 @@ import difflib
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from support import SHARED_AUDIO, requires, requires_shared_audio, subprocess_env
+from support import SHARED_AUDIO, requires, requires_shared_audio, served, subprocess_env
 
 pytestmark = [requires_shared_audio, requires("onnxruntime", reason="the vad extra is missing")]
 
@@ -95,25 +94,12 @@ def test_policy_on_real_speech(model, speech, offline_wer):
 # --- the WebSocket --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(model):
-    import uvicorn
-
     from max_whisper.live.realtime import LiveLimits
     from max_whisper.server import create_app
 
     app = create_app(model, api_key="live-key", live=LiveLimits(max_sessions=3, idle_s=20))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    yield f"127.0.0.1:{sock.getsockname()[1]}"
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    with served(app) as port:
+        yield f"127.0.0.1:{port}"
 
 
 def connect(server: str, key: str | None = "live-key"):
@@ -249,7 +235,17 @@ def test_cli_live_prints_the_utterances(speech, offline_wer):
     audio, reference = speech
     pcm = (audio * 32767).astype("<i2").tobytes()
     run = subprocess.run(
-        [sys.executable, "-m", "max_whisper.cli", "live", "-", "--model", "tiny.en", "--device", "cpu"],
+        [
+            sys.executable,
+            "-m",
+            "max_whisper.cli",
+            "live",
+            "-",
+            "--model",
+            "tiny.en",
+            "--device",
+            "cpu",
+        ],
         input=pcm,
         capture_output=True,
         env=subprocess_env(),
@@ -289,7 +285,6 @@ def test_demo_microphone_mode(models, transcripts, tmp_path):
     page, grey while partial, then as a finished line."""
     import wave
 
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
     from max_whisper.audio import load_audio
@@ -308,45 +303,32 @@ def test_demo_microphone_mode(models, transcripts, tmp_path):
         device="cpu",
         loader=lambda name, backend, device: models.get(name, backend),
     )
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not srv.started:
-            assert thread.is_alive(), "the demo server did not start"
-            time.sleep(0.05)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM,
-                args=[
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--use-fake-ui-for-media-stream",
-                    "--use-fake-device-for-media-stream",
-                    f"--use-file-for-fake-audio-capture={microphone}",
-                ],
+    with served(app) as port, sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={microphone}",
+            ],
+        )
+        try:
+            page = browser.new_context(permissions=["microphone"]).new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.click("#live-toggle")
+            page.wait_for_function(
+                "[...document.querySelectorAll('#live-text p:not(.done)')]"
+                ".some(p => p.textContent.trim())",
+                timeout=120_000,
             )
-            try:
-                page = browser.new_context(permissions=["microphone"]).new_page()
-                page.goto(f"http://127.0.0.1:{sock.getsockname()[1]}/")
-                page.click("#live-toggle")
-                page.wait_for_function(
-                    "[...document.querySelectorAll('#live-text p:not(.done)')]"
-                    ".some(p => p.textContent.trim())",
-                    timeout=120_000,
-                )
-                page.wait_for_selector("#live-text p.done", timeout=120_000)
-                line = page.inner_text("#live-text p.done")
-                assert not page.inner_text("#live-status").startswith("error")
-            finally:
-                browser.close()
-    finally:
-        srv.should_exit = True
-        thread.join(10)
-        sock.close()
+            page.wait_for_selector("#live-text p.done", timeout=120_000)
+            line = page.inner_text("#live-text p.done")
+            assert not page.inner_text("#live-status").startswith("error")
+        finally:
+            browser.close()
     heard = set(re.sub(r"[^\w\s]", " ", line.lower()).split())
     spoken = set(transcripts[clip].split())
     assert len(heard & spoken) >= 0.8 * len(spoken), line
