@@ -6,7 +6,8 @@ whisper_streaming does). The buffer is trimmed at the end of a committed segment
 sentence (or, past `trim_s`, at any committed segment end), so that decodes stay short; committed
 text before the buffer is the next decodes' prompt. Voice activity (Silero VAD) ends an utterance
 when the speech is followed by `end_silence_s` of silence: the rest of the buffer is decoded once
-more, all of it committed, and the utterance completed. No model here: the caller decodes each
+more, all of it committed, and the utterance completed. Silence between utterances is dropped but
+for `pre_roll_s` before the next onset. No model here: the caller decodes each
 `Request` (see decoder.LiveDecoder) and hands the result to `apply`.
 """
 
@@ -117,8 +118,13 @@ class VoiceActivity:
                 return (first + last_speech + 1) * FRAME
         return None
 
-    def heard_speech(self, start: int) -> bool:
-        return any(p >= self.threshold for p in self.probs[start // FRAME :])
+    def speech_start(self, start: int) -> int | None:
+        """The first sample of speech after `start`, or None."""
+        first = start // FRAME
+        return next(
+            ((first + i) * FRAME for i, p in enumerate(self.probs[first:]) if p >= self.threshold),
+            None,
+        )
 
 
 class LiveTranscript:
@@ -133,12 +139,15 @@ class LiveTranscript:
         max_buffer_s: float = 25.0,
         end_silence_s: float = 0.6,
         end_pad_s: float = 0.2,
+        pre_roll_s: float = 0.3,
     ):
         self.vad = vad
         self.min_chunk = int(min_chunk_s * SAMPLE_RATE)
         self.trim_at = trim_s
         self.max_buffer = int(max_buffer_s * SAMPLE_RATE)
-        self.end_silence, self.end_pad = (int(s * SAMPLE_RATE) for s in (end_silence_s, end_pad_s))
+        self.end_silence, self.end_pad, self.pre_roll = (
+            int(s * SAMPLE_RATE) for s in (end_silence_s, end_pad_s, pre_roll_s)
+        )
         self.buffer = np.zeros(0, np.float32)
         self.start = 0  # stream sample where the buffer starts
         self.decoded_to = 0  # buffer length at the last decode
@@ -169,10 +178,13 @@ class LiveTranscript:
         """What to decode now, or None (too little new audio, or no speech yet)."""
         if self.vad is not None:
             self.vad.update(self.buffer, self.start)
-            if not self.vad.heard_speech(self.start):  # silence: keep only what may precede speech
-                self._drop(max(0, len(self.buffer) - self.min_chunk) // FRAME * FRAME)
+            onset = self.vad.speech_start(self.start)
+            if onset is None:  # silence: keep only what may precede speech
+                self._drop(max(0, len(self.buffer) - self.pre_roll))
                 self.closing = False
                 return None
+            if self.decoded_to == 0 and not self.committed:  # an utterance begins: from its onset
+                self._drop(onset - self.start - self.pre_roll)
             end = self.vad.speech_end(self.start, self.end_silence)
             if end is not None:
                 cut = min(end - self.start + self.end_pad, len(self.buffer))
@@ -241,7 +253,7 @@ class LiveTranscript:
         self._drop(int(seconds * SAMPLE_RATE))
 
     def _drop(self, n: int) -> None:
-        n = min(n, len(self.buffer))
+        n = max(0, min(n, len(self.buffer)))
         self.buffer, self.start = self.buffer[n:], self.start + n
         self.decoded_to = max(0, self.decoded_to - n)
 
