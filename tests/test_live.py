@@ -1,8 +1,9 @@
 """Live transcription: the policy on real speech, the realtime WebSocket, `max-whisper live`.
 
 The speech is two shared clips with a second of silence between them: two utterances, which voice
-activity must tell apart, each decoded on its own. The WebSocket tests feed it faster than real time to keep the suite
-short; `LIVE_SPEED=1` runs them at real-time speed and prints each word's latency.
+activity must tell apart, each decoded on its own. The WebSocket tests feed it faster than real
+time to keep the suite short; `LIVE_SPEED=1` runs them at real-time speed and prints each word's
+latency.
 """
 
 from __future__ import annotations
