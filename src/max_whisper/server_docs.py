@@ -46,8 +46,8 @@ def request_schema(route: str) -> dict:
         "stream": {
             "type": "boolean",
             "default": False,
-            "description": "true: OpenAI's transcript.text.delta events as segments are decoded, then "
-            "transcript.text.done (text/event-stream; json and text formats only)",
+            "description": "true: OpenAI's transcript.text.delta events as segments are "
+            "decoded, then transcript.text.done (text/event-stream; json and text formats only)",
         },
     }
     if route == "transcriptions":
