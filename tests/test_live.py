@@ -27,7 +27,7 @@ from support import SHARED_AUDIO, requires, requires_shared_audio, served, subpr
 
 pytestmark = [requires_shared_audio, requires("onnxruntime", reason="the vad extra is missing")]
 
-CLIPS = ("librivox-0870.wav", "librivox-0890.wav")
+CLIPS = ("librivox-0870.wav", "librivox-0930.wav")
 SPEED = float(os.environ.get("LIVE_SPEED", "4"))
 WER_MARGIN = 0.02  # live text may be this much worse than the offline transcript
 

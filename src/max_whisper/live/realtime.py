@@ -97,14 +97,11 @@ def add_realtime_route(
 ) -> None:
     """Serve the realtime route on `app` (FastAPI), decoding with `model` on `executor` (the
     thread that alone runs the model)."""
-    from fastapi import WebSocket
-
     decoder = SharedDecoder(LiveDecoder(model), executor)
     open_sessions: set[int] = set()
     ids = itertools.count(1)
 
-    @app.websocket(ROUTE)
-    async def realtime(websocket: WebSocket):
+    async def realtime(websocket):  # a plain Starlette route: no dependency injection to run
         offered = [
             p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")
         ]
@@ -133,6 +130,8 @@ def add_realtime_route(
             await LiveSession(websocket, decoder, limits, f"sess_{number}").run()
         finally:
             open_sessions.discard(number)
+
+    app.add_websocket_route(ROUTE, realtime)
 
 
 def add_lazy_realtime_route(app, load: Callable[[], object]) -> None:
