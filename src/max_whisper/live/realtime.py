@@ -131,7 +131,7 @@ def add_realtime_route(
         finally:
             open_sessions.discard(number)
 
-    app.add_websocket_route(ROUTE, realtime)
+    app.router.add_websocket_route(ROUTE, realtime)
 
 
 def add_lazy_realtime_route(app, load: Callable[[], object]) -> None:
