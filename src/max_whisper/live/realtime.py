@@ -171,6 +171,7 @@ class LiveSession:
         self.sent = itertools.count(1)
         self.last_pending = ""
         self.commits = 0  # client commits not answered yet
+        self.busy = False  # decoding what came in
 
     async def send(self, event: dict) -> None:
         await self.websocket.send_json({"event_id": f"event_{next(self.sent)}", **event})
@@ -199,6 +200,8 @@ class LiveSession:
                     message = await asyncio.wait_for(self.websocket.receive(), max(wait, 0))
                 except TimeoutError:
                     over = time.monotonic() >= ends
+                    if not over and (self.busy or self.commits):  # not idle: text is on its way
+                        continue
                     await self.send(
                         error_event(
                             f"session closed: longer than {self.limits.max_session_s:g} s"
@@ -263,7 +266,7 @@ class LiveSession:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            completed = None
+            completed, self.busy = None, True
             while (request := self.transcript.next_request()) is not None:
                 try:
                     result = await self.decoder.decode(request)
@@ -280,7 +283,7 @@ class LiveSession:
                     completed = self._item(event) if isinstance(event, Completed) else completed
             for _ in range(self.commits):  # each client commit is answered, once its text is out
                 await self.send({"type": "input_audio_buffer.committed", "item_id": completed})
-            self.commits = 0
+            self.commits, self.busy = 0, False
 
     def _item(self, event: Event) -> str:
         return f"item_{self.id}_{event.item}"
