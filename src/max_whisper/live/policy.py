@@ -230,8 +230,9 @@ class LiveTranscript:
             events.append(Completed(self.item, text))
             self.item += 1
         self._remember(self.committed[len(self.committed) - self.in_buffer :])
-        self.committed, self.in_buffer, self.closing = [], 0, False
+        self.committed, self.in_buffer = [], 0
         self._drop(used)
+        self.closing = self.closing and len(self.buffer) > 0  # a commit covers what came after
         return events
 
     def _trim(self, segments: list[dict], committed: int) -> None:
