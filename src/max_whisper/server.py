@@ -1,6 +1,7 @@
 """`max-whisper serve`: an OpenAI-compatible transcription server (FastAPI + uvicorn).
 
-Routes: POST /v1/audio/transcriptions, POST /v1/audio/translations, GET /v1/models, GET /health.
+Routes: POST /v1/audio/transcriptions, POST /v1/audio/translations, GET /v1/models, GET /health;
+the realtime WebSocket /v1/realtime (live/realtime.py), whose decodes share the worker thread.
 
 One model is loaded per process, before the server accepts requests. Requests reach it one at a
 time: each admitted request waits on an asyncio lock (FIFO), then its job (write the upload to a
