@@ -90,7 +90,8 @@ class Display:
             print((CLEAR_LINE if self.live else "") + event.text, file=self.out, flush=True)
         elif isinstance(event, Update) and self.live:
             self.final += event.delta
-            pending = f" {DIM}{event.pending}{PLAIN}" if event.pending else ""
+            space = " " if self.final else ""
+            pending = f"{space}{DIM}{event.pending}{PLAIN}" if event.pending else ""
             self.out.write(f"{CLEAR_LINE}{self.final}{pending}")
             self.out.flush()
 
