@@ -232,6 +232,24 @@ def test_websocket_refuses_a_bad_key_and_reports_bad_events(server):
         assert json.loads(ws.recv())["error"]["code"] == "bad_audio"
 
 
+def test_idle_and_overlong_sessions_are_closed_with_a_reason(model):
+    from max_whisper.live.realtime import LiveLimits
+    from max_whisper.server import create_app
+
+    for limits, code in (
+        (LiveLimits(idle_s=1), "idle_timeout"),
+        (LiveLimits(max_session_s=2, idle_s=1.5), "session_expired"),
+    ):
+        with served(create_app(model, live=limits)) as port, connect(f"127.0.0.1:{port}") as ws:
+            assert json.loads(ws.recv())["type"] == "transcription_session.created"
+            silence = np.zeros(3200, "<i2").tobytes()
+            for _ in range(6 if code == "session_expired" else 0):  # keeps it from going idle
+                ws.send(silence)
+                time.sleep(0.25)
+            event = json.loads(ws.recv(timeout=60))
+        assert event["type"] == "error" and event["error"]["code"] == code
+
+
 # --- the CLI --------------------------------------------------------------------------------------
 def test_cli_live_prints_the_utterances(speech, offline_wer):
     """`max-whisper live -` on raw PCM16 from a pipe: one line per utterance."""
