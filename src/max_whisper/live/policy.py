@@ -158,10 +158,6 @@ class LiveTranscript:
         self.pending: list[str] = []  # the last hypothesis after the committed words
         self.closing = False  # the client committed the buffer: finish the utterance
 
-    @property
-    def received(self) -> int:
-        return self.start + len(self.buffer)
-
     def append(self, samples: np.ndarray) -> None:
         self.buffer = np.concatenate([self.buffer, np.asarray(samples, np.float32)])
 
@@ -208,11 +204,9 @@ class LiveTranscript:
         n = agreed_prefix(self.pending, fresh)
         newly, self.pending = fresh[:n], fresh[n:]
         events = [self._update(newly)]
+        self.in_buffer += n
         if start == len(known):  # the buffer's committed words are where they were: may trim
-            self.in_buffer += n
             self._trim(segments, self.in_buffer)
-        else:
-            self.in_buffer += n
         return events
 
     def _update(self, newly: list[str]) -> Update:
