@@ -94,7 +94,10 @@ def test_requests_beyond_a_batch_and_the_queue_get_503(serve):
     assert {r.json()["text"] for r in answered} == {after.json()["text"]}
 
 
-def test_a_client_that_leaves_while_waiting_is_never_run(serve):
+@pytest.mark.parametrize("fields", [{}, {"stream": "true"}], ids=["whole", "streamed"])
+def test_a_client_that_leaves_while_waiting_is_never_run(serve, fields):
+    """Whole or streamed (before its first event), a request whose client gives up frees its place,
+    and its stream never runs."""
     import httpx
 
     clip = shared_clip("librivox-0880")
@@ -104,7 +107,7 @@ def test_a_client_that_leaves_while_waiting_is_never_run(serve):
         first = pool.submit(post, url, clip)
         wait_for(lambda: engine.stats()["running"] == 1)
         with pytest.raises(httpx.ReadTimeout):  # waits behind the first, then gives up
-            post(url, clip, timeout=1)
+            post(url, clip, timeout=1, **fields)
         wait_for(lambda: httpx.get(f"{url}/health").json()["queue_depth"] == 0)
         backend.gate.set()
         assert first.result().status_code == 200
@@ -146,23 +149,3 @@ def test_streamed_answers_and_live_sessions_join_the_uploads_batch(serve):
     assert completed and completed.split()[0] in text
     assert engine.stats()["largest_batch"] == 3
     wait_for(lambda: httpx.get(f"{url}/health").json()["queue_depth"] == 0)
-
-
-def test_a_streamed_request_whose_client_leaves_is_dropped(serve):
-    """stream=true: a client that gives up before the first event frees its place, and its stream
-    never runs."""
-    import httpx
-
-    clip = shared_clip("librivox-0880")
-    url, backend, engine = serve(batch_size=1, max_queue=1)
-    backend.gate.clear()
-    with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(post, url, clip)
-        wait_for(lambda: engine.stats()["running"] == 1)
-        with pytest.raises(httpx.ReadTimeout):
-            post(url, clip, timeout=1, stream="true")
-        wait_for(lambda: httpx.get(f"{url}/health").json()["queue_depth"] == 0)
-        backend.gate.set()
-        assert first.result().status_code == 200
-    wait_for(lambda: engine.stats()["waiting"] == 0)
-    assert (backend.windows, engine.stats()["completed"]) == (1, 1)
