@@ -91,6 +91,7 @@ def cmd_serve(args) -> int:
         raise UsageError("serve needs the serve extra: pip install 'max-whisper[serve]'") from None
     if args.max_queue < 0 or args.max_upload_mb <= 0 or args.batch_size < 1:
         raise UsageError("--max-queue must be >= 0, --max-upload-mb > 0 and --batch-size >= 1")
+    live = live_limits(args)
     from . import load_model
 
     # bind first (a taken port fails fast), load the model, then accept connections
@@ -114,7 +115,7 @@ def cmd_serve(args) -> int:
             max_queue=args.max_queue,
             batch_size=args.batch_size,
             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-            live=live_limits(args),
+            live=live,
         )
         print(
             f"max-whisper: serving {model.name} ({model.backend_name}, {model.device}) "
