@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -148,8 +149,9 @@ def gated_model(model):
 
 # --- a server in this process ---------------------------------------------------------------------
 @contextlib.contextmanager
-def serving(app, log_level: str = "warning"):
-    """`app` served by uvicorn on a free local port from a thread: yields its base URL."""
+def serving(app, log_level: str = "warning") -> Iterator[str]:
+    """`app` served by uvicorn on a free local port from a thread: yields its base URL
+    (http://127.0.0.1:PORT)."""
     import uvicorn
 
     sock = socket.socket()

@@ -5,6 +5,7 @@ test its batching, queue and disconnects.
 """
 
 import io
+import math
 import os
 import socket
 import subprocess
@@ -176,6 +177,24 @@ def test_verbose_json(server, cli_text):
         assert seg.tokens and seg.avg_logprob < 0 and 0 <= seg.no_speech_prob <= 1
     assert all(0 <= w.start <= w.end <= result.duration + 0.5 for w in result.words)
     assert "".join(w.word for w in result.words) == cli_text.replace(" ", "")
+
+
+def test_stream_true_gives_openai_events_that_join_into_the_text(server):
+    """OpenAI's transcript.text.delta events, one per segment, read by the openai client."""
+    from max_whisper.audio import load_audio
+
+    api = client(server)
+    long_clip = audio(SHARED_AUDIO / "libri-1088-134315-0000.wav")  # 16 s: several segments
+    whole = api.audio.transcriptions.create(model="whisper-1", file=long_clip).text
+    events = list(api.audio.transcriptions.create(model="whisper-1", file=long_clip, stream=True))
+    deltas = [e.delta for e in events if e.type == "transcript.text.delta"]
+    assert [e.type for e in events[len(deltas) :]] == ["transcript.text.done"]
+    assert len(deltas) > 1 and "".join(deltas) == whole
+    done = events[-1]
+    assert done.text == whole
+    seconds = len(load_audio(SHARED_AUDIO / "libri-1088-134315-0000.wav")) / 16000
+    assert done.usage.input_tokens == math.ceil(seconds * 50)  # encoder positions of the audio
+    assert done.usage.output_tokens > len(whole.split())
 
 
 @requires("srt", "webvtt")

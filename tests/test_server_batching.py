@@ -1,5 +1,5 @@
-"""The server's continuous batching: concurrent requests join one running batch; the queue bound,
-503 and a client's disconnect on top of it.
+"""The server's continuous batching: concurrent requests join one running batch (uploads, streamed
+answers and realtime sessions alike); the queue bound, 503 and a client's disconnect on top of it.
 
 The app runs in this process on the session's tiny.en MAX model, behind a gate that holds the
 engine's thread at its next encode for as long as a test needs, so that who shares a batch, who
@@ -94,7 +94,10 @@ def test_requests_beyond_a_batch_and_the_queue_get_503(serve):
     assert {r.json()["text"] for r in answered} == {after.json()["text"]}
 
 
-def test_a_client_that_leaves_while_waiting_is_never_run(serve):
+@pytest.mark.parametrize("fields", [{}, {"stream": "true"}], ids=["whole", "streamed"])
+def test_a_client_that_leaves_while_waiting_is_never_run(serve, fields):
+    """Whole or streamed (before its first event), a request whose client gives up frees its place,
+    and its stream never runs."""
     import httpx
 
     clip = shared_clip("librivox-0880")
@@ -104,9 +107,45 @@ def test_a_client_that_leaves_while_waiting_is_never_run(serve):
         first = pool.submit(post, url, clip)
         wait_for(lambda: engine.stats()["running"] == 1)
         with pytest.raises(httpx.ReadTimeout):  # waits behind the first, then gives up
-            post(url, clip, timeout=1)
+            post(url, clip, timeout=1, **fields)
         wait_for(lambda: httpx.get(f"{url}/health").json()["queue_depth"] == 0)
         backend.gate.set()
         assert first.result().status_code == 200
     wait_for(lambda: engine.stats()["waiting"] == 0)  # the engine has come to it, and skipped it
     assert (backend.windows, engine.stats()["completed"]) == (1, 1)
+
+
+@requires("websockets")
+def test_streamed_answers_and_live_sessions_join_the_uploads_batch(serve):
+    """An upload, a stream=true request and a realtime session's decode wait behind the gate
+    together, then run as one batch of the one engine: the streamed deltas join into the upload's
+    text, and the session completes its utterance."""
+    import json
+
+    import httpx
+    from websockets.sync.client import connect
+
+    from max_whisper.audio import load_audio
+
+    clip = shared_clip("librivox-0880")
+    url, backend, engine = serve(batch_size=4)
+    backend.gate.clear()
+    pcm = (load_audio(clip)[: 16000 * 3] * 32767).astype("<i2").tobytes()
+    with ThreadPoolExecutor(2) as pool, connect(url.replace("http", "ws") + "/v1/realtime") as ws:
+        upload = pool.submit(post, url, clip)
+        streamed = pool.submit(post, url, clip, stream="true")
+        assert json.loads(ws.recv())["type"] == "transcription_session.created"
+        ws.send(pcm)
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        wait_for(lambda: engine.stats()["running"] + engine.stats()["waiting"] == 3)
+        backend.gate.set()
+        while (event := json.loads(ws.recv(timeout=120)))["type"] != "input_audio_buffer.committed":
+            if event["type"].endswith("transcription.completed"):
+                completed = event["transcript"]
+        text = upload.result().json()["text"]
+        events = [json.loads(line[6:]) for line in streamed.result().text.splitlines() if line]
+    assert events[-1]["type"] == "transcript.text.done" and events[-1]["text"] == text
+    assert "".join(e["delta"] for e in events[:-1]) == text
+    assert completed and completed.split()[0] in text
+    assert engine.stats()["largest_batch"] == 3
+    wait_for(lambda: httpx.get(f"{url}/health").json()["queue_depth"] == 0)

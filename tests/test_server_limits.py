@@ -1,16 +1,15 @@
-"""The server at its edges: stream=true before streaming exists, and a client that hangs up
-mid-upload."""
+"""The server at its edges: stream=true requests refused before any event, and a client that
+hangs up mid-upload."""
 
 from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 
 import pytest
 
-from support import SAMPLE, requires
+from support import SAMPLE, requires, serving
 
 pytestmark = requires("fastapi", "uvicorn", "httpx")
 
@@ -27,34 +26,30 @@ class IdleModel:
 
 @pytest.fixture
 def server():
-    import uvicorn
-
     from max_whisper.server import create_app
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(create_app(IdleModel()), log_level="info"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield sock.getsockname()[1]
-    srv.should_exit = True
-    thread.join(10)
+    with serving(create_app(IdleModel()), log_level="info") as url:
+        yield url
 
 
-def test_stream_true_is_a_400_until_streaming_exists(server):
+@pytest.mark.parametrize(
+    "fields, param",
+    [({"stream": "true", "response_format": "srt"}, "stream"), ({"stream": "true"}, "file")],
+    ids=["subtitles", "unreadable-audio"],
+)
+def test_stream_true_errors_before_any_event_are_plain_400s(server, fields, param):
+    """Streamed answers are text events: subtitles cannot stream; audio that cannot be read is a
+    JSON 400 (not an event stream cut short)."""
     import httpx
 
-    with open(SAMPLE, "rb") as f:
-        response = httpx.post(
-            f"http://127.0.0.1:{server}/v1/audio/transcriptions",
-            files={"file": ("sample.wav", f, "audio/wav")},
-            data={"stream": "true"},
-        )
+    upload = ("sample.wav", open(SAMPLE, "rb").read()[:100] if param == "stream" else b"\0" * 999)
+    response = httpx.post(
+        f"{server}/v1/audio/transcriptions",
+        files={"file": (*upload, "audio/wav")},
+        data=fields,
+    )
     assert response.status_code == 400
-    assert response.json()["error"]["param"] == "stream"
+    assert response.json()["error"]["param"] == param
 
 
 def test_a_client_that_hangs_up_mid_upload_is_one_info_line(server, caplog):
@@ -67,7 +62,7 @@ def test_a_client_that_hangs_up_mid_upload_is_one_info_line(server, caplog):
         f"boundary=x\r\nContent-Length: {len(body) + 1_000_000}\r\n\r\n"
     ).encode()
     with caplog.at_level(logging.INFO):
-        with socket.create_connection(("127.0.0.1", server)) as client:
+        with socket.create_connection(("127.0.0.1", int(server.rsplit(":", 1)[1]))) as client:
             client.sendall(head + body)
             time.sleep(0.5)
         time.sleep(1.5)

@@ -1,4 +1,5 @@
-"""The `max-whisper` command: transcribe | batch | compare | doctor | bench | demo | serve."""
+"""The `max-whisper` command: transcribe | batch | compare | doctor | warmup | bench | demo |
+serve | live."""
 
 from __future__ import annotations
 
@@ -100,7 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     sub.required = True
-    for module in ("transcribe_args", "batch.command", "diagnostics", "bench", "demo", "server"):
+    for module in (
+        "transcribe_args",
+        "batch.command",
+        "diagnostics",
+        "bench",
+        "demo",
+        "server",
+        "live.cli",
+    ):
         # No try: these import optional extras only when run (one-line UsageError), so an
         # ImportError here is a bug in our own code and must not silently drop the subcommand.
         importlib.import_module(f".{module}", __package__).add_parsers(sub)

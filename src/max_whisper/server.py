@@ -1,6 +1,8 @@
 """`max-whisper serve`: an OpenAI-compatible transcription server (FastAPI + uvicorn).
 
-Routes: POST /v1/audio/transcriptions, POST /v1/audio/translations, GET /v1/models, GET /health.
+Routes: POST /v1/audio/transcriptions, POST /v1/audio/translations (stream=true: server-sent
+events, server_stream.py), GET /v1/models, GET /health; the realtime WebSocket /v1/realtime
+(live/realtime.py), whose decodes are streams of the same engine service.
 
 One model is loaded per process, before the server accepts requests. Each admitted request
 decodes its upload on a worker thread, then submits it to the engine service (engine_service): one
@@ -26,9 +28,11 @@ import time
 from .dims import SAMPLE_RATE
 from .engine import DEFAULT_BATCH_SIZE
 from .errors import MaxWhisperError, UsageError
+from .live.realtime import LiveLimits, add_live_options, add_realtime_route, live_limits
 from .options import TranscribeOptions
 from .server_docs import API_DESCRIPTION, FORMATS, index_page, request_schema
 from .server_io import read_upload, render, upload_error
+from .server_stream import SegmentEvents
 
 PUBLIC_PATHS = ("/", "/health", "/docs", "/openapi.json")  # no API key needed
 DEFAULT_MAX_QUEUE = 64
@@ -74,6 +78,7 @@ def add_parsers(sub) -> None:
         default=DEFAULT_MAX_UPLOAD_MB,
         help="largest accepted upload; larger ones get 413",
     )
+    add_live_options(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -86,6 +91,7 @@ def cmd_serve(args) -> int:
         raise UsageError("serve needs the serve extra: pip install 'max-whisper[serve]'") from None
     if args.max_queue < 0 or args.max_upload_mb <= 0 or args.batch_size < 1:
         raise UsageError("--max-queue must be >= 0, --max-upload-mb > 0 and --batch-size >= 1")
+    live = live_limits(args)
     from . import load_model
 
     # bind first (a taken port fails fast), load the model, then accept connections
@@ -109,6 +115,7 @@ def cmd_serve(args) -> int:
             max_queue=args.max_queue,
             batch_size=args.batch_size,
             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+            live=live,
         )
         print(
             f"max-whisper: serving {model.name} ({model.backend_name}, {model.device}) "
@@ -126,6 +133,7 @@ def create_app(
     max_queue: int = DEFAULT_MAX_QUEUE,
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024),
+    live: LiveLimits = LiveLimits(),
 ):
     """The FastAPI app serving `model` (already loaded). Other routes submit their streams to its
     engine service, app.state.engine, inside app.state.admitted() (the queue's bound)."""
@@ -229,6 +237,7 @@ def create_app(
         return error_response(413, too_large_message, "file", "file_too_large")
 
     app.add_middleware(Guard)
+    add_realtime_route(app, service, api_key=api_key, limits=live)
 
     def field(form, name: str) -> str | None:
         value = form.get(name)
@@ -236,7 +245,7 @@ def create_app(
             raise ApiError(400, f"'{name}' must be a plain form field, not a file", name)
         return value or None
 
-    def options_from(form, task: str) -> tuple[TranscribeOptions, str, bool]:
+    def options_from(form, task: str) -> tuple[TranscribeOptions, str, bool, bool]:
         from .tokenizer import TokenizerError, normalize_language
 
         fmt = field(form, "response_format") or "json"
@@ -266,13 +275,9 @@ def create_app(
                 "model",
                 "model_not_multilingual",
             )
-        if (field(form, "stream") or "false").lower() not in ("false", "0"):
-            raise ApiError(
-                400,
-                "stream=true is not supported by this server yet: send stream=false "
-                "(or leave it out) for the whole result in one response",
-                "stream",
-            )
+        stream = (field(form, "stream") or "false").lower() not in ("false", "0")
+        if stream and fmt not in ("json", "text"):
+            raise ApiError(400, "stream=true answers text events: use json or text", "stream")
         options = {"task": task, "word_timestamps": "word" in granularities}
         if field(form, "language"):
             try:
@@ -293,7 +298,7 @@ def create_app(
                     400, "temperature must be a number between 0 and 1", "temperature"
                 ) from None
         try:
-            return TranscribeOptions(**options), fmt, "word" in granularities
+            return TranscribeOptions(**options), fmt, "word" in granularities, stream
         except UsageError as exc:
             raise ApiError(
                 400, str(exc), "temperature" if "temperature" in str(exc) else None
@@ -303,27 +308,38 @@ def create_app(
         while (await request.receive())["type"] != "http.disconnect":
             pass
 
-    async def transcribe(request: Request, upload: UploadFile, options) -> tuple | None:
-        """Decode the upload, run it on the engine; None once the client has gone (its stream
-        cancelled, or never submitted). Listening for the disconnect all along (not one
+    async def transcribe(
+        request: Request, upload: UploadFile, options, events: SegmentEvents | None = None
+    ) -> tuple | None:
+        """Decode the upload, submit it to the engine: (its result, or with `events` its first
+        event, the stream going on; seconds of audio), or None once the client has gone (its
+        stream cancelled, or never submitted). Listening for the disconnect all along (not one
         is_disconnected() poll) matters: uvicorn may not have read the client's EOF yet."""
         gone = asyncio.ensure_future(client_gone(request))
-        job = None
+        future = None
+        streaming = False
         try:
             try:
                 audio = await asyncio.to_thread(read_upload, upload)
-                if not gone.done():
-                    job = asyncio.wrap_future(service.submit(audio, options))
-                    await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if gone.done() or job is None:
+                if gone.done():
                     return None
-                return job.result(), len(audio) / SAMPLE_RATE
+                future = service.submit(audio, options, events and events.on_segment)
+                job = events.follow(future) if events else asyncio.wrap_future(future)
+                await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if gone.done():
+                    job.cancel()
+                    return None
+                answer = job.result()
+                if events and answer[0] == "error":  # before any output: a plain error answer
+                    raise answer[1]
+                streaming = events is not None
+                return answer, len(audio) / SAMPLE_RATE
             except MaxWhisperError as exc:  # the upload's fault (bad audio...): a 400, in one line
                 raise ApiError(400, upload_error(exc), "file") from None
         finally:
             gone.cancel()
-            if job is not None:
-                job.cancel()  # a no-op once done; else the stream leaves the batch
+            if future is not None and not streaming:
+                future.cancel()  # a no-op once done; else the stream leaves the batch
 
     @contextlib.asynccontextmanager
     async def admitted():
@@ -350,13 +366,14 @@ def create_app(
     app.state.admitted = admitted
 
     async def handle(request: Request, task: str):
-        async with admitted(), contextlib.AsyncExitStack() as stack:
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(admitted())
             try:
                 form = await stack.enter_async_context(request.form(max_files=1, max_fields=32))
             except ClientDisconnect:  # the client hung up mid-upload: nobody to answer
                 log.info("client disconnected during its upload: request dropped")
                 return Response(status_code=499)
-            options, fmt, words = options_from(form, task)
+            options, fmt, words, stream = options_from(form, task)
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise ApiError(
@@ -368,10 +385,13 @@ def create_app(
                 raise ApiError(413, too_large_message, "file", "file_too_large")
             if upload.size == 0:
                 raise ApiError(400, f"the uploaded file '{upload.filename}' is empty", "file")
-            done = await transcribe(request, upload, options)
+            events = SegmentEvents() if stream else None
+            done = await transcribe(request, upload, options, events)
             if done is None:  # nobody is listening: the job is dropped
                 log.info("client of %s went away: its job dropped", upload.filename)
                 return Response(status_code=499)
+            if events:  # the request stays admitted until its stream ends
+                return events.response(*done, stack.pop_all())
         result, duration = done
         return render(result, fmt, task, duration, words)
 

@@ -8,7 +8,8 @@ FORMATS = ("json", "text", "srt", "vtt", "verbose_json")  # response_format
 API_DESCRIPTION = (
     "OpenAI's audio transcription API on max-whisper: the official `openai` client works "
     "against it (`base_url=http://HOST:PORT/v1`). Requests run one at a time on one "
-    "loaded model; the rest wait in a bounded queue (503 when full)."
+    "loaded model; the rest wait in a bounded queue (503 when full). Live audio: the WebSocket "
+    "/v1/realtime?intent=transcription speaks OpenAI's realtime transcription events."
 )
 
 
@@ -42,7 +43,12 @@ def request_schema(route: str) -> dict:
             "items": {"type": "string", "enum": ["segment", "word"]},
             "description": "with response_format=verbose_json",
         },
-        "stream": {"type": "boolean", "default": False, "description": "not supported yet (400)"},
+        "stream": {
+            "type": "boolean",
+            "default": False,
+            "description": "true: OpenAI's transcript.text.delta events as segments are "
+            "decoded, then transcript.text.done (text/event-stream; json and text formats only)",
+        },
     }
     if route == "transcriptions":
         fields["language"] = {"type": "string", "description": "ISO-639-1 code (default: detected)"}

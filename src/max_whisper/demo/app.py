@@ -33,6 +33,7 @@ import numpy as np
 from .. import bench
 from ..dims import SAMPLE_RATE
 from ..errors import UsageError
+from ..live.realtime import add_lazy_realtime_route, live_model
 from ..options import TranscribeOptions
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -304,6 +305,8 @@ def create_app(
     app = FastAPI(title="max-whisper demo", docs_url=None, redoc_url=None)
     app.state.demo = state
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    add_lazy_realtime_route(app, lambda: live_model(model_names[0], device, loader))
 
     @app.get("/", include_in_schema=False)
     def index():
