@@ -15,7 +15,7 @@ from .compile_cache import cache_dir, source_hash
 
 KERNELS = Path(__file__).with_name("kernels")
 KERNEL_SOURCES = sorted(KERNELS.glob("*.mojo"))
-HALF_WEIGHT_WIDTH = 16  # the kernel's vector width: the inner dimension must be a multiple of it
+HALF_WEIGHT_WIDTH = 8  # the kernel's vector width: the inner dimension must be a multiple of it
 
 
 class KernelBuildError(RuntimeError):

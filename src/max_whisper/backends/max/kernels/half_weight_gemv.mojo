@@ -19,53 +19,123 @@ struct HalfWeightGemv:
         w: InputTensor[dtype=DType.float16, rank=2, ...],
     ) raises:
         var rows = x.dim_size(0)
-        var depth = x.dim_size(1)  # a multiple of `width` (checked when the graph is built)
+        var depth = x.dim_size(1)
         var cols = w.dim_size(0)
         var xp = x.unsafe_ptr()
         var wp = w.unsafe_ptr()
         var op = output.unsafe_ptr()
-        comptime width = 16
-        comptime tile = 4  # weight rows per pass: four independent sums, each x load used 4 times
-        comptime chunk = 512  # weight rows per task
+        comptime width = 8  # one AVX2 register of float32
+        comptime chunk = 256  # weight rows per task
         var n_chunks = (cols + chunk - 1) // chunk
 
         def work(c: Int) {imm}:
             var start = c * chunk
             var end = min(start + chunk, cols)
             var n = start
-            while n + tile <= end:
+            # 4 weight rows at a time, against 4 rows of x at a time: 16 independent sums, each
+            # load used 4 times
+            while n + 4 <= end:
                 var w0 = wp.unsafe_offset(n * depth)
                 var w1 = wp.unsafe_offset((n + 1) * depth)
                 var w2 = wp.unsafe_offset((n + 2) * depth)
                 var w3 = wp.unsafe_offset((n + 3) * depth)
-                for m in range(rows):
-                    var xr = xp.unsafe_offset(m * depth)
-                    var a0 = SIMD[DType.float32, width](0)
-                    var a1 = SIMD[DType.float32, width](0)
-                    var a2 = SIMD[DType.float32, width](0)
-                    var a3 = SIMD[DType.float32, width](0)
+                var m = 0
+                while m + 4 <= rows:
+                    var x0 = xp.unsafe_offset(m * depth)
+                    var x1 = xp.unsafe_offset((m + 1) * depth)
+                    var x2 = xp.unsafe_offset((m + 2) * depth)
+                    var x3 = xp.unsafe_offset((m + 3) * depth)
+                    var a00 = SIMD[DType.float32, width](0)
+                    var a01 = SIMD[DType.float32, width](0)
+                    var a02 = SIMD[DType.float32, width](0)
+                    var a03 = SIMD[DType.float32, width](0)
+                    var a10 = SIMD[DType.float32, width](0)
+                    var a11 = SIMD[DType.float32, width](0)
+                    var a12 = SIMD[DType.float32, width](0)
+                    var a13 = SIMD[DType.float32, width](0)
+                    var a20 = SIMD[DType.float32, width](0)
+                    var a21 = SIMD[DType.float32, width](0)
+                    var a22 = SIMD[DType.float32, width](0)
+                    var a23 = SIMD[DType.float32, width](0)
+                    var a30 = SIMD[DType.float32, width](0)
+                    var a31 = SIMD[DType.float32, width](0)
+                    var a32 = SIMD[DType.float32, width](0)
+                    var a33 = SIMD[DType.float32, width](0)
                     for k in range(0, depth, width):
-                        var xv = xr.unsafe_offset(k).unsafe_load[width=width]()
-                        a0 += w0.unsafe_offset(k).unsafe_load[width=width]().cast[DType.float32]() * xv
-                        a1 += w1.unsafe_offset(k).unsafe_load[width=width]().cast[DType.float32]() * xv
-                        a2 += w2.unsafe_offset(k).unsafe_load[width=width]().cast[DType.float32]() * xv
-                        a3 += w3.unsafe_offset(k).unsafe_load[width=width]().cast[DType.float32]() * xv
+                        var v0 = w0.unsafe_offset(k).unsafe_load[width=width]().cast[DType.float32]()
+                        var v1 = w1.unsafe_offset(k).unsafe_load[width=width]().cast[DType.float32]()
+                        var v2 = w2.unsafe_offset(k).unsafe_load[width=width]().cast[DType.float32]()
+                        var v3 = w3.unsafe_offset(k).unsafe_load[width=width]().cast[DType.float32]()
+                        var u = x0.unsafe_offset(k).unsafe_load[width=width]()
+                        a00 += v0 * u
+                        a01 += v1 * u
+                        a02 += v2 * u
+                        a03 += v3 * u
+                        u = x1.unsafe_offset(k).unsafe_load[width=width]()
+                        a10 += v0 * u
+                        a11 += v1 * u
+                        a12 += v2 * u
+                        a13 += v3 * u
+                        u = x2.unsafe_offset(k).unsafe_load[width=width]()
+                        a20 += v0 * u
+                        a21 += v1 * u
+                        a22 += v2 * u
+                        a23 += v3 * u
+                        u = x3.unsafe_offset(k).unsafe_load[width=width]()
+                        a30 += v0 * u
+                        a31 += v1 * u
+                        a32 += v2 * u
+                        a33 += v3 * u
                     var o = op.unsafe_offset(m * cols + n)
-                    o.unsafe_store(a0.reduce_add())
-                    o.unsafe_offset(1).unsafe_store(a1.reduce_add())
-                    o.unsafe_offset(2).unsafe_store(a2.reduce_add())
-                    o.unsafe_offset(3).unsafe_store(a3.reduce_add())
-                n += tile
+                    o.unsafe_store(a00.reduce_add())
+                    o.unsafe_offset(1).unsafe_store(a01.reduce_add())
+                    o.unsafe_offset(2).unsafe_store(a02.reduce_add())
+                    o.unsafe_offset(3).unsafe_store(a03.reduce_add())
+                    o = o.unsafe_offset(cols)
+                    o.unsafe_store(a10.reduce_add())
+                    o.unsafe_offset(1).unsafe_store(a11.reduce_add())
+                    o.unsafe_offset(2).unsafe_store(a12.reduce_add())
+                    o.unsafe_offset(3).unsafe_store(a13.reduce_add())
+                    o = o.unsafe_offset(cols)
+                    o.unsafe_store(a20.reduce_add())
+                    o.unsafe_offset(1).unsafe_store(a21.reduce_add())
+                    o.unsafe_offset(2).unsafe_store(a22.reduce_add())
+                    o.unsafe_offset(3).unsafe_store(a23.reduce_add())
+                    o = o.unsafe_offset(cols)
+                    o.unsafe_store(a30.reduce_add())
+                    o.unsafe_offset(1).unsafe_store(a31.reduce_add())
+                    o.unsafe_offset(2).unsafe_store(a32.reduce_add())
+                    o.unsafe_offset(3).unsafe_store(a33.reduce_add())
+                    m += 4
+                while m < rows:
+                    var xr = xp.unsafe_offset(m * depth)
+                    var b0 = SIMD[DType.float32, width](0)
+                    var b1 = SIMD[DType.float32, width](0)
+                    var b2 = SIMD[DType.float32, width](0)
+                    var b3 = SIMD[DType.float32, width](0)
+                    for k in range(0, depth, width):
+                        var u = xr.unsafe_offset(k).unsafe_load[width=width]()
+                        b0 += w0.unsafe_offset(k).unsafe_load[width=width]().cast[DType.float32]() * u
+                        b1 += w1.unsafe_offset(k).unsafe_load[width=width]().cast[DType.float32]() * u
+                        b2 += w2.unsafe_offset(k).unsafe_load[width=width]().cast[DType.float32]() * u
+                        b3 += w3.unsafe_offset(k).unsafe_load[width=width]().cast[DType.float32]() * u
+                    var o = op.unsafe_offset(m * cols + n)
+                    o.unsafe_store(b0.reduce_add())
+                    o.unsafe_offset(1).unsafe_store(b1.reduce_add())
+                    o.unsafe_offset(2).unsafe_store(b2.reduce_add())
+                    o.unsafe_offset(3).unsafe_store(b3.reduce_add())
+                    m += 1
+                n += 4
             while n < end:
                 var w0 = wp.unsafe_offset(n * depth)
                 for m in range(rows):
                     var xr = xp.unsafe_offset(m * depth)
-                    var a0 = SIMD[DType.float32, width](0)
+                    var b0 = SIMD[DType.float32, width](0)
                     for k in range(0, depth, width):
-                        a0 += w0.unsafe_offset(k).unsafe_load[width=width]().cast[
+                        b0 += w0.unsafe_offset(k).unsafe_load[width=width]().cast[
                             DType.float32
                         ]() * xr.unsafe_offset(k).unsafe_load[width=width]()
-                    op.unsafe_offset(m * cols + n).unsafe_store(a0.reduce_add())
+                    op.unsafe_offset(m * cols + n).unsafe_store(b0.reduce_add())
                 n += 1
 
         sync_parallelize(work, n_chunks)
