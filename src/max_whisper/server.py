@@ -15,7 +15,6 @@ waiting one never runs, a running one leaves the batch at its next window. Uploa
 they arrive.
 """
 
-import argparse
 import asyncio
 import contextlib
 import hmac
@@ -40,12 +39,14 @@ DEFAULT_MAX_UPLOAD_MB = 25.0  # OpenAI's own limit
 
 
 def add_parsers(sub) -> None:
-    from .cli import add_model_options
+    from .cli import add_command, add_model_options
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "serve",
+        cmd_serve,
         help="serve an OpenAI-compatible transcription API over HTTP",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        show_defaults=True,
         description="Serve POST /v1/audio/transcriptions and /v1/audio/translations as OpenAI's "
         "API does; the request fields are described at /docs.",
     )
@@ -79,7 +80,6 @@ def add_parsers(sub) -> None:
         help="largest accepted upload; larger ones get 413",
     )
     add_live_options(p)
-    p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args) -> int:

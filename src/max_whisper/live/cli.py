@@ -7,7 +7,6 @@ utterances are printed, one a line.
 
 from __future__ import annotations
 
-import argparse
 import queue
 import sys
 from collections.abc import Iterator
@@ -23,12 +22,14 @@ DIM, PLAIN, CLEAR_LINE = "\033[2m", "\033[0m", "\r\033[K"
 
 
 def add_parsers(sub) -> None:
-    from ..cli import add_model_options
+    from ..cli import add_command, add_model_options
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "live",
+        cmd_live,
         help="transcribe audio as it comes in: a file at real-time speed, stdin, a microphone",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        show_defaults=True,
         description="Print text while the audio comes in: words become final once two "
         "successive decodes agree on them, and a pause (voice activity) ends a line.",
     )
@@ -43,7 +44,6 @@ def add_parsers(sub) -> None:
         "--speed", type=float, default=1.0, help="read a file N times faster than real time"
     )
     add_model_options(p)
-    p.set_defaults(func=cmd_live)
 
 
 def cmd_live(args) -> int:
