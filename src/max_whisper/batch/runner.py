@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..backends import DEFAULT_BACKEND
@@ -108,16 +111,17 @@ def run(
         for finished in _engine(
             pending, item_options.__getitem__, model_args, batch_size, ray, workers, prefetch
         ):
-            record = _record(finished, out_dir, formats, writer_options, fingerprints)
-            manifest.add(record)
-            records[record.path] = record
-            if record.status == OK:
-                audio_seconds += record.duration or 0.0
-            bar.update(record.duration, failed=record.status == ERROR)
-            if record.status == ERROR:
-                _report(record, bar)
-            elif verbose:
-                bar.write(f"{record.path}: {finished.result['text'].strip()}")
+            with _deferred_interrupt():  # a file's outputs, manifest line and report land together
+                record = _record(finished, out_dir, formats, writer_options, fingerprints)
+                manifest.add(record)
+                records[record.path] = record
+                if record.status == OK:
+                    audio_seconds += record.duration or 0.0
+                bar.update(record.duration, failed=record.status == ERROR)
+                if record.status == ERROR:
+                    _report(record, bar)
+                elif verbose:
+                    bar.write(f"{record.path}: {finished.result['text'].strip()}")
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -232,6 +236,22 @@ def _engine(pending, options_for: Callable, model_args, batch_size, ray, workers
     return transcribe_local(
         model, pending, lambda item: options_for(item.path), batch_size, prefetch
     )
+
+
+@contextmanager
+def _deferred_interrupt() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block until the block is done (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _record(
