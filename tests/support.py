@@ -189,3 +189,12 @@ def run_python(script: str, timeout: float) -> subprocess.CompletedProcess:
         env=subprocess_env(),
         timeout=timeout,
     )
+
+
+def interruptible() -> None:
+    """Popen's preexec_fn for a child that a test interrupts: SIGINT back to its default, so that
+    Python raises KeyboardInterrupt there even when this test run inherited SIGINT ignored (a
+    command started in the background by a non-interactive shell does)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from support import REPO_ROOT, requires, requires_shared_audio, shared_clip, subprocess_env
+from support import (
+    REPO_ROOT,
+    interruptible,
+    requires,
+    requires_shared_audio,
+    shared_clip,
+    subprocess_env,
+)
 
 pytestmark = requires_shared_audio
 
@@ -182,6 +189,7 @@ def test_interrupted_and_killed_runs_resume_without_redoing_files(local_run, tmp
         done_before = set(read_manifest(out, compacted=False)) if out.exists() else set()
         proc = subprocess.Popen(
             args,
+            preexec_fn=interruptible,
             env=subprocess_env(),
             cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
