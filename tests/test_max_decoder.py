@@ -154,16 +154,17 @@ def test_max_transcription_never_imports_torch():
     assert "young man" in done.stdout.lower(), done.stdout
 
 
-def test_the_float16_head_only_where_the_weights_are_float16():
-    """The bundled weights are float16 values, so the logits may come from a float16 copy of the
-    token embedding; a weight that float16 would round keeps the float32 head (exactness first)."""
-    from max_whisper.backends.max.decoder import uses_half_head
+def test_float16_copies_only_where_the_weights_are_float16():
+    """The bundled weights are float16 values, so the logits and the few-rows step may use float16
+    copies of them; a weight that float16 would round keeps everything float32 (exactness first)."""
+    from max_whisper.backends.max.decoder import uses_half_weights
     from max_whisper.backends.max.device import MaxRuntime
     from max_whisper.backends.max.weight_layout import exact_in_float16, step_registry
     from max_whisper.weights import load_model_weights
 
     weights = load_model_weights("tiny.en")
-    embedding = weights.params["decoder.token_embedding.weight"]
+    dims, params = weights.dims, weights.params
+    embedding = params["decoder.token_embedding.weight"]
     assert exact_in_float16(embedding)
     nudged = embedding.copy()
     nudged[7, 3] = np.nextafter(nudged[7, 3], np.float32(1))  # one float32 ulp: not a float16
@@ -171,21 +172,71 @@ def test_the_float16_head_only_where_the_weights_are_float16():
     assert not exact_in_float16(np.array([1e5], np.float32))  # overflows float16
 
     cpu = MaxRuntime.create("cpu")
-    assert uses_half_head(cpu, weights.params)
-    assert not uses_half_head(cpu, {**weights.params, "decoder.token_embedding.weight": nudged})
-    half = step_registry(weights.dims, weights.params, half_head=True)["token_embedding_half"]
+    assert uses_half_weights(cpu, dims, params)
+    assert not uses_half_weights(cpu, dims, {**params, "decoder.token_embedding.weight": nudged})
+    mlp = "decoder.blocks.2.mlp.0.weight"
+    layer = params[mlp].copy()
+    layer[0, 0] = np.nextafter(layer[0, 0], np.float32(1))
+    assert not uses_half_weights(cpu, dims, {**params, mlp: layer})
+
+    registry = step_registry(dims, params, half=True)
+    half = registry["token_embedding_half"]
     assert half.dtype == np.float16 and np.array_equal(half.astype(np.float32), embedding)
+    qkv = registry["blocks.1.attn.qkv.weight_half"]  # [3d, d], q unscaled
+    d = dims.n_text_state
+    assert qkv.shape == (3 * d, d)
+    assert np.array_equal(qkv[:d], params["decoder.blocks.1.attn.query.weight"])
+    assert np.array_equal(qkv[2 * d :], params["decoder.blocks.1.attn.value.weight"])
 
 
-@pytest.mark.parametrize("half_head", [True, False])
-def test_both_heads_build(half_head):
-    """Both output projections make a valid step graph (building is cheap; compiling is not)."""
+@pytest.mark.parametrize("half", [True, False])
+def test_every_step_graph_builds(half):
+    """The step graph with either output projection, and the all-float16 few-rows one, build
+    (building is cheap; compiling is not)."""
     from max.graph import DeviceRef
 
     from max_whisper.backends.max.decoder_graph import build_step_graph
     from max_whisper.weights import load_model_weights
 
-    graph = build_step_graph(
-        load_model_weights("tiny.en").dims, DeviceRef.CPU(), half_head=half_head
-    )
-    assert ("half_weight_gemv" in str(graph)) == half_head
+    dims = load_model_weights("tiny.en").dims
+    graph = build_step_graph(dims, DeviceRef.CPU(), half_head=half, half_layers=half)
+    text = str(graph)
+    assert text.count("half_weight_gemv") == (6 * dims.n_text_layer + 1 if half else 0)
+
+
+def test_the_few_rows_step_matches_the_float32_step(models):
+    """The all-float16 few-rows graph and the float32 step graph give the same logits and caches
+    (within float32 reordering) for a prompt, then single steps, for one row and for 5 beams."""
+    decoder = models.get("tiny.en", "max").backend.decoder
+    assert decoder._step_rows is not decoder._step  # the bundled weights are float16-exact
+    rng = np.random.default_rng(3)
+    features = rng.standard_normal((1, 1500, 384)).astype(np.float32)
+    cross = decoder.cross_kv(features)
+    for group in (1, 5):
+        tokens = rng.integers(0, 50000, (1, group, 6))
+        caches = {}
+        for name, graph in (("rows", decoder._step_rows), ("step", decoder._step)):
+            cache, logits = decoder.empty_cache(1, group), []
+            for n in range(6):
+                positions, mask = decoder_positions(n, 1, group)
+                out, *cache = graph.execute(
+                    *(
+                        decoder._to_device(a)
+                        for a in (tokens[..., n : n + 1], positions, np.array([0]), mask)
+                    ),
+                    *cross,
+                    *cache,
+                )
+                logits.append(decoder._to_numpy(out))
+            caches[name] = (np.stack(logits), [decoder._to_numpy(b) for b in cache])
+        (rows_logits, rows_cache), (step_logits, step_cache) = caches["rows"], caches["step"]
+        assert np.abs(rows_logits - step_logits).max() < 1e-3
+        assert (rows_logits.argmax(-1) == step_logits.argmax(-1)).all()
+        for a, b in zip(rows_cache, step_cache):
+            assert np.abs(a - b).max() < 1e-3
+
+
+def decoder_positions(n_past: int, n_new: int, group: int):
+    from max_whisper.backends.max.decoder import step_positions
+
+    return step_positions(n_past, n_new, np.zeros(1, np.int64), group)

@@ -21,38 +21,42 @@ GRAPH_SOURCES = [
 DECODER_COMPILE_ESTIMATE_S = 160  # a cold compile on a 2-core CPU, shown before it starts
 
 
-def decoder_signature(dims: ModelDimensions, half_head: bool = True) -> dict:
+ROWS_GRAPH_MAX = 8  # calls of at most this many token rows go to the float16 few-rows graph
+
+
+def decoder_signature(dims: ModelDimensions, half: bool = True) -> dict:
     """What the compiled decoder module depends on besides MAX, device and CPU
     (never weight values)."""
     return {
         "graph": "decoder",
         "dtype": "float32",
-        "head": "float16" if half_head else "float32",
+        "float16 copies": half,
         "code": source_hash(*GRAPH_SOURCES),
         **dims.to_dict(),
     }
 
 
-def uses_half_head(runtime: MaxRuntime, params: dict[str, np.ndarray] | None = None) -> bool:
-    """The float16 output projection (our CPU kernel) where it is exact: on a CPU, for weights
-    that are float16 values (the bundled models; params=None: assume so, as warmup does)."""
+def uses_half_weights(
+    runtime: MaxRuntime, dims: ModelDimensions, params: dict[str, np.ndarray] | None = None
+) -> bool:
+    """Float16 copies of the decoder's weights through our CPU kernel, where they are exact: on a
+    CPU, for weights that are float16 values (the bundled models; params=None: assume so, as
+    warmup does)."""
     if runtime.label != "cpu":
         return False
-    return params is None or weight_layout.exact_in_float16(
-        params["decoder.token_embedding.weight"]
-    )
+    return params is None or weight_layout.float16_exact(dims, params)
 
 
 def decoder_label(dims: ModelDimensions) -> str:
     return f"decoder ({dims.n_text_layer} x {dims.n_text_state} wide)"
 
 
-def compiled_decoder(runtime: MaxRuntime, dims: ModelDimensions, half_head: bool):
+def compiled_decoder(runtime: MaxRuntime, dims: ModelDimensions, half: bool):
     """(compiled decoder module, seconds spent compiling it: 0.0 from the cache)."""
     return compiled_graph(
         runtime.session,
-        lambda: decoder_graph.build_decoder_module(dims, runtime.device_ref, half_head),
-        decoder_signature(dims, half_head),
+        lambda: decoder_graph.build_decoder_module(dims, runtime.device_ref, half),
+        decoder_signature(dims, half),
         decoder_label(dims),
         DECODER_COMPILE_ESTIMATE_S,
     )
@@ -100,14 +104,16 @@ class MaxDecoder:
         self.session = runtime.session
         self._buffers = DeviceBuffers(runtime.device)
         self._to_device, self._to_numpy = self._buffers.to_device, to_numpy
-        half_head = uses_half_head(runtime, params)
-        compiled, self.compile_seconds = compiled_decoder(runtime, dims, half_head)
+        half = uses_half_weights(runtime, dims, params)
+        compiled, self.compile_seconds = compiled_decoder(runtime, dims, half)
         registry = weight_layout.step_registry(
-            dims, params, half_head
+            dims, params, half
         ) | weight_layout.cross_kv_registry(dims, params)
         models = self.session.init_all(compiled, weights_registry=self._buffers.weights(registry))
         self._cross_kv = models["whisper_decoder_cross_kv_all"]
         self._step = models["whisper_decoder_step"]
+        # a few rows (one token per beam or window): every weight in float16 through our kernel
+        self._step_rows = models.get("whisper_decoder_step_rows", self._step)
         self._scores = models["whisper_decoder_scores"]
         self._last_cross: tuple[np.ndarray, list[Buffer]] | None = None
         d, heads = dims.n_text_state, dims.n_text_head
@@ -163,7 +169,8 @@ class MaxDecoder:
         rows = np.array([n_new - 1], np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         positions, mask = step_positions(n_past, n_new, pad, group)
         positions = np.minimum(positions, self.dims.n_text_ctx - 1)  # rows past their end: ignored
-        logits, *new_cache = self._step.execute(
+        graph = self._step_rows if tokens.size <= ROWS_GRAPH_MAX else self._step
+        logits, *new_cache = graph.execute(
             self._to_device(np.asarray(tokens, dtype=np.int64)),
             self._to_device(positions),
             self._to_device(rows),

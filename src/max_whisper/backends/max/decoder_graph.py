@@ -15,6 +15,9 @@ One module, compiled once per model shape:
     and beam search, one window or several. Positions and mask are per row, so windows whose
     prompts differ in length decode in one batch: each row is left-padded to the longest, its
     padding masked out and its positions counted from its first real token.
+  - few-rows step graph (a CPU, float16-exact weights): the same step with every projection
+    through our kernel on float16 [out, in] copies. MAX's float32 GEMM on one to a few rows does
+    not stream its weight at the memory's speed; a single-token step is nothing but such reads.
   - scores graph: the step graph's variant for word timestamps, each layer's cross-attention scores
     q.k / sqrt(head_dim) before the softmax instead of logits (in the same module: it shares every
     kernel with the step graph, so it adds little to the compile).
@@ -31,6 +34,10 @@ only copy per step); cross K as [A, H, hd, ctx], V as [A, H, ctx, hd].
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
+import numpy as np
 from max.dtype import DType
 from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, ops
 
@@ -56,8 +63,10 @@ def _block(
     dims: ModelDimensions,
     device: DeviceRef,
     prefix: str = "",
+    linear: Callable[..., TensorValue] = linear,
 ) -> tuple[TensorValue, TensorValue, TensorValue, TensorValue]:
     """One residual block on x [A, G, n, d]. Returns (x, k_all, v_all, cross scores before softmax).
+    `linear(x, name, d_in, d_out, device)`: the projections (float32 [in, out] by default).
 
     The residual stream is kept 2-D [A*G*n, d] so every projection is one plain GEMM (batched
     matmuls would re-read the weight once per row; MAX's batched matmul also stops at rank 4).
@@ -104,6 +113,25 @@ def _block(
     h = gelu(linear(h, f"{prefix}mlp.0", d, 4 * d, device))
     x = x + linear(h, f"{prefix}mlp.2", 4 * d, d, device)
     return ops.reshape(x, [n_audio, group, n_new, d]), k_all, v_all, cross_scores
+
+
+def _half_linear(dims: ModelDimensions) -> Callable[..., TensorValue]:
+    """The projections of the few-rows step: our kernel on a float16 [out, in] weight, then q's
+    softmax scale (after the projection, exact: a power of two for Whisper's head size), then the
+    float32 bias (already scaled)."""
+    d = dims.n_text_state
+    scale = 1.0 / math.sqrt(d // dims.n_text_head)
+
+    def project(x: TensorValue, name: str, d_in: int, d_out: int, device: DeviceRef) -> TensorValue:
+        w = weight(f"{name}.weight_half", [d_out, d_in], device, DType.float16)
+        y = half_weight_matmul(x, w, device)
+        if name.endswith(("attn.qkv", "cross_attn.query")):  # q: the first d outputs
+            q_scale = np.ones(d_out, np.float32)
+            q_scale[:d] = scale
+            y = y * ops.constant(q_scale, DType.float32, device)
+        return y + weight(f"{name}.bias", [d_out], device)
+
+    return project
 
 
 def _embed(
@@ -196,6 +224,7 @@ def build_step_graph(
     scores: bool = False,
     module: Module | None = None,
     half_head: bool = False,
+    half_layers: bool = False,
 ) -> Graph:
     """The whole decoder step in one graph.
 
@@ -204,13 +233,17 @@ def build_step_graph(
     then k_all, v_all per layer; or, with `scores` (no logit_rows input), only each layer's
     cross-attention scores before the softmax [A, H, G*n, ctx]. half_head: logits from a float16
     copy of the token embedding through our own kernel (CPU; exact where the weights are float16).
+    half_layers: the layers' projections too (the few-rows graph: our kernel streams a float16
+    weight at the memory's speed, where MAX's float32 GEMM on a handful of rows does not).
     """
     t = _types(dims, device)
     n_layer = dims.n_text_layer
     types = [t["tokens"], t["positions"]] + ([] if scores else [t["logit_rows"]]) + [t["mask"]]
     types += [t["cross_k"], t["cross_v"]] * n_layer + [t["past_k"], t["past_v"]] * n_layer
     name = "whisper_decoder_scores" if scores else "whisper_decoder_step"
-    extensions = [kernel_library()] if half_head and not scores else []
+    name += "_rows" if half_layers else ""
+    extensions = [kernel_library()] if (half_head or half_layers) and not scores else []
+    project = _half_linear(dims) if half_layers else linear
     with Graph(name, input_types=types, module=module, custom_extensions=extensions) as graph:
         inputs = [i.tensor for i in graph.inputs]
         tokens, positions = inputs[:2]
@@ -230,6 +263,7 @@ def build_step_graph(
                 dims,
                 device,
                 f"blocks.{i}.",
+                project,
             )
             caches += [k, v]
             layer_scores.append(s)
@@ -240,11 +274,14 @@ def build_step_graph(
     return graph
 
 
-def build_decoder_module(dims: ModelDimensions, device: DeviceRef, half_head: bool) -> Module:
+def build_decoder_module(dims: ModelDimensions, device: DeviceRef, half: bool) -> Module:
     """The cross K/V, step and scores graphs, compiled together (one compile shares MAX's fixed cost
-    of a compile and the kernels the graphs have in common)."""
+    of a compile and the kernels the graphs have in common); half (a CPU, float16-exact weights):
+    the step's head in float16, and a second step graph for a few rows, all in float16."""
     module = Module()
     build_cross_kv_graph(dims, device, module=module)
-    build_step_graph(dims, device, module=module, half_head=half_head)
+    build_step_graph(dims, device, module=module, half_head=half)
+    if half:
+        build_step_graph(dims, device, module=module, half_head=True, half_layers=True)
     build_step_graph(dims, device, scores=True, module=module)
     return module

@@ -73,13 +73,13 @@ def jobs_for(
 
 
 def _signature(job: GraphJob, runtime) -> dict:
-    from .decoder import decoder_signature, uses_half_head
+    from .decoder import decoder_signature, uses_half_weights
     from .encoder import encoder_signature
 
     return (
         encoder_signature(job.dims, job.float64_blocks)
         if job.part == "encoder"
-        else decoder_signature(job.dims, uses_half_head(runtime))
+        else decoder_signature(job.dims, uses_half_weights(runtime, job.dims))
     )
 
 
@@ -100,14 +100,14 @@ def missing(jobs: list[GraphJob]) -> list[GraphJob]:
 
 def compile_here(job: GraphJob) -> float:
     """Compile one job's graph in this process (or find it cached): seconds spent compiling."""
-    from .decoder import compiled_decoder, uses_half_head
+    from .decoder import compiled_decoder, uses_half_weights
     from .device import MaxRuntime
     from .encoder import compiled_encoder
 
     runtime = MaxRuntime.create(job.device)
     if job.part == "encoder":
         return compiled_encoder(runtime, job.dims, job.float64_blocks)[1]
-    return compiled_decoder(runtime, job.dims, uses_half_head(runtime))[1]
+    return compiled_decoder(runtime, job.dims, uses_half_weights(runtime, job.dims))[1]
 
 
 def _say(message: str) -> None:

@@ -124,9 +124,37 @@ def exact_in_float16(a: np.ndarray) -> bool:
         return bool(np.array_equal(a.astype(np.float16).astype(a.dtype), a))
 
 
-def step_registry(dims: ModelDimensions, params: Params, half_head: bool = False) -> Params:
-    """The step graph's weights; half_head: the output projection as a float16 [vocab, d] copy of
-    the token embedding (exact only where exact_in_float16), else a float32 [d, vocab] one."""
+HALF_LINEARS = ("attn.qkv", "attn.out", "cross_attn.query", "cross_attn.out", "mlp.0", "mlp.2")
+
+
+def half_linear_weights(params: Params, layer: int) -> Params:
+    """One decoder layer's projections as float16 [out, in] (PyTorch's layout) for the few-rows
+    step, q's softmax scale not folded in (the graph scales q after the projection: a float16
+    weight times 1/sqrt(head_dim) can fall below float16's normal range and lose bits)."""
+    p = _layer(params, f"decoder.blocks.{layer}.", np.float32)
+    out = {
+        "attn.qkv": np.concatenate(
+            [p["attn.query.weight"], p["attn.key.weight"], p["attn.value.weight"]]
+        )
+    }
+    out |= {name: p[f"{name}.weight"] for name in HALF_LINEARS if name != "attn.qkv"}
+    return {f"{name}.weight_half": np.ascontiguousarray(a, np.float16) for name, a in out.items()}
+
+
+def float16_exact(dims: ModelDimensions, params: Params) -> bool:
+    """Whether the decoder's float16 copies (token embedding, layer projections) hold exactly the
+    float32 weights: true for weights shipped in float16."""
+    return exact_in_float16(params["decoder.token_embedding.weight"]) and all(
+        exact_in_float16(params[f"decoder.blocks.{i}.{name}.weight"])
+        for i in range(dims.n_text_layer)
+        for name in ("attn.query", "attn.key", "attn.value", *HALF_LINEARS[1:])
+    )
+
+
+def step_registry(dims: ModelDimensions, params: Params, half: bool = False) -> Params:
+    """The step graphs' weights; half: also float16 copies (exact only where float16_exact) of
+    the token embedding [vocab, d] for the output projection and of each layer's projections,
+    else the output projection as a float32 [d, vocab] copy."""
     embedding = params["decoder.token_embedding.weight"]
     registry = {
         "token_embedding": _f32(embedding),
@@ -134,10 +162,14 @@ def step_registry(dims: ModelDimensions, params: Params, half_head: bool = False
         "ln.weight": _f32(params["decoder.ln.weight"]),
         "ln.bias": _f32(params["decoder.ln.bias"]),
     }
-    if half_head:
+    if half:
         registry["token_embedding_half"] = np.ascontiguousarray(embedding, dtype=np.float16)
     else:
         registry["token_embedding_t"] = _f32(embedding.T)
     for i in range(dims.n_text_layer):
         registry |= decoder_block_registry(dims, params, i, prefix=f"blocks.{i}.")
+        if half:
+            registry |= {
+                f"blocks.{i}.{name}": a for name, a in half_linear_weights(params, i).items()
+            }
     return registry

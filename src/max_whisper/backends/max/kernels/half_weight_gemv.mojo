@@ -25,7 +25,8 @@ struct HalfWeightGemv:
         var wp = w.unsafe_ptr()
         var op = output.unsafe_ptr()
         comptime width = 8  # one AVX2 register of float32
-        comptime chunk = 256  # weight rows per task
+        # weight rows per task: large for the vocabulary, small enough for a layer to split
+        var chunk = 256 if cols >= 4096 else 64
         var n_chunks = (cols + chunk - 1) // chunk
 
         def work(c: Int) {imm}:
