@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from max_whisper.decoding import DecodingOptions, decode
-from support import CLIPS, clip_ids, requires_reference, requires_shared_audio
+from support import CLIPS, TRANSCRIBED, clip_ids, requires_reference, requires_shared_audio
 
 pytestmark = [requires_reference, requires_shared_audio]
 
@@ -55,6 +55,16 @@ def test_greedy_tokens_match_reference(models, reference, numpy_backend, clip):
         numpy_backend, tokenizer, numpy_backend.encode(mel[None]), DecodingOptions(language="en")
     )[0]
     assert ours.tokens == reference.tokens("tiny.en", clip), clip.name
+
+
+@pytest.mark.parametrize("clip", TRANSCRIBED[:3], ids=clip_ids(TRANSCRIBED[:3]))
+def test_beam_search_tokens_match_reference(models, reference, numpy_backend, clip):
+    """Beam search (5): the beams of a window share its cross K/V (one query block per window)."""
+    mel = reference.mel("tiny.en", clip)
+    tokenizer = models.get("tiny.en", "reference").tokenizer
+    options = DecodingOptions(language="en", beam_size=5)
+    ours = decode(numpy_backend, tokenizer, numpy_backend.encode(mel[None]), options)[0]
+    assert ours.tokens == reference.tokens("tiny.en", clip, beam_size=5), clip.name
 
 
 def test_session_caches_and_rearranges(numpy_backend):

@@ -152,21 +152,31 @@ class NumpyModel:
         return p.norm(x, "encoder.ln_post")
 
     def _attention(self, q, k, v, n_head, mask=None) -> np.ndarray:
+        return self._attend(q, self._keys(k, n_head), _heads(v, n_head), n_head, mask)
+
+    def _keys(self, k: np.ndarray, n_head: int) -> np.ndarray:
+        """K [B, T, d] -> per head, scaled, transposed [B, H, hd, T]."""
+        scale = self.dtype((k.shape[-1] // n_head) ** -0.25)
+        return (_heads(k, n_head) * scale).transpose(0, 1, 3, 2)
+
+    def _attend(self, q, keys, values, n_head, mask=None) -> np.ndarray:
+        """q [B, T, d] against keys from _keys and values [B, H, S, hd]."""
         scale = self.dtype((q.shape[-1] // n_head) ** -0.25)
-        scores = (_heads(q, n_head) * scale) @ (_heads(k, n_head) * scale).transpose(0, 1, 3, 2)
+        scores = (_heads(q, n_head) * scale) @ keys
         if mask is not None:
             scores = scores + mask
-        return _merge(softmax(scores) @ _heads(v, n_head))
+        return _merge(softmax(scores) @ values)
 
-    def cross_kv(self, features: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    def cross_kv(self, features: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+        """Each layer's cross K and V [A, ctx, d], and the same as _attend takes them (made once
+        per window, not once per token)."""
         f = np.asarray(features, dtype=self.dtype)
-        return [
-            (
-                self.p.linear(f, f"decoder.blocks.{i}.cross_attn.key"),
-                self.p.linear(f, f"decoder.blocks.{i}.cross_attn.value"),
-            )
-            for i in range(self.dims.n_text_layer)
-        ]
+        n_head, out = self.dims.n_text_head, []
+        for i in range(self.dims.n_text_layer):
+            k = self.p.linear(f, f"decoder.blocks.{i}.cross_attn.key")
+            v = self.p.linear(f, f"decoder.blocks.{i}.cross_attn.value")
+            out.append((k, v, self._keys(k, n_head), _heads(v, n_head)))
+        return out
 
     def decode(
         self,
@@ -206,16 +216,21 @@ class NumpyModel:
             x = x + p.linear(self._attention(q, k, v, n_head, mask), prefix + "attn.out")
             h = p.norm(x, prefix + "cross_attn_ln")
             q = p.linear(h, prefix + "cross_attn.query")
-            ck, cv = cross[i]
-            group = x.shape[0] // ck.shape[0]
-            if group > 1:
-                ck, cv = np.repeat(ck, group, axis=0), np.repeat(cv, group, axis=0)
+            ck, _, keys, values = cross[i]
             if scores_out is not None:
                 hd = dims.n_text_state // n_head
+                group = x.shape[0] // ck.shape[0]
                 scores_out.append(
-                    (_heads(q, n_head) @ _heads(ck, n_head).transpose(0, 1, 3, 2)) / math.sqrt(hd)
+                    (
+                        _heads(q, n_head)
+                        @ _heads(np.repeat(ck, group, 0), n_head).transpose(0, 1, 3, 2)
+                    )
+                    / math.sqrt(hd)
                 )
-            x = x + p.linear(self._attention(q, ck, cv, n_head), prefix + "cross_attn.out")
+            # the G rows (beams) of a window share its K/V: one [G * n, d] query block per window
+            shared = q.reshape(ck.shape[0], -1, q.shape[-1])
+            attn = self._attend(shared, keys, values, n_head).reshape(q.shape)
+            x = x + p.linear(attn, prefix + "cross_attn.out")
             x = x + p.linear(
                 gelu(p.linear(p.norm(x, prefix + "mlp_ln"), prefix + "mlp.0")), prefix + "mlp.2"
             )

@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         compile_here(GraphJob.from_json(args[1]))
         return 0
     if args[:1] == ["--jobs"]:  # the background compile of a first run: behind the foreground work
-        os.nice(10)
+        os.nice(19)
         compile_all([GraphJob.from_json(j) for j in json.loads(args[1])])
         return 0
     raise SystemExit("usage: python -m max_whisper.backends.max.warmup --job JSON | --jobs JSON")
