@@ -85,6 +85,26 @@ def output_files(out_dir: Path) -> dict[str, bytes]:
     }
 
 
+def comparable_outputs(out_dir: Path) -> dict:
+    """output_files with each JSON's floats rounded to 4 decimals: batches made up differently
+    (Ray's actors vs one local engine) change a log-probability in its 7th digit, never a token
+    or a time."""
+
+    def rounded(value):
+        if isinstance(value, float):
+            return round(value, 4)
+        if isinstance(value, list):
+            return [rounded(v) for v in value]
+        if isinstance(value, dict):
+            return {k: rounded(v) for k, v in value.items()}
+        return value
+
+    return {
+        name: rounded(json.loads(content)) if name.endswith(".json") else content
+        for name, content in output_files(out_dir).items()
+    }
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """Four short shared clips (two in a subfolder), a corrupt mp3, a text file named .wav and a
@@ -333,7 +353,7 @@ def test_ray_cluster_gives_the_same_outputs_and_statuses(corpus, local_run, tmp_
         )
         assert proc.returncode == 1, proc.stderr
         assert "3 of 7 files failed" in proc.stderr
-        assert output_files(out) == output_files(local_out)
+        assert comparable_outputs(out) == comparable_outputs(local_out)
         statuses = {n: r["status"] for n, r in read_manifest(out).items()}
         assert statuses == {n: r["status"] for n, r in read_manifest(local_out).items()}
     finally:
