@@ -168,14 +168,14 @@ class NumpyModel:
         return _merge(softmax(scores) @ values)
 
     def cross_kv(self, features: np.ndarray) -> list[tuple[np.ndarray, ...]]:
-        """Each layer's cross K and V [A, ctx, d], and the same as _attend takes them (made once
-        per window, not once per token)."""
+        """Each layer's cross K [A, ctx, d] (for word-timing scores), and K and V as _attend takes
+        them (made once per window, not once per token)."""
         f = np.asarray(features, dtype=self.dtype)
         n_head, out = self.dims.n_text_head, []
         for i in range(self.dims.n_text_layer):
             k = self.p.linear(f, f"decoder.blocks.{i}.cross_attn.key")
             v = self.p.linear(f, f"decoder.blocks.{i}.cross_attn.value")
-            out.append((k, v, self._keys(k, n_head), _heads(v, n_head)))
+            out.append((k, self._keys(k, n_head), _heads(v, n_head)))
         return out
 
     def decode(
@@ -216,7 +216,7 @@ class NumpyModel:
             x = x + p.linear(self._attention(q, k, v, n_head, mask), prefix + "attn.out")
             h = p.norm(x, prefix + "cross_attn_ln")
             q = p.linear(h, prefix + "cross_attn.query")
-            ck, _, keys, values = cross[i]
+            ck, keys, values = cross[i]
             if scores_out is not None:
                 hd = dims.n_text_state // n_head
                 group = x.shape[0] // ck.shape[0]
