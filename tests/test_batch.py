@@ -85,24 +85,24 @@ def output_files(out_dir: Path) -> dict[str, bytes]:
     }
 
 
-def comparable_outputs(out_dir: Path) -> dict:
-    """output_files with each JSON's floats rounded to 4 decimals: batches made up differently
-    (Ray's actors vs one local engine) change a log-probability in its 7th digit, never a token
-    or a time."""
+def close_json(a, b) -> bool:
+    """Equal JSON values, floats within 1e-5: batches made up differently run different decoder
+    graphs (a few-rows step or a wide one), which moves a log-probability in its 6th digit, never
+    a token or a time."""
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-5 * max(1.0, abs(a), abs(b))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close_json(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(close_json(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
 
-    def rounded(value):
-        if isinstance(value, float):
-            return round(value, 4)
-        if isinstance(value, list):
-            return [rounded(v) for v in value]
-        if isinstance(value, dict):
-            return {k: rounded(v) for k, v in value.items()}
-        return value
 
-    return {
-        name: rounded(json.loads(content)) if name.endswith(".json") else content
-        for name, content in output_files(out_dir).items()
-    }
+def same_output(name: str, got: bytes, expected: bytes) -> bool:
+    """Text formats byte for byte; JSON by close_json."""
+    if name.endswith(".json"):
+        return close_json(json.loads(got), json.loads(expected))
+    return got == expected
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,8 @@ def test_outputs_equal_transcribe_and_bad_files_are_recorded(corpus, local_run, 
         relative = clip.relative_to(corpus).with_suffix("")
         for ext in FORMATS.split(","):
             expected = (tmp_path / f"{clip.stem}.{ext}").read_bytes()
-            assert outputs[f"{relative}.{ext}"] == expected, f"{relative}.{ext}"
+            name = f"{relative}.{ext}"
+            assert same_output(name, outputs[name], expected), (name, outputs[name], expected)
 
     records = read_manifest(out)
     assert {name: r["status"] for name, r in records.items()} == {
@@ -244,7 +245,8 @@ def test_interrupted_and_killed_runs_resume_without_redoing_files(local_run, tmp
     assert len(read_manifest(out)) == 8 and statuses <= {"ok", "skipped"}, statuses
     for name, content in output_files(out).items():
         original = name.split("-", 1)[1]  # 1-LJ002-0020.txt is LJ002-0020's
-        assert content == reference[str(Path(GOOD[Path(original).stem]) / original)], name
+        expected = reference[str(Path(GOOD[Path(original).stem]) / original)]
+        assert same_output(name, content, expected), (name, content, expected)
 
 
 def test_manifests_and_globs_as_input(corpus, tmp_path):
@@ -353,7 +355,9 @@ def test_ray_cluster_gives_the_same_outputs_and_statuses(corpus, local_run, tmp_
         )
         assert proc.returncode == 1, proc.stderr
         assert "3 of 7 files failed" in proc.stderr
-        assert comparable_outputs(out) == comparable_outputs(local_out)
+        got, expected = output_files(out), output_files(local_out)
+        assert got.keys() == expected.keys()
+        assert all(same_output(n, got[n], expected[n]) for n in got), "outputs differ"
         statuses = {n: r["status"] for n, r in read_manifest(out).items()}
         assert statuses == {n: r["status"] for n, r in read_manifest(local_out).items()}
     finally:
