@@ -28,8 +28,8 @@ form one [G * n, hd] matrix per head, so K/V are read once per window, not once 
 Layouts: weights pre-transposed to [in, out] (MAX's matmul against a contiguous [in, out] weight is
 ~2x faster than against transpose(W)); q, k, v fused in one [d, 3d] projection with the 1/sqrt(hd)
 softmax scale folded into q (k has no bias); the residual stream is 2-D [A*G*n, d] so projections
-are plain GEMMs; self K cached as [A, G, H, hd, len] and V as [A, G, H, len, hd] (the concat is the
-only copy per step); cross K as [A, H, hd, ctx], V as [A, H, ctx, hd].
+are plain GEMMs; self K cached as [A, G, H, hd, len] and V as [A, G, H, len, hd] (growing them, through
+our kernel on a CPU, is the only copy per step); cross K as [A, H, hd, ctx], V as [A, H, ctx, hd].
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from max.dtype import DType
 from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, ops
 
 from ...dims import ModelDimensions
-from .custom_ops import half_weight_matmul, kernel_library
+from .custom_ops import append_positions, half_weight_matmul, kernel_library
 from .layers import gelu, layer_norm, linear, weight
 
 N_AUDIO = "n_audio"
@@ -86,8 +86,8 @@ def _block(
     q, k, v = qkv[0], qkv[1], qkv[2]
     new_k = ops.reshape(ops.permute(k, [0, 1, 3, 2]), [n_audio, group, heads, hd, n_new])
     new_v = ops.reshape(v, [n_audio, group, heads, n_new, hd])
-    k_all = ops.concat([past_k, new_k], axis=4)  # [A, G, H, hd, past + n]
-    v_all = ops.concat([past_v, new_v], axis=3)  # [A, G, H, past + n, hd]
+    k_all = append_positions(past_k, new_k, axis=4)  # [A, G, H, hd, past + n]
+    v_all = append_positions(past_v, new_v, axis=3)  # [A, G, H, past + n, hd]
     n_total = k_all.shape[4]
     mask = ops.reshape(
         ops.rebind(mask, [n_audio, group, n_new, n_total]), [rows, 1, n_new, n_total]
@@ -242,7 +242,7 @@ def build_step_graph(
     types += [t["cross_k"], t["cross_v"]] * n_layer + [t["past_k"], t["past_v"]] * n_layer
     name = "whisper_decoder_scores" if scores else "whisper_decoder_step"
     name += "_rows" if half_layers else ""
-    extensions = [kernel_library()] if (half_head or half_layers) and not scores else []
+    extensions = [kernel_library()] if device.is_cpu() else []
     project = _half_linear(dims) if half_layers else linear
     with Graph(name, input_types=types, module=module, custom_extensions=extensions) as graph:
         inputs = [i.tensor for i in graph.inputs]

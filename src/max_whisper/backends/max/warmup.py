@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -143,34 +144,40 @@ def compile_all(
     start = time.perf_counter()
     pending, running, seconds, failed = list(todo), {}, {}, []
     tty = progress and sys.stderr.isatty()
-    while pending or running:
-        while pending and len(running) < workers:
-            job = pending.pop(0)
-            log = open(cache / f"compile-{job.part}-{os.getpid()}.log", "w")
-            running[job] = (_spawn(job, log), log, time.perf_counter())
-        time.sleep(0.5)
-        for job, (proc, log, began) in list(running.items()):
-            if proc.poll() is None:
-                continue
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                job = pending.pop(0)
+                log = open(cache / f"compile-{job.part}-{os.getpid()}.log", "w")
+                running[job] = (_spawn(job, log), log, time.perf_counter())
+            time.sleep(0.5)
+            for job, (proc, log, began) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[job]
+                seconds[job.label] = time.perf_counter() - began
+                if proc.returncode != 0:
+                    failed.append(f"{job.label} (see {log.name})")
+                elif progress:
+                    if tty:
+                        print("\r" + " " * 79 + "\r", end="", file=sys.stderr)
+                    _say(f"compiled {job.label} in {seconds[job.label]:.0f} s")
+            if tty and running:
+                elapsed = time.perf_counter() - start
+                left = max(0.0, total_estimate - elapsed)
+                names = ", ".join(j.part for j in running)
+                print(
+                    f"\r  compiling {names}: {elapsed:4.0f} s elapsed, about {left:3.0f} s left ",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    finally:  # interrupted or stopped: no compile left running behind us
+        for proc, log, _ in running.values():
+            proc.terminate()
+            proc.wait()
             log.close()
-            del running[job]
-            seconds[job.label] = time.perf_counter() - began
-            if proc.returncode != 0:
-                failed.append(f"{job.label} (see {log.name})")
-            elif progress:
-                if tty:
-                    print("\r" + " " * 79 + "\r", end="", file=sys.stderr)
-                _say(f"compiled {job.label} in {seconds[job.label]:.0f} s")
-        if tty and running:
-            elapsed = time.perf_counter() - start
-            left = max(0.0, total_estimate - elapsed)
-            names = ", ".join(j.part for j in running)
-            print(
-                f"\r  compiling {names}: {elapsed:4.0f} s elapsed, about {left:3.0f} s left ",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
     if tty:
         print("\r" + " " * 79 + "\r", end="", file=sys.stderr)
     if failed:
@@ -220,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args[:1] == ["--jobs"]:  # the background compile of a first run: behind the foreground work
         os.nice(19)
+        # stopped (a test session ending, a user's kill): compile_all stops its workers too
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         compile_all([GraphJob.from_json(j) for j in json.loads(args[1])])
         return 0
     raise SystemExit("usage: python -m max_whisper.backends.max.warmup --job JSON | --jobs JSON")
