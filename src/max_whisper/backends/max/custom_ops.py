@@ -77,6 +77,21 @@ def append_positions(past: TensorValue, new: TensorValue, axis: int) -> TensorVa
     return ops.reshape(joined, shape)
 
 
+CROSS_ATTENTION_HEAD_SIZE = 64  # the kernel's head size (every Whisper model's) ...
+CROSS_ATTENTION_MAX_CTX = 1536  # ... and the longest audio context its scores buffer holds
+
+
+def cross_attention(q: TensorValue, k: TensorValue, v: TensorValue) -> TensorValue:
+    """softmax(q @ k) @ v per head: q [A, H, M, hd], k [A, H, hd, ctx], v [A, H, ctx, hd] ->
+    [A, H, M, hd]; on a CPU through our kernel (K and V streamed once per head; MAX's batched
+    matmuls read them far below the memory's speed when M is a few rows), elsewhere MAX's ops."""
+    hd, ctx = int(q.shape[3]), int(k.shape[3])
+    if not q.device.is_cpu() or hd != CROSS_ATTENTION_HEAD_SIZE or ctx > CROSS_ATTENTION_MAX_CTX:
+        return ops.softmax(q @ k) @ v
+    out = TensorType(DType.float32, q.shape, device=q.device)
+    return ops.custom("cross_attention", q.device, [q, k, v], [out])[0].tensor
+
+
 def half_weight_matmul(x: TensorValue, w: TensorValue, device: DeviceRef) -> TensorValue:
     """x [m, k] float32 times a float16 weight stored [n, k] (out, in) -> [m, n] float32."""
     if x.shape[1] != w.shape[1] or int(w.shape[1]) % HALF_WEIGHT_WIDTH:

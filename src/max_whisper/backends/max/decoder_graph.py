@@ -5,7 +5,8 @@ One module, compiled once per model shape:
     run once per window (and reused by every session opened on the same features);
   - step graph: tokens [A, G, n] + positions [A, G, n] + mask [A, G, n, past + n] -> token +
     positional embedding,
-    N pre-LN blocks (causal self-attention over cached + new K/V, cross-attention, MLP), then, for
+    N pre-LN blocks (causal self-attention over cached + new K/V, cross-attention (on a CPU
+    through our kernel: MAX's batched matmuls read K/V slowly for a few query rows), MLP), then, for
     the k positions asked for (logit_rows: the last one after a prompt; the SOT's too on a first
     call), final LayerNorm and logits from the token embedding (a float16 [vocab, d] copy through
     our own kernel on a CPU where the weights are float16, else a pre-transposed [d, vocab] one).
@@ -28,8 +29,9 @@ form one [G * n, hd] matrix per head, so K/V are read once per window, not once 
 Layouts: weights pre-transposed to [in, out] (MAX's matmul against a contiguous [in, out] weight is
 ~2x faster than against transpose(W)); q, k, v fused in one [d, 3d] projection with the 1/sqrt(hd)
 softmax scale folded into q (k has no bias); the residual stream is 2-D [A*G*n, d] so projections
-are plain GEMMs; self K cached as [A, G, H, hd, len] and V as [A, G, H, len, hd] (growing them, through
-our kernel on a CPU, is the only copy per step); cross K as [A, H, hd, ctx], V as [A, H, ctx, hd].
+are plain GEMMs; self K cached as [A, G, H, hd, len] and V as [A, G, H, len, hd] (growing them,
+through our kernel on a CPU, is the only copy per step); cross K as [A, H, hd, ctx], V as
+[A, H, ctx, hd].
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from max.dtype import DType
 from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, ops
 
 from ...dims import ModelDimensions
-from .custom_ops import append_positions, half_weight_matmul, kernel_library
+from .custom_ops import append_positions, cross_attention, half_weight_matmul, kernel_library
 from .layers import gelu, layer_norm, linear, weight
 
 N_AUDIO = "n_audio"
@@ -64,9 +66,11 @@ def _block(
     device: DeviceRef,
     prefix: str = "",
     linear: Callable[..., TensorValue] = linear,
-) -> tuple[TensorValue, TensorValue, TensorValue, TensorValue]:
-    """One residual block on x [A, G, n, d]. Returns (x, k_all, v_all, cross scores before softmax).
-    `linear(x, name, d_in, d_out, device)`: the projections (float32 [in, out] by default).
+    cross_scores: bool = False,
+) -> tuple[TensorValue, TensorValue, TensorValue, TensorValue | None]:
+    """One residual block on x [A, G, n, d]. Returns (x, k_all, v_all, cross scores before softmax:
+    only with `cross_scores`, else None). `linear(x, name, d_in, d_out, device)`: the projections
+    (float32 [in, out] by default).
 
     The residual stream is kept 2-D [A*G*n, d] so every projection is one plain GEMM (batched
     matmuls would re-read the weight once per row; MAX's batched matmul also stops at rank 4).
@@ -104,15 +108,19 @@ def _block(
     q = ops.permute(
         ops.reshape(q, [n_audio, group * n_new, heads, hd]), [0, 2, 1, 3]
     )  # [A, H, G*n, hd]
-    cross_scores = q @ cross_k  # [A, H, G*n, ctx]
-    attn = ops.softmax(cross_scores) @ cross_v  # [A, H, G*n, hd]
+    scores_out = None
+    if cross_scores:  # word timestamps: the scores themselves, [A, H, G*n, ctx]
+        scores_out = q @ cross_k
+        attn = ops.softmax(scores_out) @ cross_v
+    else:
+        attn = cross_attention(q, cross_k, cross_v)  # [A, H, G*n, hd]
     attn = ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [rows * n_new, d])
     x = x + linear(attn, f"{prefix}cross_attn.out", d, d, device)
 
     h = layer_norm(x, f"{prefix}mlp_ln", d, device)
     h = gelu(linear(h, f"{prefix}mlp.0", d, 4 * d, device))
     x = x + linear(h, f"{prefix}mlp.2", 4 * d, d, device)
-    return ops.reshape(x, [n_audio, group, n_new, d]), k_all, v_all, cross_scores
+    return ops.reshape(x, [n_audio, group, n_new, d]), k_all, v_all, scores_out
 
 
 def _half_linear(dims: ModelDimensions) -> Callable[..., TensorValue]:
@@ -264,6 +272,7 @@ def build_step_graph(
                 device,
                 f"blocks.{i}.",
                 project,
+                scores,
             )
             caches += [k, v]
             layer_scores.append(s)
