@@ -9,7 +9,7 @@ MODEL ?= tiny.en
 BACKEND ?=
 ARGS ?=
 
-.PHONY: install install-reference install-test run test lint bench demo serve clean
+.PHONY: install install-reference install-test run test test-all lint bench demo serve clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,11 @@ install-test: $(VENV)/.installed-test
 run: install
 	$(VENV)/bin/max-whisper transcribe $(AUDIO) --model $(MODEL) $(if $(BACKEND),--backend $(BACKEND)) $(ARGS)
 
+# `slow` tests (the float64-blocks encoder: one more graph to compile, minutes) run with test-all
 test: install-test lint
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-all: install-test lint
 	$(PY) -m pytest $(ARGS)
 
 # ruff (pyproject.toml): a lint or format finding fails `make test`

