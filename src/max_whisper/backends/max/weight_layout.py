@@ -124,7 +124,15 @@ def exact_in_float16(a: np.ndarray) -> bool:
         return bool(np.array_equal(a.astype(np.float16).astype(a.dtype), a))
 
 
-HALF_LINEARS = ("attn.qkv", "attn.out", "cross_attn.query", "cross_attn.out", "mlp.0", "mlp.2")
+# the few-rows step's float16 projections, each with the source weights it is made of (rows in turn)
+HALF_LINEAR_SOURCES = {
+    "attn.qkv": ("attn.query", "attn.key", "attn.value"),
+    "attn.out": ("attn.out",),
+    "cross_attn.query": ("cross_attn.query",),
+    "cross_attn.out": ("cross_attn.out",),
+    "mlp.0": ("mlp.0",),
+    "mlp.2": ("mlp.2",),
+}
 
 
 def half_linear_weights(params: Params, layer: int) -> Params:
@@ -132,22 +140,22 @@ def half_linear_weights(params: Params, layer: int) -> Params:
     step, q's softmax scale not folded in (the graph scales q after the projection: a float16
     weight times 1/sqrt(head_dim) can fall below float16's normal range and lose bits)."""
     p = _layer(params, f"decoder.blocks.{layer}.", np.float32)
-    out = {
-        "attn.qkv": np.concatenate(
-            [p["attn.query.weight"], p["attn.key.weight"], p["attn.value.weight"]]
+    return {
+        f"{name}.weight_half": np.ascontiguousarray(
+            np.concatenate([p[f"{source}.weight"] for source in sources]), np.float16
         )
+        for name, sources in HALF_LINEAR_SOURCES.items()
     }
-    out |= {name: p[f"{name}.weight"] for name in HALF_LINEARS if name != "attn.qkv"}
-    return {f"{name}.weight_half": np.ascontiguousarray(a, np.float16) for name, a in out.items()}
 
 
 def float16_exact(dims: ModelDimensions, params: Params) -> bool:
     """Whether the decoder's float16 copies (token embedding, layer projections) hold exactly the
     float32 weights: true for weights shipped in float16."""
     return exact_in_float16(params["decoder.token_embedding.weight"]) and all(
-        exact_in_float16(params[f"decoder.blocks.{i}.{name}.weight"])
+        exact_in_float16(params[f"decoder.blocks.{i}.{source}.weight"])
         for i in range(dims.n_text_layer)
-        for name in ("attn.query", "attn.key", "attn.value", *HALF_LINEARS[1:])
+        for sources in HALF_LINEAR_SOURCES.values()
+        for source in sources
     )
 
 
