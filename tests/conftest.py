@@ -72,6 +72,7 @@ def pytest_collection_finish(session):
 NEEDS_NO_MAX_GRAPH = {
     "test_audio.py",
     "test_cli.py",
+    "test_kernels.py",
     "test_numpy_backend.py",
     "test_readme.py",
     "test_server.py",
