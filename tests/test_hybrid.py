@@ -38,7 +38,7 @@ def test_compare_reports_every_stage():
         "block.3",
         "ln_post",
     ]
-    assert [r["dtype"] for r in rows] == ["float32"] + ["float64"] * 2 + ["float32"] * 3
+    assert {r["dtype"] for r in rows} == {"float32"}
     for row in rows:
         print(f"{row['tensor']}: max|diff| {row['max_abs']:.2e} cosine {row['cosine']:.8f}")
         scale = max(abs(row["ref_min"]), abs(row["ref_max"]))  # the residual stream grows to ~1e3
