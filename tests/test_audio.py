@@ -139,6 +139,24 @@ def test_load_audio_matches_openai_ffmpeg_loader(clip):
     assert np.abs(ours - ref).max() <= 2 / 32768  # same libswresample path; bit-exact with FFmpeg 9
 
 
+@clip_params
+def test_plain_wav_read_as_stored_equals_pyav_decoding(clip, monkeypatch):
+    import max_whisper.audio as audio_module
+
+    stored = audio_module._stored_pcm16(clip, SAMPLE_RATE)
+    try:  # 16-bit mono 16 kHz PCM WAV is read without PyAV, and only it
+        with wave.open(str(clip)) as wav:
+            plain = (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 16_000)
+    except (wave.Error, EOFError):
+        plain = False
+    assert (stored is not None) == plain
+    if stored is not None:
+        stored.close()
+    direct = load_audio(clip)
+    monkeypatch.setattr(audio_module, "_stored_pcm16", lambda path, sr: None)
+    assert np.array_equal(direct, load_audio(clip))
+
+
 def test_load_audio_downmixes_and_resamples(tmp_path):
     # stereo 44.1 kHz with different channels: mono 16 kHz is their average
     rate, seconds = 44_100, 1.0

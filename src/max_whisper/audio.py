@@ -12,6 +12,7 @@ holding the whole of it: memory stays flat however long the file is.
 from __future__ import annotations
 
 import os
+import wave
 from collections.abc import Iterator
 from functools import cache
 
@@ -94,6 +95,10 @@ def _audio_stream(
 
 def _decode_pcm16(path: PathLike, sr: int) -> Iterator[np.ndarray]:
     """int16 mono samples at `sr`, a decoded frame at a time."""
+    stored = _stored_pcm16(path, sr)
+    if stored is not None:
+        yield from stored
+        return
     with _open(path) as container:
         resampler, params = None, None
         for frame in _decoded_frames(container, path):
@@ -105,6 +110,29 @@ def _decode_pcm16(path: PathLike, sr: int) -> Iterator[np.ndarray]:
             yield from _frames_pcm(resampler.resample(frame))
         if resampler is not None:
             yield from _frames_pcm(resampler.resample(None))
+
+
+_WAV_BLOCK = 1 << 16  # samples per read of a plain WAV file
+
+
+def _stored_pcm16(path: PathLike, sr: int) -> Iterator[np.ndarray] | None:
+    """The samples of a WAV file already in the wanted form (16-bit mono PCM at `sr`), read as
+    stored: FFmpeg would pass them through unchanged, one small packet at a time. None for any
+    other file, which PyAV then decodes (and reports on, when it can't)."""
+    try:
+        wav = wave.open(os.fspath(path), "rb")
+    except (wave.Error, EOFError, OSError):
+        return None
+    if (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) != (1, 2, sr):
+        wav.close()
+        return None
+    return _wav_blocks(wav)
+
+
+def _wav_blocks(wav: wave.Wave_read) -> Iterator[np.ndarray]:
+    with wav:
+        while block := wav.readframes(_WAV_BLOCK):
+            yield np.frombuffer(block, dtype="<i2")
 
 
 def _decoded_frames(
