@@ -25,6 +25,9 @@ from .dims import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
 
 _BLOCK_HOP = _FRAMES_PER_BLOCK * HOP_LENGTH  # samples between the first frames of two blocks
 _CONTEXT = N_FFT // 2  # samples each side of a frame's centre
+# mel blocks the first pass keeps for the windows (each 1.3 MB at 80 mels): a file of up to ~5 min
+# is then not computed twice; a longer one keeps none
+_KEPT_BLOCKS = 8
 
 
 class _PcmReader:
@@ -122,7 +125,7 @@ class StreamedAudio:
 
     Whisper floors the log-mel 8 below the whole file's maximum: the constructor makes a first pass
     over the file for that maximum (and the number of samples), then windows are decoded again as
-    they are asked for. Each mel frame is computed from the same samples in the same 4096-frame
+    they are asked for (the mel of a file of a few minutes is kept from the first pass). Each mel frame is computed from the same samples in the same 4096-frame
     block as the whole-file computation, so the frames are the same to the bit.
     """
 
@@ -130,15 +133,19 @@ class StreamedAudio:
         self.path = os.fspath(path)
         self.n_mels = n_mels
         reader = _PcmReader(self.path)
-        log_max, block = None, 0
+        log_max, block, kept = None, 0, {}
         try:
             while True:
                 if reader.n_samples is not None and block * _FRAMES_PER_BLOCK >= _n_frames(
                     reader.n_samples
                 ):
                     break
-                block_max = _block_log_mel(reader, block, None, n_mels).max()
+                log_spec = _block_log_mel(reader, block, None, n_mels)
+                block_max = log_spec.max()
                 log_max = block_max if log_max is None else max(log_max, block_max)
+                if kept is not None:
+                    kept[block] = log_spec
+                    kept = kept if len(kept) <= _KEPT_BLOCKS else None
                 block += 1
                 reader.release(block * _BLOCK_HOP - _CONTEXT)
         finally:
@@ -149,7 +156,9 @@ class StreamedAudio:
         self.log_max = log_max  # np.float32, as log_spec.max() of the whole file
         self._n_frames = _n_frames(self.n_samples)
         self._reader: _PcmReader | None = None
-        self._blocks: dict[int, np.ndarray] = {}
+        self._blocks: dict[int, np.ndarray] = {
+            b: _floor_and_scale(log_spec, log_max) for b, log_spec in (kept or {}).items()
+        }
 
     def __len__(self) -> int:
         return self.n_samples
@@ -173,7 +182,8 @@ class StreamedAudio:
             return np.zeros((self.n_mels, 0), dtype=np.float32)
         first, last = seek // _FRAMES_PER_BLOCK, (stop - 1) // _FRAMES_PER_BLOCK
         blocks = {b: self._block(b) for b in range(first, last + 1)}
-        self._blocks = blocks  # windows move forward: later ones need none before these
+        # windows move forward: later ones need none before these
+        self._blocks = {b: mel for b, mel in self._blocks.items() if b >= first}
         self._release(seek)
         out = np.concatenate([blocks[b] for b in range(first, last + 1)], axis=1)
         offset = seek - first * _FRAMES_PER_BLOCK
