@@ -125,8 +125,9 @@ class StreamedAudio:
 
     Whisper floors the log-mel 8 below the whole file's maximum: the constructor makes a first pass
     over the file for that maximum (and the number of samples), then windows are decoded again as
-    they are asked for (the mel of a file of a few minutes is kept from the first pass). Each mel frame is computed from the same samples in the same 4096-frame
-    block as the whole-file computation, so the frames are the same to the bit.
+    they are asked for (the mel of a file of a few minutes is kept from the first pass). Each mel
+    frame is computed from the same samples in the same 4096-frame block as the whole-file
+    computation, so the frames are the same to the bit.
     """
 
     def __init__(self, path: PathLike, n_mels: int = 80):
