@@ -143,17 +143,18 @@ def test_load_audio_matches_openai_ffmpeg_loader(clip):
 def test_plain_wav_read_as_stored_equals_pyav_decoding(clip, monkeypatch):
     import max_whisper.audio as audio_module
 
-    stored = audio_module._stored_pcm16(clip, SAMPLE_RATE)
+    opened = audio_module._plain_wav(clip, SAMPLE_RATE)
     try:  # 16-bit mono 16 kHz PCM WAV is read without PyAV, and only it
         with wave.open(str(clip)) as wav:
-            plain = (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) == (1, 2, 16_000)
+            form = (wav.getnchannels(), wav.getsampwidth(), wav.getframerate())
+        plain = form == (1, 2, SAMPLE_RATE)
     except (wave.Error, EOFError):
         plain = False
-    assert (stored is not None) == plain
-    if stored is not None:
-        stored.close()
+    assert (opened is not None) == plain
+    if opened is not None:
+        opened.close()
     direct = load_audio(clip)
-    monkeypatch.setattr(audio_module, "_stored_pcm16", lambda path, sr: None)
+    monkeypatch.setattr(audio_module, "_plain_wav", lambda path, sr: None)
     assert np.array_equal(direct, load_audio(clip))
 
 

@@ -95,9 +95,11 @@ def _audio_stream(
 
 def _decode_pcm16(path: PathLike, sr: int) -> Iterator[np.ndarray]:
     """int16 mono samples at `sr`, a decoded frame at a time."""
-    stored = _stored_pcm16(path, sr)
-    if stored is not None:
-        yield from stored
+    wav = _plain_wav(path, sr)
+    if wav is not None:  # read as stored: FFmpeg would pass it through, a small packet at a time
+        with wav:
+            while block := wav.readframes(_WAV_BLOCK):
+                yield np.frombuffer(block, dtype="<i2")
         return
     with _open(path) as container:
         resampler, params = None, None
@@ -115,9 +117,8 @@ def _decode_pcm16(path: PathLike, sr: int) -> Iterator[np.ndarray]:
 _WAV_BLOCK = 1 << 16  # samples per read of a plain WAV file
 
 
-def _stored_pcm16(path: PathLike, sr: int) -> Iterator[np.ndarray] | None:
-    """The samples of a WAV file already in the wanted form (16-bit mono PCM at `sr`), read as
-    stored: FFmpeg would pass them through unchanged, one small packet at a time. None for any
+def _plain_wav(path: PathLike, sr: int) -> wave.Wave_read | None:
+    """The file opened as a WAV already in the wanted form (16-bit mono PCM at `sr`); None for any
     other file, which PyAV then decodes (and reports on, when it can't)."""
     try:
         wav = wave.open(os.fspath(path), "rb")
@@ -126,13 +127,7 @@ def _stored_pcm16(path: PathLike, sr: int) -> Iterator[np.ndarray] | None:
     if (wav.getnchannels(), wav.getsampwidth(), wav.getframerate()) != (1, 2, sr):
         wav.close()
         return None
-    return _wav_blocks(wav)
-
-
-def _wav_blocks(wav: wave.Wave_read) -> Iterator[np.ndarray]:
-    with wav:
-        while block := wav.readframes(_WAV_BLOCK):
-            yield np.frombuffer(block, dtype="<i2")
+    return wav
 
 
 def _decoded_frames(
