@@ -11,11 +11,26 @@ from .tokenizer import Tokenizer
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float32)
+    shifted, log_total = _shifted_and_log_total(logits)
+    return shifted - log_total
+
+
+def chosen_logprobs(logits: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """log_softmax(logits)[row, chosen[row]] of each row [batch, vocab], without the whole array:
+    the same float32 operations, so the same values."""
+    shifted, log_total = _shifted_and_log_total(logits)
+    rows = np.arange(len(chosen))
+    return shifted[rows, chosen] - log_total[:, 0]
+
+
+def _shifted_and_log_total(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x - max(x), log(sum(exp(x - max(x))))) along the last axis, in float32 (an all -inf row
+    shifts by 0)."""
+    x = np.asarray(logits, dtype=np.float32)
     m = np.max(x, axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)
     shifted = x - m
-    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    return shifted, np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
 
 
 def logsumexp(x: np.ndarray) -> float:
@@ -29,7 +44,7 @@ class SuppressBlank:
     """No blank or EOT as the first sampled token."""
 
     def __init__(self, tokenizer: Tokenizer, sample_begin: int):
-        self.ids = tokenizer.encode(" ") + [tokenizer.eot]
+        self.ids = np.array(tokenizer.encode(" ") + [tokenizer.eot], dtype=np.intp)
         self.sample_begin = sample_begin
 
     def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
@@ -39,7 +54,7 @@ class SuppressBlank:
 
 class SuppressTokens:
     def __init__(self, suppress_tokens: Sequence[int]):
-        self.ids = list(suppress_tokens)
+        self.ids = np.array(list(suppress_tokens), dtype=np.intp)
 
     def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
         logits[:, self.ids] = -np.inf
@@ -84,9 +99,9 @@ class ApplyTimestampRules:
             if self.max_initial_timestamp_index is not None:
                 logits[:, ts_begin + self.max_initial_timestamp_index + 1 :] = -np.inf
 
-        logprobs = log_softmax(logits)
+        # The timestamps' total log-probability against the likeliest text token's: both sides of
+        # the log-softmax share its normaliser, so the logits themselves compare (one pass over the
+        # vocabulary, not three).
         for k in range(tokens.shape[0]):
-            timestamp_logprob = logsumexp(logprobs[k, ts_begin:])
-            max_text_token_logprob = logprobs[k, :ts_begin].max()
-            if timestamp_logprob > max_text_token_logprob:
+            if logsumexp(logits[k, ts_begin:]) > logits[k, :ts_begin].max():
                 logits[k, :ts_begin] = -np.inf

@@ -7,7 +7,7 @@ import numpy as np
 
 from .backends.base import DecoderSession
 from .errors import DecodingError
-from .logit_filters import log_softmax
+from .logit_filters import chosen_logprobs, log_softmax
 
 
 class GreedyDecoder:
@@ -34,8 +34,7 @@ class GreedyDecoder:
                     )
                 ]
             )
-        logprobs = log_softmax(logits)
-        current = logprobs[np.arange(len(next_tokens)), next_tokens]
+        current = chosen_logprobs(logits, next_tokens)
         finished = tokens[:, -1] == self.eot
         sum_logprobs += np.where(finished, 0.0, current)
         next_tokens[finished] = self.eot
