@@ -35,8 +35,11 @@ def test_decode_matches_openai_whisper(models, reference, options):
         ours = model.decode(
             reference.mel("tiny.en", clip)[None], DecodingOptions(language="en", **options)
         )[0]
-        assert ours.tokens == reference.tokens("tiny.en", clip, language="en", **options), clip.name
-        assert np.isfinite(ours.avg_logprob) and 0 <= ours.no_speech_prob <= 1
+        theirs = reference.decode("tiny.en", clip, language="en", **options)
+        assert ours.tokens == theirs.tokens, clip.name
+        # the log-probabilities behind fallback and ranking: float32 sums in another order
+        assert ours.avg_logprob == pytest.approx(theirs.avg_logprob, abs=1e-4), clip.name
+        assert ours.no_speech_prob == pytest.approx(theirs.no_speech_prob, abs=1e-4), clip.name
         assert ours.text or "prefix" in options  # a forced prefix may leave nothing to say
 
 
