@@ -50,22 +50,22 @@ def pytest_collection_finish(session):
         jobs += jobs_for(tiny, float64_blocks=2)[:1]  # the float64-blocks encoder
     log_dir = Path(os.environ.get("MAX_WHISPER_PRECOMPILE_LOG_DIR", REPO_ROOT / ".pytest_cache"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    log = open(log_dir / "warmup.log", "w")
-    _warmup.append(
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "max_whisper.backends.max.warmup",
-                "--jobs",
-                json.dumps([j.to_json() for j in jobs]),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=subprocess_env(),
-            cwd=REPO_ROOT,
+    with open(log_dir / "warmup.log", "w") as log:  # the child writes to its own copy
+        _warmup.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "max_whisper.backends.max.warmup",
+                    "--jobs",
+                    json.dumps([j.to_json() for j in jobs]),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=subprocess_env(),
+                cwd=REPO_ROOT,
+            )
         )
-    )
 
 
 # Test files that need no compiled MAX graph: they run first, while the graphs compile.
@@ -103,7 +103,11 @@ def pytest_collection_modifyitems(session, config, items):
 def pytest_sessionfinish(session, exitstatus):
     for proc in _warmup:
         if proc.poll() is None:
-            proc.terminate()
+            proc.terminate()  # it stops its own compile processes
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 # --- models ---------------------------------------------------------------------------------------
