@@ -84,20 +84,11 @@ NEEDS_NO_MAX_GRAPH = {
 }
 
 
-# Test files whose server fixture runs base when it is installed (their tests carry no marker).
-USES_BASE = {"test_demo.py"}
-
-
 def pytest_collection_modifyitems(session, config, items):
-    """Tests that need no graph first, then tiny.en's, then base's (whose graphs compile last):
-    the base graphs compile while the tiny.en tests run, instead of a test waiting for them."""
-
-    def needs(item) -> tuple[bool, bool]:
-        name = item.path.name
-        base = item.get_closest_marker("base") is not None or name in USES_BASE
-        return name not in NEEDS_NO_MAX_GRAPH, base
-
-    items.sort(key=needs)  # stable: file order kept within
+    """Tests that need no graph first. The others keep their file order, base's among them: run
+    last, they let the tiny.en tests starve the (nice 19) base compiles, then wait behind the last
+    single-threaded one with a core idle."""
+    items.sort(key=lambda item: item.path.name not in NEEDS_NO_MAX_GRAPH)  # stable
 
 
 def pytest_sessionfinish(session, exitstatus):
