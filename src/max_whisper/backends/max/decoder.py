@@ -73,14 +73,6 @@ def step_positions(
     (a padding column sees only itself, so that it stays finite), positions counted from each
     row's first real token."""
     n_total = n_past + n_new
-    shape = (len(pad), group)
-    if not pad.any():  # the common case, built with a few small arrays: it runs at every step
-        query = np.arange(n_past, n_total)
-        causal = np.where(np.arange(n_total) > query[:, None], np.float32(-np.inf), np.float32(0))
-        return (
-            np.ascontiguousarray(np.broadcast_to(query, (*shape, n_new)), dtype=np.int64),
-            np.ascontiguousarray(np.broadcast_to(causal, (*shape, n_new, n_total))),
-        )
     cols = np.arange(n_total)[None, None, :]
     query = np.arange(n_past, n_total)[None, :, None]
     pad = pad[:, None, None]
@@ -91,6 +83,7 @@ def step_positions(
         cols > query, np.float32(-np.inf), np.where(padding, PADDING_SCORE, np.float32(0))
     )
     positions = np.maximum(np.arange(n_past, n_total)[None, :] - pad[:, :, 0], 0)  # [A, n]
+    shape = (len(pad), group)
     return (
         np.ascontiguousarray(np.broadcast_to(positions[:, None], (*shape, n_new)), dtype=np.int64),
         np.ascontiguousarray(
