@@ -83,6 +83,21 @@ def test_log_mel_matches_openai_on_synthetic_signal():
         )
 
 
+@requires_reference
+def test_log_mel_matches_openai_across_digital_silence():
+    # exact zeros before, between and after two tones, and one lone sample inside the gap: the
+    # silent frames skip the FFT, the frames that touch any sample do not
+    tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(8_000) / SAMPLE_RATE)).astype(np.float32)
+    gap = np.zeros(20_000, dtype=np.float32)
+    gap[10_000] = 0.05
+    audio = np.concatenate([np.zeros(3_000, np.float32), tone, gap, tone])
+    ours = log_mel_spectrogram(audio, 80, padding=N_SAMPLES)
+    ref = _whisper_mel(audio, 80, N_SAMPLES)
+    assert np.abs(ours - ref).max() < MEL_ATOL
+    lone = (3_000 + 8_000 + 10_000) // 160  # the frame centred on the lone sample
+    assert ours[:, lone].max() > ours[:, lone - 5].max()  # heard, not skipped
+
+
 def test_log_mel_shape_and_padding():
     audio = np.zeros(16_000, dtype=np.float32)
     audio[::100] = 0.5

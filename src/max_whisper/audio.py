@@ -250,7 +250,20 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
 
 
 def _mel_power(frames: np.ndarray, n_mels: int) -> np.ndarray:
-    """Mel power [n_mels, n] of STFT frames [n, N_FFT] (a view of the padded samples)."""
+    """Mel power [n_mels, n] of STFT frames [n, N_FFT] (a view of the padded samples).
+
+    Frames of digital silence (the padding that fills a short clip's window, gaps of exact zeros)
+    have exactly zero power: only the others go through the FFT."""
+    sounding = frames.any(axis=1)
+    if sounding.all():
+        return _sounding_mel_power(frames, n_mels)
+    power = np.zeros((n_mels, len(frames)), dtype=np.float32)
+    if sounding.any():
+        power[:, sounding] = _sounding_mel_power(frames[sounding], n_mels)
+    return power
+
+
+def _sounding_mel_power(frames: np.ndarray, n_mels: int) -> np.ndarray:
     spectrum = np.fft.rfft(frames * _hann_window(N_FFT), axis=-1)
     power = spectrum.real**2 + spectrum.imag**2
     return (power @ mel_filters(n_mels).T).T
