@@ -134,8 +134,16 @@ def test_ten_minutes_of_speech_and_pauses(ort, clips):
     spans = vad.speech_spans(audio)
     assert len(spans) == len(where)
     windows = vad.chunks(spans, 30.0)
-    assert all(e - s <= 30 * SR for s, e in windows)
+    assert all(_speech_in(spans, window) <= 30 * SR for window in windows)
     assert all(any(cs <= s and e <= ce for cs, ce in windows) for s, e in spans)
+    for window, following in zip(windows, windows[1:]):  # packed: the next span did not fit
+        first = min((s, e) for s, e in spans if s >= following[0])
+        assert _speech_in(spans, window) + first[1] - first[0] > 30 * SR
+
+
+def _speech_in(spans, window) -> int:
+    start, end = window
+    return sum(min(e, end) - max(s, start) for s, e in spans if s < end and e > start)
 
 
 # --- chunks, SpeechMap.restore and the rules, on given spans and probabilities -------------------
@@ -144,12 +152,15 @@ def test_ten_minutes_of_speech_and_pauses(ort, clips):
 def test_chunks_respect_the_limit_and_cover_every_span():
     seconds = [(0, 5), (6, 20), (21, 29), (40, 45), (50, 125), (126, 127)]
     spans = [(s * SR, e * SR) for s, e in seconds]
-    windows = vad.chunks(spans, 30.0)  # 40-45 cannot join 0-29; 50-125 is cut every 30 s
-    expected = [(0, 29), (40, 45), (50, 80), (80, 110), (110, 127)]
+    windows = vad.chunks(spans, 30.0)  # 40-45 cannot join 0-29 (27 s of speech); 50-125 is cut
+    expected = [(0, 29), (40, 45), (50, 80), (80, 110), (110, 127)]  # every 30 s
     assert windows == [(s * SR, e * SR) for s, e in expected]
+    # what counts is the speech a chunk holds, not its length with the pauses
+    spaced = [(0, 10 * SR), (25 * SR, 35 * SR), (50 * SR, 60 * SR), (61 * SR, 62 * SR)]
+    assert vad.chunks(spaced, 30.0) == [(0, 60 * SR), (61 * SR, 62 * SR)]
     for limit in (1.0, 7.5, 30.0, 100.0):
         windows = vad.chunks(spans, limit)
-        assert all(0 < e - s <= limit * SR for s, e in windows)
+        assert all(0 < _speech_in(spans, w) <= limit * SR for w in windows)
         covered = np.zeros(127 * SR, bool)
         for s, e in windows:
             covered[s:e] = True

@@ -3,7 +3,7 @@
 The model file comes from an installed package (faster-whisper's wheel or silero-vad's), never from
 the network. `speech_spans` turns the network's per-frame speech probabilities into speech stretches
 with Silero's rules (hysteresis, minimum speech and silence, maximum length, padding); `SpeechMap`
-cuts the silence out of the audio and maps transcription times back; `chunks` groups the stretches
+cuts the silence out of the audio and maps transcription times back; `chunks` packs the stretches
 of a long file into windows for batched transcription.
 """
 
@@ -229,21 +229,25 @@ def speech_spans(
 def chunks(
     spans: Sequence[Span], max_seconds: float = 30.0, sample_rate: int = SAMPLE_RATE
 ) -> list[Span]:
-    """Spans merged greedily into contiguous windows of at most `max_seconds`, split only between
-    spans; a span longer than that is cut every `max_seconds`."""
+    """Spans packed greedily, in order, into chunks that hold at most `max_seconds` of speech
+    (the pauses inside a chunk are cut out when it is collected: SpeechMap), so that each chunk
+    fills one window; a span longer than that is cut every `max_seconds`, in chunks of its own."""
     limit = int(max_seconds * sample_rate) if max_seconds > 0 else 0
     if limit <= 0:
         raise UsageError(f"max_seconds must be positive, got {max_seconds}")
-    merged: list[list[int]] = []
+    packed: list[list[int]] = []
+    speech = limit  # speech in the last chunk: full before the first span
     for s, e in sorted(spans):
-        if merged and e - merged[-1][0] <= limit:
-            merged[-1][1] = max(merged[-1][1], e)
-            continue
         while e - s > limit:
-            merged.append([s, s + limit])
-            s += limit
-        merged.append([s, e])
-    return [(s, e) for s, e in merged]
+            packed.append([s, s + limit])
+            s, speech = s + limit, limit
+        if speech + (e - s) <= limit:
+            packed[-1][1] = max(packed[-1][1], e)
+            speech += e - s
+        else:
+            packed.append([s, e])
+            speech = e - s
+    return [(s, e) for s, e in packed]
 
 
 # --- cutting the silence out, and putting it back into timestamps ----------------------
