@@ -139,6 +139,38 @@ def test_several_windows_and_beams_in_one_batch(models, reference):
     assert [r.tokens for r in together] == [r.tokens for r in alone]
 
 
+def test_windows_leave_a_batch_without_touching_shared_cross_kv(models):
+    """A session whose windows leave keeps the others' rows: its next logits are those of a
+    session on the kept windows alone. It compacts the cross K/V in place only when no other
+    session was given the same buffers."""
+    decoder = models.get("tiny.en", "max").backend.decoder
+    rng = np.random.default_rng(5)
+    features = rng.standard_normal((3, 1500, 384)).astype(np.float32)
+    prompt = np.array([[50257, 50362, 440]] * 3)
+    step = np.hstack([prompt, [[383], [1114], [257]]])
+
+    expected = decoder.new_session(features[[0, 2]])
+    expected.logits(prompt[[0, 2]])
+    expected = expected.logits(step[[0, 2]])
+    originals = [decoder._to_numpy(b).copy() for b in decoder.cross_kv(features)]
+
+    reader, leaver = decoder.new_session(features), decoder.new_session(features)  # shared
+    leaver.logits(prompt)
+    leaver.keep_windows([0, 2])
+    np.testing.assert_allclose(leaver.logits(step[[0, 2]]), expected, rtol=0, atol=1e-4)
+    reader_cross = [decoder._to_numpy(b) for b in reader.cross]
+    assert all(np.array_equal(a, b) for a, b in zip(reader_cross, originals))
+
+    alone = decoder.new_session(features[::-1].copy())  # its own cross K/V: compacted in place
+    alone.logits(prompt)
+    alone.keep_windows([0, 2])  # windows 2 and 0
+    alone.logits(step[[2, 0]])
+    assert all(
+        np.array_equal(decoder._to_numpy(b), o[[2, 0]]) for b, o in zip(alone.cross, originals)
+    )
+    assert decoder._last_cross is None or decoder._last_cross[1] is not alone.cross
+
+
 def test_max_transcription_never_imports_torch():
     clip = shared_clip("librivox-0880")
     script = (

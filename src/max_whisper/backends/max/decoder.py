@@ -116,6 +116,7 @@ class MaxDecoder:
         self._step_rows = models.get("whisper_decoder_step_rows", self._step)
         self._scores = models["whisper_decoder_scores"]
         self._last_cross: tuple[np.ndarray, list[Buffer]] | None = None
+        self._cross_handouts = 0  # sessions given _last_cross's buffers
         d, heads = dims.n_text_state, dims.n_text_head
         self._cache_shapes = ((heads, d // heads, 0), (heads, 0, d // heads))  # after [A, G]
 
@@ -124,7 +125,7 @@ class MaxDecoder:
 
         The last result is kept: language detection, each temperature of the fallback and word
         timing all open sessions on the same window's features (compared exactly, not by identity).
-        The buffers are only ever read, so sessions can share them.
+        Sessions share the buffers and only read them, unless one claims them (claim_cross).
         """
         features = np.ascontiguousarray(audio_features, dtype=np.float32)
         last = self._last_cross
@@ -133,10 +134,21 @@ class MaxDecoder:
             and last[0].shape == features.shape
             and np.array_equal(last[0], features)
         ):
+            self._cross_handouts += 1
             return last[1]
         out = list(self._cross_kv.execute(self._to_device(features)))
-        self._last_cross = (features.copy(), out)
+        self._last_cross, self._cross_handouts = (features.copy(), out), 1
         return out
+
+    def claim_cross(self, cross: list[Buffer]) -> bool:
+        """Whether `cross` (from cross_kv) is the caller's to change: handed out to it alone. It
+        is then forgotten here, and no later session gets it."""
+        last = self._last_cross
+        if last is not None and last[1] is cross:
+            if self._cross_handouts > 1:
+                return False
+            self._last_cross = None
+        return True
 
     def empty_cache(self, n_audio: int, group: int) -> list[Buffer]:
         k_shape, v_shape = self._cache_shapes
@@ -215,6 +227,7 @@ class MaxDecoderSession:
         self.n_audio = audio_features.shape[0]
         self.pad = None if pad is None or not any(pad) else np.asarray(pad, np.int64)
         self.cross = decoder.cross_kv(audio_features)
+        self._own_cross = False  # the cross K/V is the decoder's, shared (claim_cross)
         self.cache: list[Buffer] | None = None
         self.n_cached = 0
 
@@ -269,13 +282,26 @@ class MaxDecoderSession:
         self.cache = cache
 
     def keep_windows(self, windows: list[int]) -> None:
-        """Go on with only these windows (indices into the current ones): their cache rows, cross
-        K/V and padding; the others have ended and leave the batch."""
+        """Go on with only these windows (ascending indices into the current ones): their cache
+        rows, cross K/V and padding; the others have ended and leave the batch."""
         index = np.asarray(windows, dtype=np.int64)
-        select = [
-            self.decoder._to_device(self.decoder._to_numpy(b)[index]) for b in (self.cache or [])
-        ]
-        self.cross = [self.decoder._to_device(self.decoder._to_numpy(b)[index]) for b in self.cross]
-        self.cache = select or None
+        # The cache is this session's own (each step returns a new one). The cross K/V is
+        # shared with other sessions unless the decoder lets this one claim it: then copied once.
+        own_cross = self._own_cross or self.decoder.claim_cross(self.cross)
+        self.cache = [self._kept(b, index, in_place=True) for b in self.cache or []] or None
+        self.cross = [self._kept(b, index, in_place=own_cross) for b in self.cross]
+        self._own_cross = True
         self.pad = None if self.pad is None else self.pad[index]
         self.n_audio = len(index)
+
+    def _kept(self, buffer: Buffer, index: np.ndarray, in_place: bool) -> Buffer:
+        """The rows `index` of a [n_audio, ...] buffer. In place, the kept rows move to the front
+        of the buffer's own memory: no new pages to fault in (a new array of the cross K/V of 8
+        windows costs several times the copy itself)."""
+        rows = self.decoder._to_numpy(buffer)
+        if not in_place or (np.diff(index) <= 0).any():
+            return self.decoder._to_device(rows[index])
+        for new, old in enumerate(index):  # ascending: rows only move towards the front
+            if new != old:
+                rows[new] = rows[old]
+        return self.decoder._to_device(rows[: len(index)])
