@@ -358,9 +358,9 @@ def transcribe_chunked(
     on_segment: Callable[[dict], None] | None = None,
 ) -> dict:
     """One long recording as chunks of at most 30 s of speech (Silero VAD: the stretches of speech
-    packed in order up to 30 s, the pauses between them cut out), transcribed as `batch_size` streams at a
-    time, each with the fallback and no-speech rules (no text carries over between chunks); the
-    segments come back in order, in the recording's time."""
+    packed in order up to 30 s, the pauses between them cut out), transcribed as `batch_size`
+    streams at a time, each with the fallback and no-speech rules (no text carries over between
+    chunks); the segments come back in order, in the recording's time."""
     from .vad import SpeechMap, VadOptions, chunks, speech_spans
 
     samples = _samples(audio)
