@@ -141,13 +141,12 @@ class MaxDecoder:
         return out
 
     def claim_cross(self, cross: list[Buffer]) -> bool:
-        """Whether `cross` (from cross_kv) is the caller's to change: handed out to it alone. It
-        is then forgotten here, and no later session gets it."""
+        """Whether `cross` (from cross_kv) is the caller's to change: the last result, handed
+        out to the caller alone. It is then forgotten here, and no later session gets it."""
         last = self._last_cross
-        if last is not None and last[1] is cross:
-            if self._cross_handouts > 1:
-                return False
-            self._last_cross = None
+        if last is None or last[1] is not cross or self._cross_handouts > 1:
+            return False  # shared, or no longer known how widely
+        self._last_cross = None
         return True
 
     def empty_cache(self, n_audio: int, group: int) -> list[Buffer]:
