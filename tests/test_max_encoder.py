@@ -200,6 +200,25 @@ def test_intermediates_end_with_the_features(max_encoder):
     )  # batch rows independent
 
 
+def test_encoder_gives_the_decoders_cross_kv(models):
+    """The encoder graph's cross K/V is what the decoder's own graph computes from the same
+    features, and the sessions opened on them use it instead of computing it again."""
+    backend = models.get("tiny.en", "max").backend
+    mel = np.random.default_rng(1).standard_normal((2, 80, 3000)).astype(np.float32)
+    features = backend.encode(mel)
+    session = backend.decoder_session(features)
+    decoder = backend.decoder
+    assert decoder._last_cross is not None and session.cross is decoder._last_cross[1]
+    own = decoder._cross_kv.execute(decoder._to_device(features))
+    assert len(session.cross) == len(own) == 2 * backend.dims.n_text_layer
+    for given, computed in zip(session.cross, own):
+        given, computed = decoder._to_numpy(given), decoder._to_numpy(computed)
+        assert given.shape == computed.shape
+        np.testing.assert_allclose(given, computed, rtol=0, atol=1e-5)
+    other = features[::-1].copy()  # other features: the decoder computes their K/V itself
+    assert backend.decoder_session(other).cross is not session.cross
+
+
 def test_wrong_mel_shape_is_a_clear_error(max_encoder):
     with pytest.raises(ValueError, match="mel must be"):
         max_encoder("tiny.en")(np.zeros((1, 80, 1000), np.float32))

@@ -22,4 +22,5 @@ class HybridBackend(ReferenceBackend):
         )
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
+        # the graph also gives MAX's cross-attention K/V, which PyTorch's decoder does not use
         return self.encoder(np.ascontiguousarray(mel, dtype=np.float32))

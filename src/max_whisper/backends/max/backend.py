@@ -43,7 +43,9 @@ class MaxBackend:
         mel = np.asarray(mel, dtype=np.float32)
         if mel.ndim == 2:
             mel = mel[None]
-        return self.encoder(mel)
+        features, cross = self.encoder.features_and_cross_kv(mel)
+        self.decoder.remember_cross(features, cross)  # the sessions on these features use it
+        return features
 
     def decoder_session(
         self, audio_features: np.ndarray, pad: list[int] | None = None

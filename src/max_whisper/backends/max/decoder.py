@@ -140,6 +140,12 @@ class MaxDecoder:
         self._last_cross, self._cross_handouts = (features.copy(), out), 1
         return out
 
+    def remember_cross(self, audio_features: np.ndarray, cross: list[Buffer]) -> None:
+        """Keep `cross`, computed elsewhere (the encoder graph), as the cross K/V of these
+        features: the next sessions on them use it."""
+        features = np.ascontiguousarray(audio_features, dtype=np.float32)
+        self._last_cross, self._cross_handouts = (features.copy(), cross), 0
+
     def claim_cross(self, cross: list[Buffer]) -> bool:
         """Whether `cross` (from cross_kv) is the caller's to change: the last result, handed
         out to the caller alone. It is then forgotten here, and no later session gets it."""

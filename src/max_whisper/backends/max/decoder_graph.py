@@ -2,7 +2,8 @@
 
 One module, compiled once per model shape:
   - cross K/V graph: encoder features [A, n_audio_ctx, d] -> every layer's cross-attention K and V,
-    run once per window (and reused by every session opened on the same features);
+    for features the encoder graph did not give them with (it computes the same ones; every
+    session opened on the same features reuses them);
   - step graph: tokens [A, G, n] + positions [A, G, n] + mask [A, G, n, past + n] -> token +
     positional embedding,
     N pre-LN blocks (causal self-attention over cached + new K/V, cross-attention (on a CPU
@@ -45,7 +46,7 @@ from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, ops
 
 from ...dims import ModelDimensions
 from .custom_ops import append_positions, cross_attention, half_weight_matmul, kernel_library
-from .layers import gelu, layer_norm, linear, weight
+from .layers import cross_kv, gelu, layer_norm, linear, weight
 
 N_AUDIO = "n_audio"
 GROUP = "group"  # token rows per audio (beams); a batch of rows is laid out [n_audio, group, ...]
@@ -195,20 +196,6 @@ def _types(dims: ModelDimensions, device: DeviceRef) -> dict[str, TensorType]:
     }
 
 
-def _cross_kv(
-    f: TensorValue, dims: ModelDimensions, device: DeviceRef, prefix: str
-) -> list[TensorValue]:
-    d, heads, ctx = dims.n_text_state, dims.n_text_head, dims.n_audio_ctx
-    hd = d // heads
-    n_audio = f.shape[0]
-    k = linear(f, f"{prefix}cross_attn.key", dims.n_audio_state, d, device, bias=False)
-    v = linear(f, f"{prefix}cross_attn.value", dims.n_audio_state, d, device)
-    return [
-        ops.permute(ops.reshape(k, [n_audio, ctx, heads, hd]), [0, 2, 3, 1]),  # [A, H, hd, ctx]
-        ops.permute(ops.reshape(v, [n_audio, ctx, heads, hd]), [0, 2, 1, 3]),
-    ]  # [A, H, ctx, hd]
-
-
 def build_cross_kv_graph(
     dims: ModelDimensions, device: DeviceRef, module: Module | None = None
 ) -> Graph:
@@ -220,7 +207,7 @@ def build_cross_kv_graph(
             *(
                 out
                 for i in range(dims.n_text_layer)
-                for out in _cross_kv(f, dims, device, f"blocks.{i}.")
+                for out in cross_kv(f, dims, device, f"blocks.{i}.")
             )
         )
     return graph

@@ -1,6 +1,7 @@
 """The MAX encoder at run time: the encoder graph (encoder_graph) bound to one model's weights.
 
-mel [n_audio, n_mels, 3000] float32 -> audio features [n_audio, n_audio_ctx, d] float32.
+mel [n_audio, n_mels, 3000] float32 -> audio features [n_audio, n_audio_ctx, d] float32, and with
+them the decoder's cross-attention K/V (`features_and_cross_kv`), left on the device.
 
 Accuracy. The first blocks amplify rounding: any float32 evaluation of Whisper's encoder lands a few
 1e-4 from the exact (float64) result in its own direction, depending on the CPU's kernels, while the
@@ -39,6 +40,9 @@ def encoder_signature(dims: ModelDimensions, float64_blocks: int = 0) -> dict:
         "n_audio_state": dims.n_audio_state,
         "n_audio_head": dims.n_audio_head,
         "n_audio_layer": dims.n_audio_layer,
+        "n_text_state": dims.n_text_state,  # the cross K/V
+        "n_text_head": dims.n_text_head,
+        "n_text_layer": dims.n_text_layer,
     }
 
 
@@ -89,18 +93,24 @@ class MaxEncoder:
             )
         return self._buffers.to_device(mel)
 
-    def _run(self, mel: np.ndarray) -> list[tuple[str, Buffer]]:
-        features, stem, *blocks = self._model.execute(self._input(mel))
-        return (
-            [("stem", stem)]
-            + [(f"block.{i}", b) for i, b in enumerate(blocks)]
-            + [("ln_post", features)]
-        )
+    def _execute(self, mel: np.ndarray) -> tuple[Buffer, list[Buffer], list[Buffer]]:
+        """(features, cross K/V [k_0, v_0, k_1, ...], stage outputs)."""
+        features, *rest = self._model.execute(self._input(mel))
+        n_cross = 2 * self.dims.n_text_layer
+        return features, rest[:n_cross], rest[n_cross:]
 
     def __call__(self, mel: np.ndarray) -> np.ndarray:
-        return to_numpy(self._model.execute(self._input(mel))[0])
+        return to_numpy(self._execute(mel)[0])
+
+    def features_and_cross_kv(self, mel: np.ndarray) -> tuple[np.ndarray, list[Buffer]]:
+        """(features, every decoder layer's cross K and V on the device: what
+        MaxDecoder.cross_kv computes from these features)."""
+        features, cross, _ = self._execute(mel)
+        return to_numpy(features), cross
 
     def run_with_intermediates(self, mel: np.ndarray) -> list[tuple[str, np.ndarray]]:
         """[("stem", ...), ("block.0", ...), ..., ("ln_post", final features)],
         all [n_audio, n_audio_ctx, d]."""
-        return [(name, to_numpy(buffer)) for name, buffer in self._run(mel)]
+        features, _, (stem, *blocks) = self._execute(mel)
+        stages = [("stem", stem), *((f"block.{i}", b) for i, b in enumerate(blocks))]
+        return [(name, to_numpy(buffer)) for name, buffer in [*stages, ("ln_post", features)]]

@@ -2,7 +2,9 @@
 
 One graph: the stem (conv1 + GELU, conv2 stride 2 + GELU, + positional embedding), the residual
 blocks (layer i's weights under blocks.{i}.; the first `float64_blocks` compute in float64, float32
-in and out) and ln_post. It returns the features and every stage's output (free: each is computed
+in and out) and ln_post. It returns the features, every decoder layer's cross-attention K and V of
+them (weights under decoder.blocks.{i}.: in this graph they cost less than in a graph of their
+own, which the decoder keeps for other features) and every stage's output (free: each is computed
 anyway), the intermediates `compare` reports. One compile for the whole encoder costs about what the
 stem and one block cost apart (MAX compiles identical layers once).
 Weights are graph `Weight`s fed through the weights registry (weight_layout), so one compiled graph
@@ -15,7 +17,7 @@ from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorType, TensorValue, ops
 
 from ...dims import ModelDimensions
-from .layers import gelu, layer_norm, linear, weight
+from .layers import cross_kv, gelu, layer_norm, linear, weight
 
 N_AUDIO = "n_audio"  # symbolic batch dimension: one compiled graph serves any batch size
 
@@ -66,7 +68,8 @@ def _residual_block(
 
 
 def build_encoder_graph(dims: ModelDimensions, device: DeviceRef, float64_blocks: int = 0) -> Graph:
-    """mel [A, n_mels, 3000] -> (features, stem output, block 0 output, ..., block N-1 output)."""
+    """mel [A, n_mels, 3000] -> (features, cross K_0, V_0, ..., K_L-1, V_L-1, stem output,
+    block 0 output, ..., block N-1 output)."""
     mel_type = TensorType(
         DType.float32, [N_AUDIO, dims.n_mels, 2 * dims.n_audio_ctx], device=device
     )
@@ -79,5 +82,11 @@ def build_encoder_graph(dims: ModelDimensions, device: DeviceRef, float64_blocks
                 _residual_block(ops.cast(x, dtype), dims, device, f"blocks.{i}."), DType.float32
             )
             stages.append(x)
-        graph.output(layer_norm(x, "ln_post", dims.n_audio_state, device), *stages)
+        features = layer_norm(x, "ln_post", dims.n_audio_state, device)
+        cross = [
+            kv
+            for i in range(dims.n_text_layer)
+            for kv in cross_kv(features, dims, device, f"decoder.blocks.{i}.")
+        ]
+        graph.output(features, *cross, *stages)
     return graph

@@ -1,9 +1,12 @@
-"""Graph pieces shared by the encoder and decoder builders: weights, linear, LayerNorm, GELU."""
+"""Graph pieces shared by the encoder and decoder builders: weights, linear, LayerNorm, GELU, and
+the decoder's cross-attention K/V projections (built by both: see encoder_graph)."""
 
 from __future__ import annotations
 
 from max.dtype import DType
 from max.graph import DeviceRef, TensorValue, Weight, ops
+
+from ...dims import ModelDimensions
 
 LN_EPS = 1e-5
 
@@ -33,3 +36,19 @@ def layer_norm(x: TensorValue, name: str, d: int, device: DeviceRef) -> TensorVa
 
 def gelu(x: TensorValue) -> TensorValue:
     return ops.gelu(x, approximate="none")  # exact erf GELU, as Whisper
+
+
+def cross_kv(
+    features: TensorValue, dims: ModelDimensions, device: DeviceRef, prefix: str
+) -> list[TensorValue]:
+    """One decoder layer's cross-attention K [A, H, hd, ctx] and V [A, H, ctx, hd] of audio
+    features [A, ctx, d] (weights under `prefix`cross_attn.)."""
+    d, heads, ctx = dims.n_text_state, dims.n_text_head, dims.n_audio_ctx
+    hd = d // heads
+    n_audio = features.shape[0]
+    k = linear(features, f"{prefix}cross_attn.key", dims.n_audio_state, d, device, bias=False)
+    v = linear(features, f"{prefix}cross_attn.value", dims.n_audio_state, d, device)
+    return [
+        ops.permute(ops.reshape(k, [n_audio, ctx, heads, hd]), [0, 2, 3, 1]),
+        ops.permute(ops.reshape(v, [n_audio, ctx, heads, hd]), [0, 2, 1, 3]),
+    ]

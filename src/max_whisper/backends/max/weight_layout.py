@@ -58,7 +58,8 @@ def stem_registry(params: Params) -> Params:
 
 def encoder_registry(dims: ModelDimensions, params: Params, float64_blocks: int = 0) -> Params:
     """The encoder graph's weights: the stem's, each block's under blocks.{i}. (float64 for the
-    first `float64_blocks`, as those blocks compute), and ln_post."""
+    first `float64_blocks`, as those blocks compute), ln_post's, and the decoder's cross K/V
+    projections."""
     registry = stem_registry(params)
     for i in range(dims.n_audio_layer):
         dtype = np.float64 if i < float64_blocks else np.float32
@@ -71,7 +72,7 @@ def encoder_registry(dims: ModelDimensions, params: Params, float64_blocks: int 
         }
     registry["ln_post.weight"] = _f32(params["encoder.ln_post.weight"])
     registry["ln_post.bias"] = _f32(params["encoder.ln_post.bias"])
-    return registry
+    return registry | cross_kv_registry(dims, params, "decoder.")
 
 
 def _linears_and_norms(p: Params, linears: tuple[str, ...], norms: tuple[str, ...]) -> Params:
@@ -106,11 +107,12 @@ def decoder_block_registry(
     return {prefix + name: _f32(a) for name, a in registry.items()}
 
 
-def cross_kv_registry(dims: ModelDimensions, params: Params) -> Params:
-    """Every decoder layer's cross-attention key and value projections (the cross K/V graph)."""
+def cross_kv_registry(dims: ModelDimensions, params: Params, prefix: str = "") -> Params:
+    """Every decoder layer's cross-attention key and value projections (the cross K/V graph's,
+    and with prefix "decoder." the encoder graph's)."""
     registry = {}
     for i in range(dims.n_text_layer):
-        src, dst = f"decoder.blocks.{i}.cross_attn.", f"blocks.{i}.cross_attn."
+        src, dst = f"decoder.blocks.{i}.cross_attn.", f"{prefix}blocks.{i}.cross_attn."
         registry[dst + "key.weight"] = _f32(params[src + "key.weight"].T)
         registry[dst + "value.weight"] = _f32(params[src + "value.weight"].T)
         registry[dst + "value.bias"] = _f32(params[src + "value.bias"])
