@@ -15,6 +15,7 @@ from .compile_cache import cache_dir, source_hash
 
 KERNELS = Path(__file__).with_name("kernels")
 KERNEL_SOURCES = sorted(KERNELS.glob("*.mojo"))
+SOURCES = [Path(__file__), *KERNEL_SOURCES]  # what a graph calling these ops depends on
 HALF_WEIGHT_WIDTH = 8  # the kernel's vector width: the inner dimension must be a multiple of it
 
 
@@ -77,7 +78,7 @@ def append_positions(past: TensorValue, new: TensorValue, axis: int) -> TensorVa
     return ops.reshape(joined, shape)
 
 
-CROSS_ATTENTION_HEAD_SIZE = 64  # the kernel's head size (every Whisper model's) ...
+ATTENTION_HEAD_SIZE = 64  # the attention kernels' head size (every Whisper model's) ...
 CROSS_ATTENTION_MAX_CTX = 1536  # ... and the longest audio context its scores buffer holds
 
 
@@ -86,10 +87,27 @@ def cross_attention(q: TensorValue, k: TensorValue, v: TensorValue) -> TensorVal
     [A, H, M, hd]; on a CPU through our kernel (K and V streamed once per head; MAX's batched
     matmuls read them far below the memory's speed when M is a few rows), elsewhere MAX's ops."""
     hd, ctx = int(q.shape[3]), int(k.shape[3])
-    if not q.device.is_cpu() or hd != CROSS_ATTENTION_HEAD_SIZE or ctx > CROSS_ATTENTION_MAX_CTX:
+    if not q.device.is_cpu() or hd != ATTENTION_HEAD_SIZE or ctx > CROSS_ATTENTION_MAX_CTX:
         return ops.softmax(q @ k) @ v
     out = TensorType(DType.float32, q.shape, device=q.device)
     return ops.custom("cross_attention", q.device, [q, k, v], [out])[0].tensor
+
+
+def self_attention(qkv: TensorValue, heads: int) -> TensorValue:
+    """softmax(q kᵀ) v per head from the fused projection qkv [A, T, 3*d] (q scaled) -> [A, T, d];
+    in float32 on a CPU through our kernel (no permuted copies, the scores kept in cache),
+    elsewhere MAX's ops."""
+    batch, ctx, d = qkv.shape[0], qkv.shape[1], int(qkv.shape[2]) // 3
+    hd = d // heads
+    split = ops.reshape(qkv, [batch, ctx, 3, heads, hd])
+    if qkv.device.is_cpu() and qkv.dtype == DType.float32 and hd == ATTENTION_HEAD_SIZE:
+        out = TensorType(DType.float32, [batch, ctx, heads, hd], device=qkv.device)
+        attn = ops.custom("self_attention", qkv.device, [split], [out])[0].tensor
+        return ops.reshape(attn, [batch, ctx, d])
+    qkv_heads = ops.permute(split, [2, 0, 3, 1, 4])  # [3, A, H, T, hd]
+    q, k, v = qkv_heads[0], qkv_heads[1], qkv_heads[2]
+    attn = ops.softmax(q @ ops.transpose(k, 2, 3)) @ v  # MAX fuses this pattern: keep it whole
+    return ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [batch, ctx, d])
 
 
 def half_weight_matmul(x: TensorValue, w: TensorValue, device: DeviceRef) -> TensorValue:

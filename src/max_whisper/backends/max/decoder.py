@@ -15,8 +15,9 @@ from .compile_cache import compiled_graph, source_hash
 from .device import MaxRuntime
 
 GRAPH_SOURCES = [
-    Path(m.__file__) for m in (decoder_graph, layers, weight_layout, custom_ops)
-] + custom_ops.KERNEL_SOURCES
+    *(Path(m.__file__) for m in (decoder_graph, layers, weight_layout)),
+    *custom_ops.SOURCES,
+]
 
 DECODER_COMPILE_ESTIMATE_S = 160  # a cold compile on a 2-core CPU, shown before it starts
 

@@ -18,13 +18,16 @@ import numpy as np
 from max.driver import Buffer
 
 from ...dims import ModelDimensions
-from . import encoder_graph, layers, weight_layout
+from . import custom_ops, encoder_graph, layers, weight_layout
 from .buffers import DeviceBuffers, to_numpy
 from .compile_cache import compiled_graph, source_hash
 from .device import MaxRuntime
 
 FLOAT64_BLOCKS = 0  # leading blocks computed in float64 by default (see Accuracy above)
-GRAPH_SOURCES = [Path(m.__file__) for m in (encoder_graph, layers, weight_layout)]
+GRAPH_SOURCES = [
+    *(Path(m.__file__) for m in (encoder_graph, layers, weight_layout)),
+    *custom_ops.SOURCES,
+]
 ENCODER_COMPILE_ESTIMATE_S = 150  # a cold compile on a 2-core CPU, shown before it starts
 
 

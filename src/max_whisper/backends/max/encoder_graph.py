@@ -17,6 +17,7 @@ from max.dtype import DType
 from max.graph import DeviceRef, Graph, TensorType, TensorValue, ops
 
 from ...dims import ModelDimensions
+from .custom_ops import kernel_library, self_attention
 from .layers import cross_kv, gelu, layer_norm, linear, weight
 
 N_AUDIO = "n_audio"  # symbolic batch dimension: one compiled graph serves any batch size
@@ -49,18 +50,11 @@ def _residual_block(
     x: TensorValue, dims: ModelDimensions, device: DeviceRef, p: str
 ) -> TensorValue:
     d, heads = dims.n_audio_state, dims.n_audio_head
-    hd = d // heads
-    batch, ctx = x.shape[0], x.shape[1]
 
     # One fused [d, 3d] projection; the key bias is zero and the query weights carry the 1/sqrt(hd)
     # softmax scale (weight_layout.fused_qkv).
     qkv = linear(layer_norm(x, f"{p}attn_ln", d, device), f"{p}attn.qkv", d, 3 * d, device)
-    qkv = ops.permute(
-        ops.reshape(qkv, [batch, ctx, 3, heads, hd]), [2, 0, 3, 1, 4]
-    )  # [3, B, H, T, hd]
-    q, k_t, v = qkv[0], ops.permute(qkv[1], [0, 1, 3, 2]), qkv[2]
-    attn = ops.softmax(q @ k_t) @ v  # MAX fuses this pattern: keep it whole (2x faster than pieces)
-    attn = ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [batch, ctx, d])
+    attn = self_attention(qkv, heads)
     x = x + linear(attn, f"{p}attn.out", d, d, device)
 
     h = gelu(linear(layer_norm(x, f"{p}mlp_ln", d, device), f"{p}mlp.0", d, 4 * d, device))
@@ -73,7 +67,9 @@ def build_encoder_graph(dims: ModelDimensions, device: DeviceRef, float64_blocks
     mel_type = TensorType(
         DType.float32, [N_AUDIO, dims.n_mels, 2 * dims.n_audio_ctx], device=device
     )
-    with Graph(f"whisper_encoder_f64x{float64_blocks}", input_types=[mel_type]) as graph:
+    name = f"whisper_encoder_f64x{float64_blocks}"
+    extensions = [kernel_library()] if device.is_cpu() else []
+    with Graph(name, input_types=[mel_type], custom_extensions=extensions) as graph:
         x = _stem(graph.inputs[0].tensor, dims, device)
         stages = [x]
         for i in range(dims.n_audio_layer):
