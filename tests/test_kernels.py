@@ -1,16 +1,19 @@
 """Our Mojo kernels (backends/max/kernels) in a small graph of their own, against NumPy: the
-KV-cache append exactly, the cross-attention within float32 reordering, on shapes the decoder uses
-(several windows, several beams, a context that is not a multiple of the vector width)."""
+KV-cache append exactly, the cross- and self-attention within float32 reordering, on shapes the
+model uses (several windows, several beams, a context that is not a multiple of the vector width)
+and on contexts that end inside a tile of queries and a block of keys."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+HEADS = 4  # the self-attention's (each of 64 features, as every Whisper model's)
+
 
 @pytest.fixture(scope="module")
 def kernels_graph():
-    """The compiled graph: append along a K-like and a V-like axis, and cross-attention."""
+    """The compiled graph: append along a K-like and a V-like axis, cross- and self-attention."""
     from max.driver import CPU
     from max.dtype import DType
     from max.engine import InferenceSession
@@ -20,6 +23,7 @@ def kernels_graph():
         append_positions,
         cross_attention,
         kernel_library,
+        self_attention,
     )
 
     device = DeviceRef.CPU()
@@ -31,21 +35,32 @@ def kernels_graph():
         "q": [2, 4, "queries", 64],
         "k": [2, 4, 64, 1499],
         "v": [2, 4, 1499, 64],
+        "qkv": [2, "ctx", 3 * HEADS * 64],
     }
     types = [TensorType(DType.float32, shape, device=device) for shape in shapes.values()]
     with Graph("kernels", input_types=types, custom_extensions=[kernel_library()]) as graph:
-        past_k, new_k, past_v, new_v, q, k, v = (i.tensor for i in graph.inputs)
+        past_k, new_k, past_v, new_v, q, k, v, qkv = (i.tensor for i in graph.inputs)
         graph.output(
             append_positions(past_k, new_k, axis=4),
             append_positions(past_v, new_v, axis=3),
             cross_attention(q, k, v),
+            self_attention(qkv, HEADS),
         )
     session = InferenceSession(devices=[CPU()], custom_extensions=[kernel_library()])
     return session.load(graph)
 
 
-@pytest.mark.parametrize("past, new, queries", [(0, 3, 1), (37, 1, 5), (100, 2, 3)])
-def test_kernels_match_numpy(kernels_graph, past, new, queries):
+def _attention(q: np.ndarray, k_t: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """softmax(q k_t) v in float64."""
+    scores = q.astype(np.float64) @ k_t
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    return (weights / weights.sum(-1, keepdims=True)) @ v
+
+
+@pytest.mark.parametrize(
+    "past, new, queries, ctx", [(0, 3, 1, 4), (37, 1, 5, 37), (100, 2, 3, 1500)]
+)
+def test_kernels_match_numpy(kernels_graph, past, new, queries, ctx):
     from max.driver import Buffer
 
     rng = np.random.default_rng(past)
@@ -59,17 +74,23 @@ def test_kernels_match_numpy(kernels_graph, past, new, queries):
             (2, 4, queries, 64),
             (2, 4, 64, 1499),
             (2, 4, 1499, 64),
+            (2, ctx, 3 * HEADS * 64),
         )
     ]
     arrays[5] *= 3  # sharper softmax rows, as trained attention has
-    k_all, v_all, attended = (
+    arrays[7][:, :, HEADS * 64 : 2 * HEADS * 64] *= 3  # the self-attention's keys
+    k_all, v_all, attended, self_attended = (
         b.to_numpy() for b in kernels_graph.execute(*map(Buffer.from_numpy, arrays))
     )
-    past_k, new_k, past_v, new_v, q, k, v = arrays
+    past_k, new_k, past_v, new_v, q, k, v, qkv = arrays
     assert np.array_equal(k_all, np.concatenate([past_k, new_k], axis=4))
     assert np.array_equal(v_all, np.concatenate([past_v, new_v], axis=3))
-    scores = q.astype(np.float64) @ k
-    weights = np.exp(scores - scores.max(-1, keepdims=True))
-    exact = (weights / weights.sum(-1, keepdims=True)) @ v
+    exact = _attention(q, k, v)
     assert attended.shape == exact.shape
     np.testing.assert_allclose(attended, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+
+    heads_q, heads_k, heads_v = qkv.reshape(2, ctx, 3, HEADS, 64).transpose(2, 0, 3, 1, 4)
+    exact = _attention(heads_q, heads_k.transpose(0, 1, 3, 2), heads_v)  # [2, H, ctx, 64]
+    exact = exact.transpose(0, 2, 1, 3).reshape(2, ctx, HEADS * 64)
+    assert self_attended.shape == exact.shape
+    np.testing.assert_allclose(self_attended, exact, rtol=0, atol=1e-5 * np.abs(exact).max())

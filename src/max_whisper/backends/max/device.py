@@ -10,6 +10,7 @@ from max.graph import DeviceRef
 
 from ...errors import MaxWhisperError, UsageError
 from .. import DEVICES
+from .custom_ops import kernel_library
 
 
 class DeviceUnavailable(MaxWhisperError, RuntimeError):
@@ -42,7 +43,7 @@ class MaxRuntime:
     @classmethod
     def create(cls, device: str = "auto") -> MaxRuntime:
         driver_device, device_ref, label = select_device(device)
-        # our Mojo kernels come with each graph that calls them (custom_ops): registered on the
-        # session as well, a second compile in it fails ("kernel registered multiple times")
-        session = InferenceSession(devices=[driver_device])
+        # our Mojo kernels (custom_ops) run on the CPU only; a GPU graph never calls them
+        extensions = [kernel_library()] if label == "cpu" else []
+        session = InferenceSession(devices=[driver_device], custom_extensions=extensions)
         return cls(driver_device, device_ref, label, session)

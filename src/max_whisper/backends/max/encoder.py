@@ -58,7 +58,7 @@ def compiled_encoder(runtime: MaxRuntime, dims: ModelDimensions, float64_blocks:
     """(compiled encoder graph, seconds spent compiling it: 0.0 from the cache)."""
     return compiled_graph(
         runtime.session,
-        lambda: encoder_graph.build_encoder_graph(dims, runtime.device_ref, float64_blocks),
+        lambda: encoder_graph.build_encoder_module(dims, runtime.device_ref, float64_blocks),
         encoder_signature(dims, float64_blocks),
         encoder_label(dims, float64_blocks),
         ENCODER_COMPILE_ESTIMATE_S,
@@ -85,7 +85,8 @@ class MaxEncoder:
             self.stage_dtypes[f"block.{i}"] = "float64" if i < float64_blocks else "float32"
         compiled, self.compile_seconds = compiled_encoder(runtime, dims, float64_blocks)
         registry = weight_layout.encoder_registry(dims, params, float64_blocks)
-        self._model = self._session.init(compiled, weights_registry=self._buffers.weights(registry))
+        models = self._session.init_all(compiled, weights_registry=self._buffers.weights(registry))
+        self._model = models[encoder_graph.graph_name(float64_blocks)]
 
     def _input(self, mel: np.ndarray) -> Buffer:
         mel = np.ascontiguousarray(mel, dtype=np.float32)

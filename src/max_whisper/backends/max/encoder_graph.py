@@ -14,7 +14,7 @@ serves every model with the same dims (tiny and tiny.en share it).
 from __future__ import annotations
 
 from max.dtype import DType
-from max.graph import DeviceRef, Graph, TensorType, TensorValue, ops
+from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, ops
 
 from ...dims import ModelDimensions
 from .custom_ops import kernel_library, self_attention
@@ -61,15 +61,28 @@ def _residual_block(
     return x + linear(h, f"{p}mlp.2", 4 * d, d, device)
 
 
-def build_encoder_graph(dims: ModelDimensions, device: DeviceRef, float64_blocks: int = 0) -> Graph:
+def graph_name(float64_blocks: int = 0) -> str:
+    return f"whisper_encoder_f64x{float64_blocks}"
+
+
+def build_encoder_graph(
+    dims: ModelDimensions,
+    device: DeviceRef,
+    float64_blocks: int = 0,
+    module: Module | None = None,
+) -> Graph:
     """mel [A, n_mels, 3000] -> (features, cross K_0, V_0, ..., K_L-1, V_L-1, stem output,
     block 0 output, ..., block N-1 output)."""
     mel_type = TensorType(
         DType.float32, [N_AUDIO, dims.n_mels, 2 * dims.n_audio_ctx], device=device
     )
-    name = f"whisper_encoder_f64x{float64_blocks}"
     extensions = [kernel_library()] if device.is_cpu() else []
-    with Graph(name, input_types=[mel_type], custom_extensions=extensions) as graph:
+    with Graph(
+        graph_name(float64_blocks),
+        input_types=[mel_type],
+        module=module,
+        custom_extensions=extensions,
+    ) as graph:
         x = _stem(graph.inputs[0].tensor, dims, device)
         stages = [x]
         for i in range(dims.n_audio_layer):
@@ -86,3 +99,14 @@ def build_encoder_graph(dims: ModelDimensions, device: DeviceRef, float64_blocks
         ]
         graph.output(features, *cross, *stages)
     return graph
+
+
+def build_encoder_module(
+    dims: ModelDimensions, device: DeviceRef, float64_blocks: int = 0
+) -> Module:
+    """The encoder graph in a module of its own: compiled as a module, it takes our kernels from
+    the session (MaxRuntime), as the decoder's module does. A graph compiled alone registers its own
+    copy of them as well, and a second such compile in one session fails."""
+    module = Module()
+    build_encoder_graph(dims, device, float64_blocks, module=module)
+    return module
