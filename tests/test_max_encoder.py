@@ -19,11 +19,14 @@ from support import (
     shared_clip,
 )
 
-# The promise is the tokens (test_max_decoder). Features are bounded loosely: any two float32
-# evaluations of Whisper's encoder land up to ~1e-3 apart depending on the CPU's kernels, so MAX is
-# held to its distance from a float64 evaluation, against PyTorch fp32's own distance from it.
-# Measured ratios (worst clip, tiny.en): 1.9 and 3.03 on two AVX-512 EPYCs, so the bar leaves room.
-FLOAT64_DISTANCE_RATIO = 4.0  # MAX's distance from float64 at most this times PyTorch fp32's own
+# The promise is the tokens (test_max_decoder). Features are bounded loosely, against a float64
+# evaluation of the same network and PyTorch fp32's own distance from it, so that no CPU's rounding is
+# encoded here. Two statistics: the median over the clips of the RMS distance (how good the float32
+# arithmetic is), and the worst single element over all clips, which is bounded only against gross
+# errors: on the clips whose early blocks amplify rounding, a 1-ulp change in the input moves
+# PyTorch's own worst element over 20x, so which implementation lands furthest there is a lottery.
+TYPICAL_DISTANCE_RATIO = 3.0  # median RMS distance from float64, at most this times PyTorch fp32's
+WORST_DISTANCE_RATIO = 8.0  # worst element's distance from float64, at most this times PyTorch's
 DISTANCE_FLOOR = 2e-4  # ... where PyTorch happens to land unusually close on every clip
 
 
@@ -79,11 +82,15 @@ def pytorch_features(reference):
 
 def encoder_report(got: np.ndarray, pytorch: np.ndarray, exact: np.ndarray) -> dict:
     a, b = got.astype(np.float64).ravel(), pytorch.astype(np.float64).ravel()
+    exact = exact.ravel()
+    scale = np.sqrt(np.mean(exact**2))
     return {
         "max_abs": float(np.abs(a - b).max()),
         "cosine": float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)),
-        "max_from_float64": float(np.abs(got - exact).max()),
-        "pytorch_from_float64": float(np.abs(pytorch - exact).max()),
+        "max_from_float64": float(np.abs(a - exact).max()),
+        "pytorch_from_float64": float(np.abs(b - exact).max()),
+        "rms_from_float64": float(np.sqrt(np.mean((a - exact) ** 2)) / scale),
+        "pytorch_rms_from_float64": float(np.sqrt(np.mean((b - exact) ** 2)) / scale),
     }
 
 
@@ -121,18 +128,26 @@ def compare_with_pytorch(max_encoder, pytorch_features):
 
 
 def check_every_clip(name: str, compare_with_pytorch) -> None:
-    """Over all shared clips: MAX's worst distance from float64 at most FLOAT64_DISTANCE_RATIO times
-    PyTorch fp32's worst (per clip the two wander independently, so the bar is on the worst
-    case)."""
+    """Over all shared clips: MAX's median RMS distance from float64 at most TYPICAL_DISTANCE_RATIO
+    times PyTorch fp32's, and its worst element at most WORST_DISTANCE_RATIO times PyTorch's worst."""
     reports = [compare_with_pytorch(name, clip) for clip in CLIPS]
-    worst_max = max(r["max_from_float64"] for r in reports)
-    worst_pytorch = max(r["pytorch_from_float64"] for r in reports)
+
+    def median(key: str) -> float:
+        return float(np.median([r[key] for r in reports]))
+
+    def worst(key: str) -> float:
+        return max(r[key] for r in reports)
+
     print(
-        f"{name}: worst distance from float64: MAX {worst_max:.2e}, "
-        f"PyTorch fp32 {worst_pytorch:.2e}, "
-        f"worst |MAX - PyTorch| {max(r['max_abs'] for r in reports):.2e}"
+        f"{name}: distance from float64, MAX against PyTorch fp32: median RMS "
+        f"{median('rms_from_float64'):.2e} against {median('pytorch_rms_from_float64'):.2e}, "
+        f"worst element {worst('max_from_float64'):.2e} against {worst('pytorch_from_float64'):.2e}; "
+        f"worst |MAX - PyTorch| {worst('max_abs'):.2e}"
     )
-    assert worst_max <= FLOAT64_DISTANCE_RATIO * max(worst_pytorch, DISTANCE_FLOOR)
+    assert median("rms_from_float64") <= TYPICAL_DISTANCE_RATIO * median("pytorch_rms_from_float64")
+    assert worst("max_from_float64") <= WORST_DISTANCE_RATIO * max(
+        worst("pytorch_from_float64"), DISTANCE_FLOOR
+    )
 
 
 @requires_reference
