@@ -79,7 +79,7 @@ def test_kernels_match_numpy(kernels_graph, past, new, queries, ctx):
     ]
     arrays[5] *= 3  # sharper softmax rows, as trained attention has
     arrays[7][:, :, HEADS * 64 : 2 * HEADS * 64] *= 3  # the self-attention's keys
-    arrays[7][:, :, : HEADS * 64] /= 8  # its queries carry the 1/sqrt(64) scale, as the encoder's do
+    arrays[7][:, :, : HEADS * 64] /= 8  # its queries carry the 1/sqrt(64) scale, as the encoder's
     k_all, v_all, attended, self_attended = (
         b.to_numpy() for b in kernels_graph.execute(*map(Buffer.from_numpy, arrays))
     )

@@ -20,11 +20,12 @@ from support import (
 )
 
 # The promise is the tokens (test_max_decoder). Features are bounded loosely, against a float64
-# evaluation of the same network and PyTorch fp32's own distance from it, so that no CPU's rounding is
-# encoded here. Two statistics: the median over the clips of the RMS distance (how good the float32
-# arithmetic is), and the worst single element over all clips, which is bounded only against gross
-# errors: on the clips whose early blocks amplify rounding, a 1-ulp change in the input moves
-# PyTorch's own worst element over 20x, so which implementation lands furthest there is a lottery.
+# evaluation of the same network and PyTorch fp32's own distance from it, so that no CPU's rounding
+# is encoded here. Two statistics: the median over the clips of the RMS distance (how good the
+# float32 arithmetic is), and the worst single element over all clips, which is bounded only
+# against gross errors: on the clips whose early blocks amplify rounding, a 1-ulp change in the
+# input moves PyTorch's own worst element over 20x, so which implementation lands furthest there is
+# a lottery.
 TYPICAL_DISTANCE_RATIO = 3.0  # median RMS distance from float64, at most this times PyTorch fp32's
 WORST_DISTANCE_RATIO = 8.0  # worst element's distance from float64, at most this times PyTorch's
 DISTANCE_FLOOR = 2e-4  # ... where PyTorch happens to land unusually close on every clip
@@ -128,8 +129,9 @@ def compare_with_pytorch(max_encoder, pytorch_features):
 
 
 def check_every_clip(name: str, compare_with_pytorch) -> None:
-    """Over all shared clips: MAX's median RMS distance from float64 at most TYPICAL_DISTANCE_RATIO
-    times PyTorch fp32's, and its worst element at most WORST_DISTANCE_RATIO times PyTorch's worst."""
+    """Over all shared clips: MAX's median RMS distance from float64 at most
+    TYPICAL_DISTANCE_RATIO times PyTorch fp32's, and its worst element at most
+    WORST_DISTANCE_RATIO times PyTorch's worst."""
     reports = [compare_with_pytorch(name, clip) for clip in CLIPS]
 
     def median(key: str) -> float:
@@ -141,7 +143,8 @@ def check_every_clip(name: str, compare_with_pytorch) -> None:
     print(
         f"{name}: distance from float64, MAX against PyTorch fp32: median RMS "
         f"{median('rms_from_float64'):.2e} against {median('pytorch_rms_from_float64'):.2e}, "
-        f"worst element {worst('max_from_float64'):.2e} against {worst('pytorch_from_float64'):.2e}; "
+        f"worst element {worst('max_from_float64'):.2e} "
+        f"against {worst('pytorch_from_float64'):.2e}; "
         f"worst |MAX - PyTorch| {worst('max_abs'):.2e}"
     )
     assert median("rms_from_float64") <= TYPICAL_DISTANCE_RATIO * median("pytorch_rms_from_float64")
