@@ -202,26 +202,18 @@ struct SelfAttention:
                     oa3 += a3
                     ob3 += b3
                     k0 = k1
-                var a0 = oa0
-                var b0 = ob0
-                var a1 = oa1
-                var b1 = ob1
-                var a2 = oa2
-                var b2 = ob2
-                var a3 = oa3
-                var b3 = ob3
                 for r in range(n):
                     var o = op.unsafe_offset(((a * ctx + t0 + r) * heads + h) * hd + j)
                     if r < w:
-                        o.unsafe_store(a0[r])
-                        o.unsafe_offset(1).unsafe_store(a1[r])
-                        o.unsafe_offset(2).unsafe_store(a2[r])
-                        o.unsafe_offset(3).unsafe_store(a3[r])
+                        o.unsafe_store(oa0[r])
+                        o.unsafe_offset(1).unsafe_store(oa1[r])
+                        o.unsafe_offset(2).unsafe_store(oa2[r])
+                        o.unsafe_offset(3).unsafe_store(oa3[r])
                     else:
-                        o.unsafe_store(b0[r - w])
-                        o.unsafe_offset(1).unsafe_store(b1[r - w])
-                        o.unsafe_offset(2).unsafe_store(b2[r - w])
-                        o.unsafe_offset(3).unsafe_store(b3[r - w])
+                        o.unsafe_store(ob0[r - w])
+                        o.unsafe_offset(1).unsafe_store(ob1[r - w])
+                        o.unsafe_offset(2).unsafe_store(ob2[r - w])
+                        o.unsafe_offset(3).unsafe_store(ob3[r - w])
                 j += 4
             st.free()
 
