@@ -44,7 +44,7 @@ def kernels_graph():
             append_positions(past_k, new_k, axis=4),
             append_positions(past_v, new_v, axis=3),
             cross_attention(q, k, v),
-            self_attention(qkv, HEADS),
+            self_attention(qkv, HEADS, kernel=True),  # on every CPU, used or not
         )
     session = InferenceSession(devices=[CPU()], custom_extensions=[kernel_library()])
     return session.load(graph)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib.metadata
+import functools
 import json
 import os
 import sys
@@ -45,15 +46,14 @@ def cache_dir() -> Path:
     return Path(root) / "graphs"
 
 
-def _cpu_identity() -> str:
-    """CPU model name and feature flags: compiled kernels use whatever instructions this CPU has."""
+@functools.cache
+def _cpu_info() -> dict[str, str]:
+    """CPU model name and feature flags from /proc/cpuinfo ({} where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             lines = f.read().splitlines()
     except OSError:
-        import platform
-
-        return f"{platform.machine()} {platform.processor()}"
+        return {}
     wanted = ("model name", "flags", "Features", "CPU implementer", "CPU part")
     seen: dict[str, str] = {}
     for line in lines:
@@ -63,7 +63,22 @@ def _cpu_identity() -> str:
             seen[name] = (
                 " ".join(sorted(value.split())) if name in ("flags", "Features") else value.strip()
             )
-    return json.dumps(seen, sort_keys=True)
+    return seen
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (x86 "flags", Arm "Features")."""
+    info = _cpu_info()
+    return set((info.get("flags", "") + " " + info.get("Features", "")).split())
+
+
+def _cpu_identity() -> str:
+    """CPU model name and feature flags: compiled kernels use whatever instructions this CPU has."""
+    if info := _cpu_info():
+        return json.dumps(info, sort_keys=True)
+    import platform
+
+    return f"{platform.machine()} {platform.processor()}"
 
 
 def _device_identity(session: InferenceSession) -> list[str]:
