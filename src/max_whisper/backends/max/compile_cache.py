@@ -10,9 +10,9 @@ load time through the weights registry, so one file serves every model with the 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
-import functools
 import json
 import os
 import sys
