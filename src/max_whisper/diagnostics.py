@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cpu import cpu_flags, cpuinfo
 from .weights.registry import NAMED_MODELS
 
 # The final encoder features against PyTorch's: bounded loosely, because any two float32
@@ -174,16 +175,9 @@ def _version(dist: str) -> str | None:
 
 
 def cpu_info() -> dict[str, object]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("", platform.machine()):
-                model = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
+    model, flags = platform.processor() or platform.machine(), cpu_flags()
+    if model in ("", platform.machine()):
+        model = cpuinfo().get("model name", model)
     interesting = [
         "avx",
         "avx2",

@@ -10,7 +10,6 @@ load time through the weights registry, so one file serves every model with the 
 from __future__ import annotations
 
 import fcntl
-import functools
 import hashlib
 import importlib.metadata
 import json
@@ -25,6 +24,8 @@ from typing import IO
 
 from max.engine import CompiledModel, InferenceSession, Model, read
 from max.graph import Graph
+
+from ...cpu import cpuinfo
 
 
 def source_hash(*files: str | os.PathLike) -> str:
@@ -46,35 +47,9 @@ def cache_dir() -> Path:
     return Path(root) / "graphs"
 
 
-@functools.cache
-def _cpu_info() -> dict[str, str]:
-    """CPU model name and feature flags from /proc/cpuinfo ({} where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return {}
-    wanted = ("model name", "flags", "Features", "CPU implementer", "CPU part")
-    seen: dict[str, str] = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        name = name.strip()
-        if name in wanted and name not in seen:
-            seen[name] = (
-                " ".join(sorted(value.split())) if name in ("flags", "Features") else value.strip()
-            )
-    return seen
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (x86 "flags", Arm "Features")."""
-    info = _cpu_info()
-    return set((info.get("flags", "") + " " + info.get("Features", "")).split())
-
-
 def _cpu_identity() -> str:
     """CPU model name and feature flags: compiled kernels use whatever instructions this CPU has."""
-    if info := _cpu_info():
+    if info := cpuinfo():
         return json.dumps(info, sort_keys=True)
     import platform
 

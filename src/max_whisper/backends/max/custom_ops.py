@@ -11,7 +11,8 @@ from pathlib import Path
 from max.dtype import DType
 from max.graph import DeviceRef, TensorType, TensorValue, ops
 
-from .compile_cache import cache_dir, cpu_flags, source_hash
+from ...cpu import cpu_flags
+from .compile_cache import cache_dir, source_hash
 
 KERNELS = Path(__file__).with_name("kernels")
 KERNEL_SOURCES = sorted(KERNELS.glob("*.mojo"))
