@@ -11,7 +11,6 @@ from pathlib import Path
 from max.dtype import DType
 from max.graph import DeviceRef, TensorType, TensorValue, ops
 
-from ...cpu import cpu_flags
 from .compile_cache import cache_dir, source_hash
 
 KERNELS = Path(__file__).with_name("kernels")
@@ -94,26 +93,14 @@ def cross_attention(q: TensorValue, k: TensorValue, v: TensorValue) -> TensorVal
     return ops.custom("cross_attention", q.device, [q, k, v], [out])[0].tensor
 
 
-def self_attention_kernel_fits() -> bool:
-    """Whether our self-attention kernel is the faster on this CPU: measured faster than MAX's ops
-    with AVX-512 (16-float vectors, a tile of 32 queries) and slower with AVX2 alone (README,
-    Backends)."""
-    return "avx512f" in cpu_flags()
-
-
-def self_attention(qkv: TensorValue, heads: int, kernel: bool | None = None) -> TensorValue:
+def self_attention(qkv: TensorValue, heads: int) -> TensorValue:
     """softmax(q kᵀ) v per head from the fused projection qkv [A, T, 3*d] (q scaled) -> [A, T, d];
-    in float32 on a CPU through our kernel (no permuted copies, the scores kept in cache) where it
-    is the faster (`kernel` None) or asked for (True), elsewhere MAX's ops."""
+    in float32 on a CPU through our kernel (no permuted copies, key blocks kept in cache for a
+    group of queries), elsewhere MAX's ops."""
     batch, ctx, d = qkv.shape[0], qkv.shape[1], int(qkv.shape[2]) // 3
     hd = d // heads
     split = ops.reshape(qkv, [batch, ctx, 3, heads, hd])
-    if (
-        qkv.device.is_cpu()
-        and qkv.dtype == DType.float32
-        and hd == ATTENTION_HEAD_SIZE
-        and (self_attention_kernel_fits() if kernel is None else kernel)
-    ):
+    if qkv.device.is_cpu() and qkv.dtype == DType.float32 and hd == ATTENTION_HEAD_SIZE:
         out = TensorType(DType.float32, [batch, ctx, heads, hd], device=qkv.device)
         attn = ops.custom("self_attention", qkv.device, [split], [out])[0].tensor
         return ops.reshape(attn, [batch, ctx, d])
