@@ -1,5 +1,5 @@
-"""This machine's CPU as /proc/cpuinfo describes it, read once: for the compiled-graph cache key,
-the kernel choices and `doctor`."""
+"""This machine's CPU as /proc/cpuinfo describes it, read once: for the compiled-graph cache key
+and `doctor`."""
 
 from __future__ import annotations
 
