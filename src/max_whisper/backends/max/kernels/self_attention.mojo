@@ -281,9 +281,9 @@ struct SelfAttention:
                 var t0 = (g0 + t) * tile
                 var n = min(tile, ctx - t0)
                 var o = acc.unsafe_offset(t * hd * tile)
+                var inv_lo = 1 / total.unsafe_offset(t * tile).unsafe_load[width=w]()
+                var inv_hi = 1 / total.unsafe_offset(t * tile + w).unsafe_load[width=w]()
                 for j in range(hd):
-                    var inv_lo = 1 / total.unsafe_offset(t * tile).unsafe_load[width=w]()
-                    var inv_hi = 1 / total.unsafe_offset(t * tile + w).unsafe_load[width=w]()
                     var lo = o.unsafe_offset(j * tile).unsafe_load[width=w]() * inv_lo
                     var hi = o.unsafe_offset(j * tile + w).unsafe_load[width=w]() * inv_hi
                     for r in range(n):
