@@ -242,36 +242,51 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
     # like torch.stft; float64 is no closer to openai-whisper (both within ~3e-5).
     # StreamedAudio computes the very same blocks (same frames, same shapes): keep the two in step.
     for start in range(0, n_frames, _FRAMES_PER_BLOCK):
-        mel[:, start : start + _FRAMES_PER_BLOCK] = _mel_power(
+        mel[:, start : start + _FRAMES_PER_BLOCK] = _log_mel_power(
             frames[start : start + _FRAMES_PER_BLOCK], n_mels
         )
-    log_spec = _log10_power(mel)
-    return _floor_and_scale(log_spec, log_spec.max())
+    return _floor_and_scale(mel, mel.max())
 
 
-def _mel_power(frames: np.ndarray, n_mels: int) -> np.ndarray:
-    """Mel power [n_mels, n] of STFT frames [n, N_FFT] (a view of the padded samples).
+_SILENT_LOG = np.log10(np.float32(1e-10))  # log10 of the clamp: a frame of digital silence's value
+
+
+def _log_mel_power(frames: np.ndarray, n_mels: int) -> np.ndarray:
+    """log10 of the mel power clamped at 1e-10, float32 [n_mels, n], of STFT frames [n, N_FFT] (a
+    view of the padded samples).
 
     Frames of digital silence (the padding that fills a short clip's window, gaps of exact zeros)
-    have exactly zero power: only the others go through the FFT."""
+    have exactly zero power: only the others go through the FFT and the logarithm."""
     sounding = frames.any(axis=1)
     if sounding.all():
-        return _sounding_mel_power(frames, n_mels)
-    power = np.zeros((n_mels, len(frames)), dtype=np.float32)
+        return _sounding_log_mel_power(frames, n_mels)
+    log_power = np.full((n_mels, len(frames)), _SILENT_LOG, dtype=np.float32)
     if sounding.any():
-        power[:, sounding] = _sounding_mel_power(frames[sounding], n_mels)
-    return power
+        log_power[:, sounding] = _sounding_log_mel_power(frames[sounding], n_mels)
+    return log_power
 
 
-def _sounding_mel_power(frames: np.ndarray, n_mels: int) -> np.ndarray:
+def _sounding_log_mel_power(frames: np.ndarray, n_mels: int) -> np.ndarray:
     spectrum = np.fft.rfft(frames * _hann_window(N_FFT), axis=-1)
-    power = spectrum.real**2 + spectrum.imag**2
-    return (power @ mel_filters(n_mels).T).T
-
-
-def _log10_power(mel: np.ndarray) -> np.ndarray:
-    """log10 of mel power clamped at 1e-10, in place (float32)."""
+    power = np.ascontiguousarray((spectrum.real**2 + spectrum.imag**2).T)  # [bins, n]
+    mel = np.empty((n_mels, power.shape[1]), dtype=np.float32)
+    for m, (first, weights) in enumerate(_filter_spans(n_mels)):
+        np.sum(weights[:, None] * power[first : first + len(weights)], axis=0, out=mel[m])
     return np.log10(np.maximum(mel, 1e-10, out=mel), out=mel)
+
+
+@cache
+def _filter_spans(n_mels: int) -> list[tuple[int, np.ndarray]]:
+    """Each mel filter's first non-zero frequency bin and its weights from there to its last.
+
+    The filterbank is applied through these (a dozen bins a filter at most), not as a matrix
+    product: NumPy hands that to its BLAS, whose threads then spin for a while after it returns
+    and slow the encoder that runs next."""
+    spans = []
+    for row in mel_filters(n_mels):
+        nonzero = np.flatnonzero(row)
+        spans.append((int(nonzero[0]), row[nonzero[0] : nonzero[-1] + 1].copy()))
+    return spans
 
 
 def _floor_and_scale(log_spec: np.ndarray, log_max: np.floating) -> np.ndarray:

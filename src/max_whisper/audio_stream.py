@@ -16,8 +16,7 @@ from .audio import (
     PathLike,
     _decode_pcm16,
     _floor_and_scale,
-    _log10_power,
-    _mel_power,
+    _log_mel_power,
     _to_float,
     log_mel_spectrogram,
 )
@@ -109,7 +108,7 @@ def _block_log_mel(reader: _PcmReader, block: int, n_frames: int | None, n_mels:
         )
     count = min(_FRAMES_PER_BLOCK, n_frames - first)
     frames = sliding_window_view(padded, N_FFT)[: count * HOP_LENGTH : HOP_LENGTH]
-    return _log10_power(np.ascontiguousarray(_mel_power(frames, n_mels)))
+    return _log_mel_power(frames, n_mels)
 
 
 def _n_frames(n_samples: int) -> int:
