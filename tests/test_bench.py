@@ -127,20 +127,23 @@ def test_cli_renders_an_earlier_run(doc, tmp_path, capsys):
 @requires_shared_audio
 @pytest.mark.skipif(not has_module("faster_whisper"), reason="faster-whisper is not installed")
 def test_isolated_row_in_a_subprocess():
-    """The default mode: a fresh process per row, reporting its own peak RSS and warm-start time."""
+    """The default mode: a fresh process per row, reporting its own peak RSS and warm-start time;
+    the rows' passes taken in turn."""
     if not CLIP.is_file():
         pytest.skip(f"{CLIP} is absent")
     doc = bench.run_bench(
         backends=["faster-whisper-int8", "faster-whisper-int8-batched"],
         models=["tiny.en"],
         audio=[str(CLIP)],
-        repeats=1,
+        repeats=2,
         device="cpu",
         log=lambda message: None,
         workloads=["short"],
     )
     assert doc["errors"] == [] and doc["settings"]["isolation"].startswith("subprocess")
+    assert doc["settings"]["pass_order"].startswith("rows in turn")
     sequential, batched = doc["results"]
+    assert len(sequential["wall_s_runs"]) == len(batched["wall_s_runs"]) == 2
     for r in (sequential, batched):
         assert (
             r["warm_start_s"] > 0

@@ -18,19 +18,25 @@ def peak_rss_mb() -> float:
     return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
 
 
+def timed_pass(runner, clips: list[Clip]) -> list[Pass]:
+    """One pass over all clips (together, where the runner batches them)."""
+    if getattr(runner, "batched", False) and hasattr(runner, "transcribe_set"):
+        return runner.transcribe_set([clip.samples for clip in clips])
+    return [runner.transcribe(clip.samples) for clip in clips]
+
+
 def measure(runner, clips: list[Clip], repeats: int = 3, warmup: bool = True) -> dict:
     """Warm-up pass, then `repeats` timed passes over all clips. Texts come from the last pass."""
     if repeats < 1:
         raise BenchError("repeats must be at least 1")
-
-    def one_pass() -> list[Pass]:
-        if getattr(runner, "batched", False) and hasattr(runner, "transcribe_set"):
-            return runner.transcribe_set([clip.samples for clip in clips])
-        return [runner.transcribe(clip.samples) for clip in clips]
-
     if warmup:
-        one_pass()
-    passes: list[list[Pass]] = [one_pass() for _ in range(repeats)]
+        timed_pass(runner, clips)
+    return summarize([timed_pass(runner, clips) for _ in range(repeats)], clips)
+
+
+def summarize(passes: list[list[Pass]], clips: list[Clip]) -> dict:
+    """Wall times, RTFx (of the median pass), phase times and texts (of the last pass) of timed
+    passes over `clips`."""
     walls = [sum(p.wall_s for p in run) for run in passes]
     encoder_ms = [
         1000 * sum(p.encoder_s for p in run) / max(1, sum(p.windows for p in run)) for run in passes

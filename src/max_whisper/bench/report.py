@@ -72,7 +72,13 @@ def markdown_table(doc: dict) -> str:
         f"{decoding}, language {settings['language']}, "
         f"temperature {settings['temperature']:g} without fallback, "
         f"condition_on_previous_text {settings['condition_on_previous_text']}; "
-        f"median of {settings['repeats']} pass(es) after a warm-up; "
+        f"median of {settings['repeats']} pass(es) after a warm-up"
+        + (
+            ", the rows' passes taken in turn"
+            if settings.get("pass_order", "").startswith("rows in turn")
+            else ""
+        )
+        + "; "
         f"peak RSS per {settings['isolation']}"
         + (f"; load average at start {load[0]:.1f}" if load else "")
         + f". {doc['created']}.",

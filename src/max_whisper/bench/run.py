@@ -18,7 +18,7 @@ from .clips import (
     text_normalizer,
 )
 from .faster_whisper_runner import faster_whisper_folder
-from .measure import measure, peak_rss_mb
+from .measure import measure, peak_rss_mb, summarize
 from .plan import GpuInfo, detect_gpus, installed_models, needs_torch, plan_rows
 from .runners import make_runner
 from .settings import (
@@ -33,7 +33,7 @@ from .settings import (
     _r,
     log_to_stderr,
 )
-from .worker import empty_caches, run_worker
+from .worker import RowProcess, empty_caches, run_worker
 
 RESULT_KEYS = (
     "backend",
@@ -151,6 +151,7 @@ def run_bench(
             "models": list(models),
             "cold": cold,
             "isolation": "subprocess per row" if isolate else "in-process (shared)",
+            "pass_order": "rows in turn, rotating" if isolate else "row after row",
             "wer_normalizer": normalizer_name,
         },
         "audio": {
@@ -179,39 +180,48 @@ def run_bench(
 
     try:
         for model_name in model_names:
-            ct2_folder = None
+            ct2 = None  # the model converted for faster-whisper, shared by its rows
+            if any(row.engine == "faster-whisper" for row in rows):
+                try:
+                    ct2 = str(faster_whisper_folder(model_name, workdir))
+                except Exception:
+                    pass  # each faster-whisper row then reports why it cannot load
             for workload, suite in suites.items():
-                for row in rows:
-                    label = f"{row.name} × {model_name} × {workload}"
-                    say(
-                        f"{label}: {len(suite)} file(s), "
-                        f"{sum(c.seconds for c in suite):.1f} s of audio, "
-                        f"warm-up + {repeats} pass(es)"
-                    )
-                    try:
-                        if row.engine == "faster-whisper" and ct2_folder is None:
-                            ct2_folder = str(faster_whisper_folder(model_name, workdir))
-                        result = _run_row(
-                            row, model_name, settings, suite, repeats, isolate, loader, ct2_folder
+                labels = {row.name: f"{row.name} × {model_name} × {workload}" for row in rows}
+                say(
+                    f"{model_name} × {workload}: {len(suite)} file(s), "
+                    f"{sum(c.seconds for c in suite):.1f} s of audio, {len(rows)} row(s), "
+                    f"each a warm-up + {repeats} pass(es)"
+                    + (", the passes of the rows in turn" if isolate else "")
+                )
+                if isolate:
+                    results = _rows_in_turn(rows, model_name, settings, suite, repeats, ct2, say)
+                else:
+                    results = [
+                        _row_in_process(row, model_name, settings, suite, repeats, loader, ct2)
+                        for row in rows
+                    ]
+                for row, result in zip(rows, results):
+                    label = labels[row.name]
+                    first_workload = workload == next(iter(suites))
+                    if (
+                        "error" not in result
+                        and cold
+                        and first_workload
+                        and row.engine == "max-whisper"
+                        and row.backend in MAX_BACKENDS
+                    ):
+                        say(
+                            f"{label}: cold compile in a fresh process with empty caches (minutes)…"
                         )
-                        first_workload = workload == next(iter(suites))
-                        if (
-                            cold
-                            and first_workload
-                            and row.engine == "max-whisper"
-                            and row.backend in MAX_BACKENDS
-                        ):
-                            say(
-                                f"{label}: cold compile in a fresh process "
-                                "with empty caches (minutes)…"
-                            )
+                        try:
                             result["cold_compile_s"] = cold_compile_seconds(
                                 row, model_name, settings, workdir
                             )
-                        else:
-                            result.setdefault("cold_compile_s", None)
-                    except Exception as exc:
-                        result = {"error": f"{type(exc).__name__}: {exc}"}
+                        except Exception as exc:
+                            result = {"error": f"{type(exc).__name__}: {exc}"}
+                    else:
+                        result.setdefault("cold_compile_s", None)
                     if "error" in result:
                         say(f"{label}: FAILED: {result['error']}")
                         doc["errors"].append(
@@ -262,39 +272,82 @@ def _row_spec(
     }
 
 
-def _run_row(
+def _rows_in_turn(
+    rows: list[Row],
+    model_name: str,
+    settings: DecodeSettings,
+    clips: list[Clip],
+    repeats: int,
+    ct2_folder: str | None,
+    say: Callable[[str], None],
+) -> list[dict]:
+    """Each row in a fresh process of its own, all alive together (each stopped but for its own
+    passes). Each loads and warms up, one after another; then their timed passes are taken in
+    turn, the order rotating every round: a machine whose speed drifts during the run weighs on
+    every row alike. One result per row."""
+    audio = [c.path for c in clips]
+    served: dict[str, RowProcess] = {}
+    results: dict[str, dict] = {}
+    try:
+        for row in rows:
+            say(f"{row.name} × {model_name}: loading in a fresh process, warm-up pass")
+            spec = _row_spec(row, model_name, settings, repeats, audio, ct2_folder=ct2_folder)
+            process = RowProcess(spec)
+            if process.ready.get("graphs_compiled_at_load"):
+                # that process compiled graphs: no warm start, and the compiler's memory counted in
+                # its peak RSS; the cache is warm now, so load the row again in another process
+                process.close()
+                process = RowProcess(spec)
+            if "error" in process.ready:
+                results[row.name] = process.ready
+                process.close()
+            else:
+                served[row.name] = process
+        passes: dict[str, list] = {name: [] for name in served}
+        names = list(served)
+        for round_ in range(repeats if names else 0):
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                if name in results:
+                    continue  # failed in an earlier round
+                one = served[name].timed_pass()
+                if isinstance(one, dict):
+                    results[name] = one
+                else:
+                    passes[name].append(one)
+        for name, process in served.items():
+            if name in results:
+                continue
+            result = {**process.ready, **summarize(passes[name], clips), **process.finish()}
+            result.pop("graphs_compiled_at_load", None)
+            result["rss_scope"] = "subprocess (this row alone)"
+            result["warm_start_s"] = result["load_s"]
+            results[name] = result
+    finally:
+        for process in served.values():
+            process.close()
+    return [results[row.name] for row in rows]
+
+
+def _row_in_process(
     row: Row,
     model_name: str,
     settings: DecodeSettings,
     clips: list[Clip],
     repeats: int,
-    isolate: bool,
     loader,
     ct2_folder: str | None,
 ) -> dict:
-    if isolate:
-        spec = _row_spec(
-            row, model_name, settings, repeats, [c.path for c in clips], ct2_folder=ct2_folder
-        )
-        result = run_worker(spec)
-        if result.get("graphs_compiled_at_load"):
-            # that process compiled graphs: no warm start, and the compiler's memory counted in its
-            # peak RSS; the cache is warm now, so measure the row again in another fresh process
-            result = run_worker(spec)
-        if "error" in result:
-            return result
-        result.pop("graphs_compiled_at_load", None)
-        result["rss_scope"] = "subprocess (this row alone)"
-        result["warm_start_s"] = result["load_s"]
-        return result
-    model = None
-    start = time.perf_counter()
-    if loader is not None and row.engine == "max-whisper":
-        model = loader(model_name, row.backend, row.device)
-    runner = make_runner(row, model_name, settings, ct2_folder, model=model)
-    runner.load()
-    load_s = time.perf_counter() - start
-    result = measure(runner, clips, repeats)
+    try:
+        model = None
+        start = time.perf_counter()
+        if loader is not None and row.engine == "max-whisper":
+            model = loader(model_name, row.backend, row.device)
+        runner = make_runner(row, model_name, settings, ct2_folder, model=model)
+        runner.load()
+        load_s = time.perf_counter() - start
+        result = measure(runner, clips, repeats)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
     result.update(
         {
             "load_s": _r(load_s, 3),
