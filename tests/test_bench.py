@@ -159,6 +159,26 @@ def test_isolated_row_in_a_subprocess():
     assert "young man" in batched["clips"][0]["text"].lower()
 
 
+@requires_shared_audio
+@pytest.mark.skipif(not has_module("faster_whisper"), reason="faster-whisper is not installed")
+def test_a_served_row_that_cannot_load_says_why(tmp_path):
+    """A row whose model folder holds no model: its process answers with the error and exits,
+    instead of leaving the bench waiting."""
+    from max_whisper.bench.run import _row_spec
+    from max_whisper.bench.worker import RowProcess
+
+    (row,), _ = bench.plan_rows(["faster-whisper-int8"], "cpu", bench.GpuInfo())
+    spec = _row_spec(
+        row, "tiny.en", bench.DecodeSettings(), 1, [str(CLIP)], ct2_folder=str(tmp_path)
+    )
+    process = RowProcess(spec)
+    try:
+        assert "error" in process.ready and "model" in process.ready["error"].lower()
+        assert "error" in process.timed_pass()  # it has exited: no pass, and no hang
+    finally:
+        process.close()
+
+
 # -- pieces, without models ------------------------------------------------------------------------
 def test_gpu_rows_appear_only_with_a_gpu():
     none = bench.GpuInfo()
