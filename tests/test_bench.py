@@ -168,9 +168,7 @@ def test_a_served_row_that_cannot_load_says_why(tmp_path):
     from max_whisper.bench.worker import RowProcess
 
     (row,), _ = bench.plan_rows(["faster-whisper-int8"], "cpu", bench.GpuInfo())
-    spec = _row_spec(
-        row, "tiny.en", bench.DecodeSettings(), 1, [str(CLIP)], ct2_folder=str(tmp_path)
-    )
+    spec = _row_spec(row, "tiny.en", bench.DecodeSettings(), [str(CLIP)], ct2_folder=str(tmp_path))
     process = RowProcess(spec)
     try:
         assert "error" in process.ready and "model" in process.ready["error"].lower()

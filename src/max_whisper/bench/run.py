@@ -187,7 +187,7 @@ def run_bench(
                 except Exception:
                     pass  # each faster-whisper row then reports why it cannot load
             for workload, suite in suites.items():
-                labels = {row.name: f"{row.name} × {model_name} × {workload}" for row in rows}
+                first_workload = workload == next(iter(suites))
                 say(
                     f"{model_name} × {workload}: {len(suite)} file(s), "
                     f"{sum(c.seconds for c in suite):.1f} s of audio, {len(rows)} row(s), "
@@ -202,8 +202,7 @@ def run_bench(
                         for row in rows
                     ]
                 for row, result in zip(rows, results):
-                    label = labels[row.name]
-                    first_workload = workload == next(iter(suites))
+                    label = f"{row.name} × {model_name} × {workload}"
                     if (
                         "error" not in result
                         and cold
@@ -260,13 +259,12 @@ def _ordered(entry: dict) -> dict:
 
 
 def _row_spec(
-    row: Row, model_name: str, settings: DecodeSettings, repeats: int, audio: list[str], **extra
+    row: Row, model_name: str, settings: DecodeSettings, audio: list[str], **extra
 ) -> dict:
     return {
         "row": asdict(row),
         "model": model_name,
         "settings": asdict(settings),
-        "repeats": repeats,
         "audio": audio,
         **extra,
     }
@@ -291,7 +289,7 @@ def _rows_in_turn(
     try:
         for row in rows:
             say(f"{row.name} × {model_name}: loading in a fresh process, warm-up pass")
-            spec = _row_spec(row, model_name, settings, repeats, audio, ct2_folder=ct2_folder)
+            spec = _row_spec(row, model_name, settings, audio, ct2_folder=ct2_folder)
             process = RowProcess(spec)
             if process.ready.get("graphs_compiled_at_load"):
                 # that process compiled graphs: no warm start, and the compiler's memory counted in
@@ -365,9 +363,7 @@ def cold_compile_seconds(
 ) -> float | None:
     """Model load time in a fresh process whose graph cache and MAX's own cache are empty."""
     with tempfile.TemporaryDirectory(prefix="cold-", dir=workdir) as tmp:
-        result = run_worker(
-            _row_spec(row, model_name, settings, 1, [], load_only=True), env=empty_caches(tmp)
-        )
+        result = run_worker(_row_spec(row, model_name, settings, []), env=empty_caches(tmp))
     if "error" in result:
         raise BenchError(f"cold compile failed: {result['error']}")
     return result.get("load_s")

@@ -29,7 +29,7 @@ from typing import TextIO
 
 from ..processes import child_env
 from .clips import load_clips
-from .measure import measure, peak_rss_mb, timed_pass
+from .measure import peak_rss_mb, timed_pass
 from .runners import Pass, make_runner
 from .settings import MAX_BACKENDS, DecodeSettings, Row, _r
 
@@ -171,11 +171,9 @@ def _load_row(spec: dict):
 
 
 def row_child(spec: dict) -> dict:
-    """One systems row in a fresh process: load (timed), then measure unless load_only."""
-    runner, out = _load_row(spec)
-    if not spec.get("load_only"):
-        clips = load_clips(spec["audio"])
-        out.update(measure(runner, clips, spec["repeats"]))
+    """One systems row loaded in a fresh process, nothing else: its load time (a cold compile
+    when the caches are empty). Its passes are timed by serve_row."""
+    _, out = _load_row(spec)
     out["peak_rss_mb"] = _r(peak_rss_mb(), 1)
     return out
 
