@@ -1,7 +1,8 @@
 """Our Mojo kernels (backends/max/kernels) in a small graph of their own, against NumPy: the
-KV-cache append exactly, the cross- and self-attention within float32 reordering, on shapes the
-model uses (several windows, several beams, a context that is not a multiple of the vector width)
-and on contexts that end inside a tile of queries and a block of keys."""
+KV-cache append exactly, the cross- and self-attention and the panel matmul within float32
+reordering, on shapes the model uses (several windows, several beams, a context that is not a
+multiple of the vector width) and on contexts that end inside a tile of queries, a block of keys
+and a register tile of rows."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 HEADS = 4  # the self-attention's (each of 64 features, as every Whisper model's)
+PROJECTION = (80, 48)  # the panel matmul's weight [in, out]: 80 mel bins in, three panels out
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +25,7 @@ def kernels_graph():
         append_positions,
         cross_attention,
         kernel_library,
+        panel_matmul,
         self_attention,
     )
 
@@ -36,15 +39,19 @@ def kernels_graph():
         "k": [2, 4, 64, 1499],
         "v": [2, 4, 1499, 64],
         "qkv": [2, "ctx", 3 * HEADS * 64],
+        "x": [2, "ctx", PROJECTION[0]],
+        "w": [PROJECTION[1] // 16, PROJECTION[0], 16],
+        "b": [PROJECTION[1]],
     }
     types = [TensorType(DType.float32, shape, device=device) for shape in shapes.values()]
     with Graph("kernels", input_types=types, custom_extensions=[kernel_library()]) as graph:
-        past_k, new_k, past_v, new_v, q, k, v, qkv = (i.tensor for i in graph.inputs)
+        past_k, new_k, past_v, new_v, q, k, v, qkv, x, w, b = (i.tensor for i in graph.inputs)
         graph.output(
             append_positions(past_k, new_k, axis=4),
             append_positions(past_v, new_v, axis=3),
             cross_attention(q, k, v),
             self_attention(qkv, HEADS),
+            panel_matmul(x, w, b),
         )
     session = InferenceSession(devices=[CPU()], custom_extensions=[kernel_library()])
     return session.load(graph)
@@ -63,6 +70,8 @@ def _attention(q: np.ndarray, k_t: np.ndarray, v: np.ndarray) -> np.ndarray:
 def test_kernels_match_numpy(kernels_graph, past, new, queries, ctx):
     from max.driver import Buffer
 
+    from max_whisper.backends.max.weight_layout import to_panels
+
     rng = np.random.default_rng(past)
     arrays = [
         rng.standard_normal(shape).astype(np.float32)
@@ -75,15 +84,20 @@ def test_kernels_match_numpy(kernels_graph, past, new, queries, ctx):
             (2, 4, 64, 1499),
             (2, 4, 1499, 64),
             (2, ctx, 3 * HEADS * 64),
+            (2, ctx, PROJECTION[0]),
+            PROJECTION,
+            PROJECTION[1:],
         )
     ]
     arrays[5] *= 3  # sharper softmax rows, as trained attention has
     arrays[7][:, :, HEADS * 64 : 2 * HEADS * 64] *= 3  # the self-attention's keys
     arrays[7][:, :, : HEADS * 64] /= 8  # its queries carry the 1/sqrt(64) scale, as the encoder's
-    k_all, v_all, attended, self_attended = (
-        b.to_numpy() for b in kernels_graph.execute(*map(Buffer.from_numpy, arrays))
+    x, w, b = arrays[8:]
+    arrays[9] = to_panels(w)
+    k_all, v_all, attended, self_attended, projected = (
+        out.to_numpy() for out in kernels_graph.execute(*map(Buffer.from_numpy, arrays))
     )
-    past_k, new_k, past_v, new_v, q, k, v, qkv = arrays
+    past_k, new_k, past_v, new_v, q, k, v, qkv = arrays[:8]
     assert np.array_equal(k_all, np.concatenate([past_k, new_k], axis=4))
     assert np.array_equal(v_all, np.concatenate([past_v, new_v], axis=3))
     exact = _attention(q, k, v)
@@ -95,3 +109,7 @@ def test_kernels_match_numpy(kernels_graph, past, new, queries, ctx):
     exact = exact.transpose(0, 2, 1, 3).reshape(2, ctx, HEADS * 64)
     assert self_attended.shape == exact.shape
     np.testing.assert_allclose(self_attended, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+
+    exact = x.astype(np.float64) @ w + b
+    assert projected.shape == exact.shape
+    np.testing.assert_allclose(projected, exact, rtol=0, atol=1e-5 * np.abs(exact).max())

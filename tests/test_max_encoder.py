@@ -172,12 +172,14 @@ def test_base_near_pytorch_and_float64(compare_with_pytorch):
 @requires_shared_audio
 def test_float64_blocks_bring_the_features_nearer_float64(max_encoder, compare_with_pytorch):
     """The explicit float64 option, on the clip whose features float32 rounding moves most: the
-    two leading blocks in float64 land nearer the float64 evaluation than the float32 encoder."""
+    two leading blocks in float64 land nearer the float64 evaluation than the float32 encoder, over
+    all the features (rms; the largest single difference, from the later float32 blocks, is about
+    the same either way)."""
     clip = shared_clip("libri-1088-134315-0000.wav")
     float32 = compare_with_pytorch("tiny.en", clip, float64_blocks=0)
     mixed = compare_with_pytorch("tiny.en", clip, float64_blocks=2)
     assert max_encoder("tiny.en", 2).stage_dtypes["block.1"] == "float64"
-    assert mixed["max_from_float64"] < float32["max_from_float64"]
+    assert mixed["rms_from_float64"] < float32["rms_from_float64"]
 
 
 def test_float64_blocks_build_in_float64(models):

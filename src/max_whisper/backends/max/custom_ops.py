@@ -8,15 +8,18 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 from max.dtype import DType
 from max.graph import DeviceRef, TensorType, TensorValue, ops
 
+from ...cpu import cpu_flags
 from .compile_cache import cache_dir, source_hash
 
 KERNELS = Path(__file__).with_name("kernels")
 KERNEL_SOURCES = sorted(KERNELS.glob("*.mojo"))
 SOURCES = [Path(__file__), *KERNEL_SOURCES]  # what a graph calling these ops depends on
 HALF_WEIGHT_WIDTH = 8  # the kernel's vector width: the inner dimension must be a multiple of it
+PANEL_WIDTH = 16  # panel_matmul's columns a weight panel: its out dimension must be a multiple
 
 
 class KernelBuildError(RuntimeError):
@@ -116,3 +119,36 @@ def half_weight_matmul(x: TensorValue, w: TensorValue, device: DeviceRef) -> Ten
         raise ValueError(f"half_weight_matmul: shapes {x.shape} and {w.shape} do not fit")
     out = TensorType(DType.float32, [x.shape[0], w.shape[0]], device=device)
     return ops.custom("half_weight_gemv", device, [x, w], [out])[0].tensor
+
+
+def uses_panels(device: DeviceRef, dtype: DType, d_out: int) -> bool:
+    """Whether a float32 projection to d_out outputs goes through panel_matmul: on an x86 CPU with
+    AVX2 and FMA (its register tile's) but without AVX-512 (where MAX's matmul has wider vectors
+    than the tile). weight_layout.for_device lays the weights out by the same rule."""
+    flags = cpu_flags()
+    return (
+        device.is_cpu()
+        and dtype == DType.float32
+        and d_out % PANEL_WIDTH == 0
+        and {"avx2", "fma"} <= flags
+        and "avx512f" not in flags
+    )
+
+
+def panel_matmul(x: TensorValue, w: TensorValue, bias: TensorValue | None) -> TensorValue:
+    """x [..., k] float32 times a weight laid out in panels [n / 16, k, 16] (weight_layout.to_panels
+    of [k, n]), plus bias [n] -> [..., n] float32."""
+    panels, depth = int(w.shape[0]), int(w.shape[1])
+    n = panels * PANEL_WIDTH
+    if int(x.shape[-1]) != depth or int(w.shape[2]) != PANEL_WIDTH:
+        raise ValueError(f"panel_matmul: shapes {x.shape} and {w.shape} do not fit")
+    lead = list(x.shape[:-1])
+    rows = 1
+    for dim in lead:
+        rows = rows * dim
+    if bias is None:
+        bias = ops.constant(np.zeros(n, np.float32), DType.float32, x.device)
+    out = TensorType(DType.float32, [rows, n], device=x.device)
+    flat = ops.reshape(x, [rows, depth])
+    y = ops.custom("panel_matmul", x.device, [flat, w, bias], [out])[0].tensor
+    return ops.reshape(y, [*lead, n])

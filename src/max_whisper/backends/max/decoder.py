@@ -107,9 +107,11 @@ class MaxDecoder:
         self._to_device, self._to_numpy = self._buffers.to_device, to_numpy
         half = uses_half_weights(runtime, dims, params)
         compiled, self.compile_seconds = compiled_decoder(runtime, dims, half)
-        registry = weight_layout.step_registry(
-            dims, params, half
-        ) | weight_layout.cross_kv_registry(dims, params)
+        registry = weight_layout.for_device(
+            weight_layout.step_registry(dims, params, half)
+            | weight_layout.cross_kv_registry(dims, params),
+            runtime.device_ref,
+        )
         models = self.session.init_all(compiled, weights_registry=self._buffers.weights(registry))
         self._cross_kv = models["whisper_decoder_cross_kv_all"]
         self._step = models["whisper_decoder_step"]

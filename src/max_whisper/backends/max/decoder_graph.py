@@ -201,7 +201,13 @@ def build_cross_kv_graph(
 ) -> Graph:
     """features [A, ctx, d] -> every layer's cross K [A, H, hd, ctx] and V [A, H, ctx, hd]."""
     t = _types(dims, device)
-    with Graph("whisper_decoder_cross_kv_all", input_types=[t["features"]], module=module) as graph:
+    extensions = [kernel_library()] if device.is_cpu() else []
+    with Graph(
+        "whisper_decoder_cross_kv_all",
+        input_types=[t["features"]],
+        module=module,
+        custom_extensions=extensions,
+    ) as graph:
         f = graph.inputs[0].tensor
         graph.output(
             *(

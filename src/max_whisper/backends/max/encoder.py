@@ -84,7 +84,9 @@ class MaxEncoder:
         for i in range(dims.n_audio_layer):
             self.stage_dtypes[f"block.{i}"] = "float64" if i < float64_blocks else "float32"
         compiled, self.compile_seconds = compiled_encoder(runtime, dims, float64_blocks)
-        registry = weight_layout.encoder_registry(dims, params, float64_blocks)
+        registry = weight_layout.for_device(
+            weight_layout.encoder_registry(dims, params, float64_blocks), runtime.device_ref
+        )
         models = self._session.init_all(compiled, weights_registry=self._buffers.weights(registry))
         self._model = models[encoder_graph.graph_name(float64_blocks)]
 

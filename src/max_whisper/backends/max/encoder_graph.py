@@ -26,15 +26,14 @@ N_AUDIO = "n_audio"  # symbolic batch dimension: one compiled graph serves any b
 def _conv_k3(
     x: TensorValue, name: str, c_in: int, c_out: int, stride: int, device: DeviceRef
 ) -> TensorValue:
-    """1-D conv, kernel 3, padding 1, on [B, T, C] (channels last) as one matmul: each output
-    position's three input rows side by side [B, T_out, 3C] (im2col) times the weight [3C, c_out].
-    MAX's conv2d over a height-1 image computes the same sums several times more slowly."""
+    """1-D conv, kernel 3, padding 1, on [B, T, C] (channels last) as one projection: each output
+    position's three input rows side by side [B, T_out, 3C] (im2col) times the filter as a
+    [3C, c_out] weight. MAX's conv2d over a height-1 image computes the same sums several times
+    more slowly."""
     t_out = (int(x.shape[1]) - 1) // stride + 1
     padded = ops.pad(x, [0, 0, 1, 1, 0, 0])  # a zero row before and after the time axis
     taps = [padded[:, k : k + stride * (t_out - 1) + 1 : stride, :] for k in range(3)]
-    w = weight(f"{name}.weight", [1, 3, c_in, c_out], device)  # RSCF layout: [3 * c_in, c_out]
-    y = ops.concat(taps, axis=2) @ ops.reshape(w, [3 * c_in, c_out])
-    return y + weight(f"{name}.bias", [c_out], device)
+    return linear(ops.concat(taps, axis=2), name, 3 * c_in, c_out, device)
 
 
 def _stem(mel: TensorValue, dims: ModelDimensions, device: DeviceRef) -> TensorValue:

@@ -7,6 +7,7 @@ from max.dtype import DType
 from max.graph import DeviceRef, TensorValue, Weight, ops
 
 from ...dims import ModelDimensions
+from .custom_ops import PANEL_WIDTH, panel_matmul, uses_panels
 
 LN_EPS = 1e-5
 
@@ -20,10 +21,15 @@ def weight(
 def linear(
     x: TensorValue, name: str, d_in: int, d_out: int, device: DeviceRef, bias: bool = True
 ) -> TensorValue:
-    """x @ W + b in x's dtype. Weights are stored pre-transposed [in, out]: MAX's matmul against a
-    contiguous [in, out] weight is ~2x faster than against transpose(W)."""
+    """x @ W + b in x's dtype. Weights are stored pre-transposed [in, out] (MAX's matmul against a
+    contiguous [in, out] weight is ~2x faster than against transpose(W)), or where uses_panels says
+    so, in panels for our kernel (weight_layout.for_device lays them out)."""
+    b = weight(f"{name}.bias", [d_out], device, x.dtype) if bias else None
+    if uses_panels(device, x.dtype, d_out):
+        w = weight(f"{name}.weight", [d_out // PANEL_WIDTH, d_in, PANEL_WIDTH], device)
+        return panel_matmul(x, w, b)
     y = x @ weight(f"{name}.weight", [d_in, d_out], device, x.dtype)
-    return y + weight(f"{name}.bias", [d_out], device, x.dtype) if bias else y
+    return y if b is None else y + b
 
 
 def layer_norm(x: TensorValue, name: str, d: int, device: DeviceRef) -> TensorValue:

@@ -2,7 +2,9 @@
 
 Linear weights are pre-transposed to [in, out]; q, k and v of self-attention are fused into one
 [d, 3d] projection with the 1/sqrt(head_dim) softmax scale folded into q (openai scales q and k by
-head_dim**-0.25 each; k has no bias); conv filters go to RSCF [1, k, in, out].
+head_dim**-0.25 each; k has no bias); conv filters go to [k * in, out] (the stem's convolutions
+are projections of im2col rows). Where custom_ops.uses_panels says so, for_device lays the float32
+projections out in panels for our kernel.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from max.dtype import DType
+from max.graph import DeviceRef
 
 from ...dims import ModelDimensions
+from .custom_ops import PANEL_WIDTH, uses_panels
 
 Params = dict[str, np.ndarray]
 
@@ -42,8 +47,10 @@ def _layer(params: Params, prefix: str, dtype: type) -> Params:
 
 
 def _conv_filter(w: np.ndarray) -> np.ndarray:
-    """PyTorch [out, in, k] -> RSCF [1, k, in, out]."""
-    return _f32(np.transpose(w, (2, 1, 0))[None])
+    """PyTorch [out, in, k] -> [k * in, out]: the weight of the conv as a projection of each
+    position's k input rows side by side (im2col)."""
+    out_channels, in_channels, width = w.shape
+    return _f32(np.transpose(w, (2, 1, 0)).reshape(width * in_channels, out_channels))
 
 
 def stem_registry(params: Params) -> Params:
@@ -117,6 +124,26 @@ def cross_kv_registry(dims: ModelDimensions, params: Params, prefix: str = "") -
         registry[dst + "value.weight"] = _f32(params[src + "value.weight"].T)
         registry[dst + "value.bias"] = _f32(params[src + "value.bias"])
     return registry
+
+
+def to_panels(w: np.ndarray) -> np.ndarray:
+    """[in, out] -> [out / 16, in, 16]: panel_matmul's layout, a panel's rows contiguous."""
+    d_in, d_out = w.shape
+    panels = w.reshape(d_in, d_out // PANEL_WIDTH, PANEL_WIDTH)
+    return np.ascontiguousarray(panels.transpose(1, 0, 2))
+
+
+def for_device(registry: Params, device: DeviceRef) -> Params:
+    """The registry with each projection weight (a 2-D `*.weight`, [in, out]) in panels where the
+    graphs built for `device` send that projection through panel_matmul (custom_ops.uses_panels)."""
+    return {
+        name: to_panels(a)
+        if name.endswith(".weight")
+        and a.ndim == 2
+        and uses_panels(device, DType.from_numpy(a.dtype), a.shape[1])
+        else a
+        for name, a in registry.items()
+    }
 
 
 def exact_in_float16(a: np.ndarray) -> bool:
