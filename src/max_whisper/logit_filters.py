@@ -18,19 +18,26 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 def chosen_logprobs(logits: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     """log_softmax(logits)[row, chosen[row]] of each row [batch, vocab], without the whole array:
     the same float32 operations, so the same values."""
-    shifted, log_total = _shifted_and_log_total(logits)
+    x = np.asarray(logits, dtype=np.float32)
+    m = _row_max(x)
+    exps = x - m  # one scratch array, exponentiated in place: only the row sums are needed
+    log_total = np.log(np.sum(np.exp(exps, out=exps), axis=-1, keepdims=True))
     rows = np.arange(len(chosen))
-    return shifted[rows, chosen] - log_total[:, 0]
+    return (x[rows, chosen] - m[:, 0]) - log_total[:, 0]
 
 
 def _shifted_and_log_total(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(x - max(x), log(sum(exp(x - max(x))))) along the last axis, in float32 (an all -inf row
     shifts by 0)."""
     x = np.asarray(logits, dtype=np.float32)
-    m = np.max(x, axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0)
-    shifted = x - m
+    shifted = x - _row_max(x)
     return shifted, np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+def _row_max(x: np.ndarray) -> np.ndarray:
+    """Each row's maximum [..., 1], 0 for a row without a finite one."""
+    m = np.max(x, axis=-1, keepdims=True)
+    return np.where(np.isfinite(m), m, np.float32(0))
 
 
 def logsumexp(x: np.ndarray) -> float:

@@ -74,6 +74,12 @@ def step_positions(
     (a padding column sees only itself, so that it stays finite), positions counted from each
     row's first real token."""
     n_total = n_past + n_new
+    shape = (len(pad), group)
+    if n_new == 1 and not pad.any():  # a single-token step, no padding: nothing to hide
+        return (
+            np.full((*shape, 1), n_past, np.int64),
+            np.zeros((*shape, 1, n_total), np.float32),
+        )
     cols = np.arange(n_total)[None, None, :]
     query = np.arange(n_past, n_total)[None, :, None]
     pad = pad[:, None, None]
@@ -84,7 +90,6 @@ def step_positions(
         cols > query, np.float32(-np.inf), np.where(padding, PADDING_SCORE, np.float32(0))
     )
     positions = np.maximum(np.arange(n_past, n_total)[None, :] - pad[:, :, 0], 0)  # [A, n]
-    shape = (len(pad), group)
     return (
         np.ascontiguousarray(np.broadcast_to(positions[:, None], (*shape, n_new)), dtype=np.int64),
         np.ascontiguousarray(
