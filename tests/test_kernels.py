@@ -113,3 +113,32 @@ def test_kernels_match_numpy(kernels_graph, past, new, queries, ctx):
     exact = x.astype(np.float64) @ w + b
     assert projected.shape == exact.shape
     np.testing.assert_allclose(projected, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+
+
+def test_weights_are_laid_out_in_panels_exactly_where_the_graphs_read_panels():
+    """weight_layout.for_device and layers.linear follow one rule (custom_ops.uses_panels): a
+    float32 [in, out] projection weight goes to panels on a CPU where the rule holds; float64
+    weights, vectors, embeddings and every weight for a GPU stay as they are."""
+    from max.dtype import DType
+    from max.graph import DeviceRef
+
+    from max_whisper.backends.max.custom_ops import uses_panels
+    from max_whisper.backends.max.weight_layout import for_device, to_panels
+
+    rng = np.random.default_rng(0)
+    registry = {
+        "blocks.0.mlp.0.weight": rng.standard_normal(PROJECTION).astype(np.float32),
+        "blocks.0.mlp.0.bias": rng.standard_normal(PROJECTION[1]).astype(np.float32),
+        "blocks.0.attn.out.weight": rng.standard_normal(PROJECTION),  # float64 (a float64 block)
+        "token_embedding": rng.standard_normal(PROJECTION).astype(np.float32),
+    }
+    for device in (DeviceRef.CPU(), DeviceRef.GPU()):
+        laid_out = for_device(registry, device)
+        panels = uses_panels(device, DType.float32, PROJECTION[1])
+        assert panels == (device.is_cpu() and uses_panels(DeviceRef.CPU(), DType.float32, 16))
+        for name, a in registry.items():
+            expected = to_panels(a) if panels and name == "blocks.0.mlp.0.weight" else a
+            assert np.array_equal(laid_out[name], expected), name
+    w = registry["blocks.0.mlp.0.weight"]
+    assert to_panels(w).shape == (PROJECTION[1] // 16, PROJECTION[0], 16)
+    assert np.array_equal(to_panels(w)[2, 5], w[5, 32:48])  # panel 2, row 5: columns 32-47

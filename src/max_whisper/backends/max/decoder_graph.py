@@ -28,7 +28,8 @@ decoding batch attends to window r // G. The G rows of a window share its cross 
 form one [G * n, hd] matrix per head, so K/V are read once per window, not once per beam.
 
 Layouts: weights pre-transposed to [in, out] (MAX's matmul against a contiguous [in, out] weight is
-~2x faster than against transpose(W)); q, k, v fused in one [d, 3d] projection with the 1/sqrt(hd)
+~2x faster than against transpose(W)), or in panels for our matmul where layers.linear uses it;
+q, k, v fused in one [d, 3d] projection with the 1/sqrt(hd)
 softmax scale folded into q (k has no bias); the residual stream is 2-D [A*G*n, d] so projections
 are plain GEMMs; self K cached as [A, G, H, hd, len] and V as [A, G, H, len, hd] (growing them,
 through our kernel on a CPU, is the only copy per step); cross K as [A, H, hd, ctx], V as
