@@ -142,3 +142,41 @@ def test_weights_are_laid_out_in_panels_exactly_where_the_graphs_read_panels():
     w = registry["blocks.0.mlp.0.weight"]
     assert to_panels(w).shape == (PROJECTION[1] // 16, PROJECTION[0], 16)
     assert np.array_equal(to_panels(w)[2, 5], w[5, 32:48])  # panel 2, row 5: columns 32-47
+
+
+def test_half_weight_gemv_gives_each_row_the_same_sums_in_any_batch():
+    """The float16-weight product of the decoder's steps: each row of x gets bit for bit the sums
+    it gets alone, whatever number of rows shares the call (a batch's composition never changes a
+    stream's logits), and lands within float32 reordering of float64. 1031 weight rows end inside
+    both of the kernel's row groups (3 and 4)."""
+    from max.driver import CPU, Buffer
+    from max.dtype import DType
+    from max.engine import InferenceSession
+    from max.graph import DeviceRef, Graph, TensorType
+
+    from max_whisper.backends.max.custom_ops import half_weight_matmul, kernel_library
+
+    device = DeviceRef.CPU()
+    n, k = 1031, 128
+    types = [
+        TensorType(DType.float32, ["rows", k], device=device),
+        TensorType(DType.float16, [n, k], device=device),
+    ]
+    with Graph("half_weight", input_types=types, custom_extensions=[kernel_library()]) as graph:
+        graph.output(half_weight_matmul(graph.inputs[0].tensor, graph.inputs[1].tensor, device))
+    model = InferenceSession(devices=[CPU()], custom_extensions=[kernel_library()]).load(graph)
+
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((n, k)).astype(np.float16)
+    x = rng.standard_normal((9, k)).astype(np.float32)
+    exact = x.astype(np.float64) @ w.astype(np.float64).T
+    alone = np.concatenate(
+        [
+            model.execute(Buffer.from_numpy(x[i : i + 1]), Buffer.from_numpy(w))[0].to_numpy()
+            for i in range(9)
+        ]
+    )
+    np.testing.assert_allclose(alone, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+    for rows in (2, 3, 4, 5, 8, 9):
+        together = model.execute(Buffer.from_numpy(x[:rows]), Buffer.from_numpy(w))[0].to_numpy()
+        assert np.array_equal(together, alone[:rows]), f"{rows} rows"
