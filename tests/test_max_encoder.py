@@ -23,12 +23,14 @@ from support import (
 # evaluation of the same network and PyTorch fp32's own distance from it, so that no CPU's rounding
 # is encoded here. Two statistics: the median over the clips of the RMS distance (how good the
 # float32 arithmetic is), and the worst single element over all clips, which is bounded only
-# against gross errors: on the clips whose early blocks amplify rounding, a 1-ulp change in the
-# input moves PyTorch's own worst element over 20x, so which implementation lands furthest there is
-# a lottery.
+# against gross errors. On the clips whose blocks amplify rounding (a position whose LayerNorm
+# divides by a small spread), a 1-ulp change in the input moves PyTorch's own worst element over
+# 20x, so where one evaluation lands there is a lottery: MAX's worst is held against the furthest
+# PyTorch lands over a few such 1-ulp nudges of the input, not against its one draw.
 TYPICAL_DISTANCE_RATIO = 3.0  # median RMS distance from float64, at most this times PyTorch fp32's
 WORST_DISTANCE_RATIO = 8.0  # worst element's distance from float64, at most this times PyTorch's
 DISTANCE_FLOOR = 2e-4  # ... where PyTorch happens to land unusually close on every clip
+NUDGED_INPUTS = 3  # copies of the mel, a random half of its values one ulp up, that PyTorch runs
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +83,32 @@ def pytorch_features(reference):
     return get
 
 
+@pytest.fixture(scope="session")
+def pytorch_worst_when_nudged(reference, pytorch_features):
+    """(name, clip) -> the furthest any element of PyTorch fp32's features lands from float64,
+    over the clip's mel and NUDGED_INPUTS copies of it a random half of whose values are one ulp
+    larger: the spread of float32 rounding on this clip."""
+    done: dict = {}
+
+    def get(name: str, clip) -> float:
+        import torch
+
+        if (name, clip) not in done:
+            mel, features, exact = pytorch_features(name, clip)
+            rng = np.random.default_rng(0)
+            worst = float(np.abs(features - exact).max())
+            for _ in range(NUDGED_INPUTS):
+                up = rng.random(mel.shape) < 0.5
+                nudged = np.where(up, np.nextafter(mel, np.float32(np.inf)), mel)
+                with torch.no_grad():
+                    got = reference.models.torch(name).encoder(torch.from_numpy(nudged)).numpy()
+                worst = max(worst, float(np.abs(got - exact).max()))
+            done[name, clip] = worst
+        return done[name, clip]
+
+    return get
+
+
 def encoder_report(got: np.ndarray, pytorch: np.ndarray, exact: np.ndarray) -> dict:
     a, b = got.astype(np.float64).ravel(), pytorch.astype(np.float64).ravel()
     exact = exact.ravel()
@@ -128,11 +156,14 @@ def compare_with_pytorch(max_encoder, pytorch_features):
     return compare
 
 
-def check_every_clip(name: str, compare_with_pytorch) -> None:
+def check_every_clip(name: str, compare_with_pytorch, pytorch_worst_when_nudged) -> None:
     """Over all shared clips: MAX's median RMS distance from float64 at most
     TYPICAL_DISTANCE_RATIO times PyTorch fp32's, and its worst element at most
-    WORST_DISTANCE_RATIO times PyTorch's worst."""
-    reports = [compare_with_pytorch(name, clip) for clip in CLIPS]
+    WORST_DISTANCE_RATIO times the worst PyTorch lands with its input nudged."""
+    reports = [
+        compare_with_pytorch(name, clip) | {"nudged": pytorch_worst_when_nudged(name, clip)}
+        for clip in CLIPS
+    ]
 
     def median(key: str) -> float:
         return float(np.median([r[key] for r in reports]))
@@ -144,27 +175,25 @@ def check_every_clip(name: str, compare_with_pytorch) -> None:
         f"{name}: distance from float64, MAX against PyTorch fp32: median RMS "
         f"{median('rms_from_float64'):.2e} against {median('pytorch_rms_from_float64'):.2e}, "
         f"worst element {worst('max_from_float64'):.2e} "
-        f"against {worst('pytorch_from_float64'):.2e}; "
-        f"worst |MAX - PyTorch| {worst('max_abs'):.2e}"
+        f"against {worst('pytorch_from_float64'):.2e} ({worst('nudged'):.2e} with its input "
+        f"nudged); worst |MAX - PyTorch| {worst('max_abs'):.2e}"
     )
     assert median("rms_from_float64") <= TYPICAL_DISTANCE_RATIO * median("pytorch_rms_from_float64")
-    assert worst("max_from_float64") <= WORST_DISTANCE_RATIO * max(
-        worst("pytorch_from_float64"), DISTANCE_FLOOR
-    )
+    assert worst("max_from_float64") <= WORST_DISTANCE_RATIO * max(worst("nudged"), DISTANCE_FLOOR)
 
 
 @requires_reference
 @requires_shared_audio
-def test_tiny_en_near_pytorch_and_float64(compare_with_pytorch):
-    check_every_clip("tiny.en", compare_with_pytorch)
+def test_tiny_en_near_pytorch_and_float64(compare_with_pytorch, pytorch_worst_when_nudged):
+    check_every_clip("tiny.en", compare_with_pytorch, pytorch_worst_when_nudged)
 
 
 @pytest.mark.base
 @requires_base
 @requires_reference
 @requires_shared_audio
-def test_base_near_pytorch_and_float64(compare_with_pytorch):
-    check_every_clip("base", compare_with_pytorch)
+def test_base_near_pytorch_and_float64(compare_with_pytorch, pytorch_worst_when_nudged):
+    check_every_clip("base", compare_with_pytorch, pytorch_worst_when_nudged)
 
 
 @pytest.mark.slow  # the float64-blocks encoder is one more graph to compile: minutes
