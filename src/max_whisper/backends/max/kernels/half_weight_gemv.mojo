@@ -121,8 +121,7 @@ struct HalfWeightGemv:
                         o.unsafe_offset(2).unsafe_store(b2.reduce_add())
                         m += 1
                     n += 3
-            # fewer rows: 4 weight rows at a time, against 4 rows of x at a time (16 sums, each
-            # load used 4 times) or one
+            # fewer rows: 4 weight rows at a time, against one row of x at a time
             while n + 4 <= end:
                 var w0 = wp.unsafe_offset(n * depth)
                 var w1 = wp.unsafe_offset((n + 1) * depth)
@@ -134,75 +133,7 @@ struct HalfWeightGemv:
                     prefetch[PrefetchOptions().for_read().low_locality().to_data_cache()](
                         ahead.unsafe_offset(j)
                     )
-                var m = 0
-                while m + 4 <= rows:
-                    var x0 = xp.unsafe_offset(m * depth)
-                    var x1 = xp.unsafe_offset((m + 1) * depth)
-                    var x2 = xp.unsafe_offset((m + 2) * depth)
-                    var x3 = xp.unsafe_offset((m + 3) * depth)
-                    var a00 = SIMD[DType.float32, width](0)
-                    var a01 = SIMD[DType.float32, width](0)
-                    var a02 = SIMD[DType.float32, width](0)
-                    var a03 = SIMD[DType.float32, width](0)
-                    var a10 = SIMD[DType.float32, width](0)
-                    var a11 = SIMD[DType.float32, width](0)
-                    var a12 = SIMD[DType.float32, width](0)
-                    var a13 = SIMD[DType.float32, width](0)
-                    var a20 = SIMD[DType.float32, width](0)
-                    var a21 = SIMD[DType.float32, width](0)
-                    var a22 = SIMD[DType.float32, width](0)
-                    var a23 = SIMD[DType.float32, width](0)
-                    var a30 = SIMD[DType.float32, width](0)
-                    var a31 = SIMD[DType.float32, width](0)
-                    var a32 = SIMD[DType.float32, width](0)
-                    var a33 = SIMD[DType.float32, width](0)
-                    for k in range(0, depth, width):
-                        var v0 = w0.unsafe_offset(k).unsafe_load[width=width]().cast[DType.float32]()
-                        var v1 = w1.unsafe_offset(k).unsafe_load[width=width]().cast[DType.float32]()
-                        var v2 = w2.unsafe_offset(k).unsafe_load[width=width]().cast[DType.float32]()
-                        var v3 = w3.unsafe_offset(k).unsafe_load[width=width]().cast[DType.float32]()
-                        var u = x0.unsafe_offset(k).unsafe_load[width=width]()
-                        a00 += v0 * u
-                        a01 += v1 * u
-                        a02 += v2 * u
-                        a03 += v3 * u
-                        u = x1.unsafe_offset(k).unsafe_load[width=width]()
-                        a10 += v0 * u
-                        a11 += v1 * u
-                        a12 += v2 * u
-                        a13 += v3 * u
-                        u = x2.unsafe_offset(k).unsafe_load[width=width]()
-                        a20 += v0 * u
-                        a21 += v1 * u
-                        a22 += v2 * u
-                        a23 += v3 * u
-                        u = x3.unsafe_offset(k).unsafe_load[width=width]()
-                        a30 += v0 * u
-                        a31 += v1 * u
-                        a32 += v2 * u
-                        a33 += v3 * u
-                    var o = op.unsafe_offset(m * cols + n)
-                    o.unsafe_store(a00.reduce_add())
-                    o.unsafe_offset(1).unsafe_store(a01.reduce_add())
-                    o.unsafe_offset(2).unsafe_store(a02.reduce_add())
-                    o.unsafe_offset(3).unsafe_store(a03.reduce_add())
-                    o = o.unsafe_offset(cols)
-                    o.unsafe_store(a10.reduce_add())
-                    o.unsafe_offset(1).unsafe_store(a11.reduce_add())
-                    o.unsafe_offset(2).unsafe_store(a12.reduce_add())
-                    o.unsafe_offset(3).unsafe_store(a13.reduce_add())
-                    o = o.unsafe_offset(cols)
-                    o.unsafe_store(a20.reduce_add())
-                    o.unsafe_offset(1).unsafe_store(a21.reduce_add())
-                    o.unsafe_offset(2).unsafe_store(a22.reduce_add())
-                    o.unsafe_offset(3).unsafe_store(a23.reduce_add())
-                    o = o.unsafe_offset(cols)
-                    o.unsafe_store(a30.reduce_add())
-                    o.unsafe_offset(1).unsafe_store(a31.reduce_add())
-                    o.unsafe_offset(2).unsafe_store(a32.reduce_add())
-                    o.unsafe_offset(3).unsafe_store(a33.reduce_add())
-                    m += 4
-                while m < rows:
+                for m in range(rows):
                     var xr = xp.unsafe_offset(m * depth)
                     var b0 = SIMD[DType.float32, width](0)
                     var b1 = SIMD[DType.float32, width](0)
@@ -219,7 +150,6 @@ struct HalfWeightGemv:
                     o.unsafe_offset(1).unsafe_store(b1.reduce_add())
                     o.unsafe_offset(2).unsafe_store(b2.reduce_add())
                     o.unsafe_offset(3).unsafe_store(b3.reduce_add())
-                    m += 1
                 n += 4
             while n < end:
                 var w0 = wp.unsafe_offset(n * depth)
