@@ -23,12 +23,13 @@ from support import (
 # evaluation of the same network and PyTorch fp32's own distance from it, so that no CPU's rounding
 # is encoded here. Two statistics: the median over the clips of the RMS distance (how good the
 # float32 arithmetic is), and the worst single element over all clips, which is bounded only
-# against gross errors. On the clips whose blocks amplify rounding (a position whose LayerNorm
-# divides by a small spread), a 1-ulp change in the input moves PyTorch's own worst element over
-# 20x, so where one evaluation lands there is a lottery: MAX's worst is held against the furthest
+# against gross errors. On the clips whose blocks amplify rounding (a position where a late block
+# makes one very large activation), a 1-ulp change in the input moves PyTorch's own worst element
+# over 20x, so where one evaluation lands there is a lottery: MAX's worst is held against the furthest
 # PyTorch lands over a few such 1-ulp nudges of the input, not against its one draw.
 TYPICAL_DISTANCE_RATIO = 3.0  # median RMS distance from float64, at most this times PyTorch fp32's
-WORST_DISTANCE_RATIO = 8.0  # worst element's distance from float64, at most this times PyTorch's
+WORST_DISTANCE_RATIO = 8.0  # worst element's distance from float64, at most this times the
+# furthest PyTorch's lands over its run and NUDGED_INPUTS nudged runs
 DISTANCE_FLOOR = 2e-4  # ... where PyTorch happens to land unusually close on every clip
 NUDGED_INPUTS = 3  # copies of the mel, a random half of its values one ulp up, that PyTorch runs
 
