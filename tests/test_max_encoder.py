@@ -25,8 +25,8 @@ from support import (
 # float32 arithmetic is), and the worst single element over all clips, which is bounded only
 # against gross errors. On the clips whose blocks amplify rounding (a position where a late block
 # makes one very large activation), a 1-ulp change in the input moves PyTorch's own worst element
-# over 20x, so where one evaluation lands there is a lottery: MAX's worst is held against the furthest
-# PyTorch lands over a few such 1-ulp nudges of the input, not against its one draw.
+# over 20x, so where one evaluation lands there is a lottery: MAX's worst is held against the
+# furthest PyTorch lands over a few such 1-ulp nudges of the input, not against its one draw.
 TYPICAL_DISTANCE_RATIO = 3.0  # median RMS distance from float64, at most this times PyTorch fp32's
 WORST_DISTANCE_RATIO = 8.0  # worst element's distance from float64, at most this times the
 # furthest PyTorch's lands over its run and NUDGED_INPUTS nudged runs
