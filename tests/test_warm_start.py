@@ -73,3 +73,11 @@ def test_wait_for_compile_and_warm_cache_use_max(models):
     )
     doctor = _cli("doctor", env=env)
     assert "graph cache" in doctor.stdout and "compiled graphs" in doctor.stdout
+
+
+def test_compile_estimate_is_when_the_last_graph_ends():
+    from max_whisper.backends.max.warmup import _makespan
+
+    assert _makespan([150, 160], workers=2) == 160  # side by side: the slower one
+    assert _makespan([150, 160], workers=1) == 310  # one after the other
+    assert _makespan([150, 160, 150], workers=2) == 300  # the third waits for the first worker

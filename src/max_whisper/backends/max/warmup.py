@@ -124,6 +124,14 @@ def _spawn(job: GraphJob, log) -> subprocess.Popen:
     )
 
 
+def _makespan(estimates: list[float], workers: int) -> float:
+    """When the last of these jobs ends, each started in turn on the first free worker."""
+    free_at = [0.0] * min(workers, len(estimates))
+    for estimate in estimates:
+        free_at[free_at.index(min(free_at))] += estimate
+    return max(free_at, default=0.0)
+
+
 def compile_all(
     jobs: list[GraphJob], workers: int | None = None, progress: bool = True
 ) -> dict[str, float]:
@@ -134,7 +142,7 @@ def compile_all(
         return {}
     workers = max(1, workers or os.cpu_count() or 1)
     cache = _log_dir()
-    total_estimate = sum(j.estimate_s for j in todo) / min(workers, len(todo))
+    total_estimate = _makespan([j.estimate_s for j in todo], workers)
     if progress:
         _say(
             f"compiling {len(todo)} MAX graph(s) for this machine, {min(workers, len(todo))} "
