@@ -127,8 +127,8 @@ def _session(path: str):
     except ImportError:
         raise VadUnavailable(_INSTALL) from None
     opts = onnxruntime.SessionOptions()
-    # the convolutional front end shares out over two threads (same probabilities, ~25 % faster
-    # on two cores); the recurrent part does not gain from more
+    # the convolutional front end shares out over two threads (the probabilities stay the same);
+    # the recurrent part gains nothing from more
     opts.intra_op_num_threads = min(2, os.cpu_count() or 1)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
