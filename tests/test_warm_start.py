@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from support import REPO_ROOT, SAMPLE, requires_reference, subprocess_env
 
 
@@ -81,3 +83,26 @@ def test_compile_estimate_is_when_the_last_graph_ends():
     assert _makespan([150, 160], workers=2) == 160  # side by side: the slower one
     assert _makespan([150, 160], workers=1) == 310  # one after the other
     assert _makespan([150, 160, 150], workers=2) == 300  # the third waits for the first worker
+
+
+def test_compile_estimate_is_the_devices():
+    from max.driver import accelerator_count
+
+    from max_whisper.backends.max.decoder import DECODER_COMPILE_ESTIMATE_S
+    from max_whisper.backends.max.device import DeviceUnavailable, device_label
+    from max_whisper.backends.max.encoder import ENCODER_COMPILE_ESTIMATE_S
+    from max_whisper.backends.max.warmup import jobs_for
+    from max_whisper.dims import ModelDimensions
+
+    dims = ModelDimensions(80, 1500, 384, 6, 4, 51864, 448, 384, 6, 4)
+    encoder, decoder = jobs_for(dims, device="cpu")
+    assert (encoder.estimate_s, decoder.estimate_s) == (
+        ENCODER_COMPILE_ESTIMATE_S["cpu"],
+        DECODER_COMPILE_ESTIMATE_S["cpu"],
+    )
+    assert device_label("auto") == ("gpu" if accelerator_count() else "cpu")
+    if accelerator_count():
+        assert jobs_for(dims, device="gpu")[1].estimate_s == DECODER_COMPILE_ESTIMATE_S["gpu"]
+    else:
+        with pytest.raises(DeviceUnavailable):
+            _ = jobs_for(dims, device="gpu")[1].estimate_s

@@ -17,15 +17,20 @@ class DeviceUnavailable(MaxWhisperError, RuntimeError):
     """The device asked for is not on this machine."""
 
 
-def select_device(device: str = "auto") -> tuple[Device, DeviceRef, str]:
-    """Return (driver device, graph DeviceRef, label "cpu" or "gpu") for "auto", "cpu" or "gpu"."""
+def device_label(device: str = "auto") -> str:
+    """ "cpu" or "gpu": what "auto", "cpu" or "gpu" comes to on this machine."""
     if device not in DEVICES:
         raise UsageError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
     if device == "gpu" and accelerator_count() == 0:
         raise DeviceUnavailable(
             "device 'gpu' was requested but MAX sees no accelerator; use --device cpu"
         )
-    if device == "cpu" or accelerator_count() == 0:
+    return "cpu" if device == "cpu" or accelerator_count() == 0 else "gpu"
+
+
+def select_device(device: str = "auto") -> tuple[Device, DeviceRef, str]:
+    """Return (driver device, graph DeviceRef, label "cpu" or "gpu") for "auto", "cpu" or "gpu"."""
+    if device_label(device) == "cpu":
         return CPU(), DeviceRef.CPU(), "cpu"
     accelerator = Accelerator()
     return accelerator, DeviceRef.from_device(accelerator), "gpu"

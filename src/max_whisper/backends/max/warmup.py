@@ -54,9 +54,13 @@ class GraphJob:
     @property
     def estimate_s(self) -> float:
         from .decoder import DECODER_COMPILE_ESTIMATE_S
+        from .device import device_label
         from .encoder import ENCODER_COMPILE_ESTIMATE_S
 
-        return ENCODER_COMPILE_ESTIMATE_S if self.part == "encoder" else DECODER_COMPILE_ESTIMATE_S
+        estimates = (
+            ENCODER_COMPILE_ESTIMATE_S if self.part == "encoder" else DECODER_COMPILE_ESTIMATE_S
+        )
+        return estimates[device_label(self.device)]
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "dims": self.dims.to_dict()})
