@@ -1,5 +1,6 @@
 """Our Mojo kernels (backends/max/kernels) in a small graph of their own, against NumPy: the
-KV-cache append exactly, the cross- and self-attention and the panel matmul within float32
+KV-cache append exactly, the decoder's attention (without and with a mask), the encoder's
+self-attention and the panel matmul within float32
 reordering, on shapes the model uses (several windows, several beams, a context that is not a
 multiple of the vector width) and on contexts that end inside a tile of queries, a block of keys
 and a register tile of rows."""
@@ -15,7 +16,8 @@ PROJECTION = (80, 48)  # the panel matmul's weight [in, out]: 80 mel bins in, th
 
 @pytest.fixture(scope="module")
 def kernels_graph():
-    """The compiled graph: append along a K-like and a V-like axis, cross- and self-attention."""
+    """The compiled graph: append along a K-like and a V-like axis, the decoder's attention without
+    and with a mask, the encoder's self-attention, the panel matmul."""
     from max.driver import CPU
     from max.dtype import DType
     from max.engine import InferenceSession
@@ -23,7 +25,7 @@ def kernels_graph():
 
     from max_whisper.backends.max.custom_ops import (
         append_positions,
-        cross_attention,
+        decoder_attention,
         kernel_library,
         panel_matmul,
         self_attention,
@@ -38,6 +40,7 @@ def kernels_graph():
         "q": [2, 4, "queries", 64],
         "k": [2, 4, 64, 1499],
         "v": [2, 4, 1499, 64],
+        "mask": [2, 1, "queries", 1499],
         "qkv": [2, "ctx", 3 * HEADS * 64],
         "x": [2, "ctx", PROJECTION[0]],
         "w": [PROJECTION[1] // 16, PROJECTION[0], 16],
@@ -45,11 +48,12 @@ def kernels_graph():
     }
     types = [TensorType(DType.float32, shape, device=device) for shape in shapes.values()]
     with Graph("kernels", input_types=types, custom_extensions=[kernel_library()]) as graph:
-        past_k, new_k, past_v, new_v, q, k, v, qkv, x, w, b = (i.tensor for i in graph.inputs)
+        past_k, new_k, past_v, new_v, q, k, v, mask, qkv, x, w, b = (i.tensor for i in graph.inputs)
         graph.output(
             append_positions(past_k, new_k, axis=4),
             append_positions(past_v, new_v, axis=3),
-            cross_attention(q, k, v),
+            decoder_attention(q, k, v),
+            decoder_attention(q, k, v, mask),
             self_attention(qkv, HEADS),
             panel_matmul(x, w, b),
         )
@@ -57,9 +61,9 @@ def kernels_graph():
     return session.load(graph)
 
 
-def _attention(q: np.ndarray, k_t: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """softmax(q k_t) v in float64."""
-    scores = q.astype(np.float64) @ k_t
+def _attention(q: np.ndarray, k_t: np.ndarray, v: np.ndarray, mask=0.0) -> np.ndarray:
+    """softmax(q k_t + mask) v in float64."""
+    scores = q.astype(np.float64) @ k_t + mask
     weights = np.exp(scores - scores.max(-1, keepdims=True))
     return (weights / weights.sum(-1, keepdims=True)) @ v
 
@@ -83,6 +87,7 @@ def test_kernels_match_numpy(kernels_graph, past, new, queries, ctx):
             (2, 4, queries, 64),
             (2, 4, 64, 1499),
             (2, 4, 1499, 64),
+            (2, 1, queries, 1499),
             (2, ctx, 3 * HEADS * 64),
             (2, ctx, PROJECTION[0]),
             PROJECTION,
@@ -90,19 +95,24 @@ def test_kernels_match_numpy(kernels_graph, past, new, queries, ctx):
         )
     ]
     arrays[5] *= 3  # sharper softmax rows, as trained attention has
-    arrays[7][:, :, HEADS * 64 : 2 * HEADS * 64] *= 3  # the self-attention's keys
-    arrays[7][:, :, : HEADS * 64] /= 8  # its queries carry the 1/sqrt(64) scale, as the encoder's
-    x, w, b = arrays[8:]
-    arrays[9] = to_panels(w)
-    k_all, v_all, attended, self_attended, projected = (
+    # a decoder step's mask: a causal -inf, the padding's -1e9 (session.step_positions), zeros
+    arrays[7][:] = 0
+    arrays[7][0, 0, :, 700:] = -np.inf
+    arrays[7][1, 0, :, :700] = -1e9
+    arrays[8][:, :, HEADS * 64 : 2 * HEADS * 64] *= 3  # the self-attention's keys
+    arrays[8][:, :, : HEADS * 64] /= 8  # its queries carry the 1/sqrt(64) scale, as the encoder's
+    x, w, b = arrays[9:]
+    arrays[10] = to_panels(w)
+    k_all, v_all, attended, masked, self_attended, projected = (
         out.to_numpy() for out in kernels_graph.execute(*map(Buffer.from_numpy, arrays))
     )
-    past_k, new_k, past_v, new_v, q, k, v, qkv = arrays[:8]
+    past_k, new_k, past_v, new_v, q, k, v, mask, qkv = arrays[:9]
     assert np.array_equal(k_all, np.concatenate([past_k, new_k], axis=4))
     assert np.array_equal(v_all, np.concatenate([past_v, new_v], axis=3))
-    exact = _attention(q, k, v)
-    assert attended.shape == exact.shape
-    np.testing.assert_allclose(attended, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+    for ours, exact in ((attended, _attention(q, k, v)), (masked, _attention(q, k, v, mask))):
+        assert ours.shape == exact.shape
+        np.testing.assert_allclose(ours, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+    assert not np.allclose(masked, attended)  # the mask counts
 
     heads_q, heads_k, heads_v = qkv.reshape(2, ctx, 3, HEADS, 64).transpose(2, 0, 3, 1, 4)
     exact = _attention(heads_q, heads_k.transpose(0, 1, 3, 2), heads_v)  # [2, H, ctx, 64]

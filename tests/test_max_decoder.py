@@ -226,8 +226,8 @@ def test_float16_copies_only_where_the_weights_are_float16():
 @pytest.mark.parametrize("half", [True, False])
 def test_every_step_graph_builds(half):
     """The step graph with either output projection, and the all-float16 few-rows one, build
-    (building is cheap; compiling is not); on a CPU each layer's K/V cache grows, and its
-    cross-attention runs, through our kernels."""
+    (building is cheap; compiling is not); on a CPU each layer's K/V cache grows, and its self- and
+    cross-attention run, through our kernels."""
     from max.graph import DeviceRef
 
     from max_whisper.backends.max.decoder_graph import build_step_graph
@@ -238,7 +238,7 @@ def test_every_step_graph_builds(half):
     text = str(graph)
     assert text.count("half_weight_gemv") == (6 * dims.n_text_layer + 1 if half else 0)
     assert text.count("append_columns") == 2 * dims.n_text_layer
-    assert text.count("cross_attention") == dims.n_text_layer
+    assert text.count("cross_attention") == text.count("masked_attention") == dims.n_text_layer
     scores = str(build_step_graph(dims, DeviceRef.CPU(), scores=True))
     assert "cross_attention" not in scores  # the scores graph returns the scores themselves
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from max.dtype import DType
-from max.graph import DeviceRef, TensorType, TensorValue, ops
+from max.graph import DeviceRef, StaticDim, TensorType, TensorValue, ops
 
 from ...cpu import cpu_flags
 from .compile_cache import cache_dir, source_hash
@@ -82,18 +82,28 @@ def append_positions(past: TensorValue, new: TensorValue, axis: int) -> TensorVa
 
 
 ATTENTION_HEAD_SIZE = 64  # the attention kernels' head size (every Whisper model's) ...
-CROSS_ATTENTION_MAX_CTX = 1536  # ... and the longest audio context its scores buffer holds
+CROSS_ATTENTION_MAX_CTX = 1536  # ... and the longest context the decoder's scores buffer holds
 
 
-def cross_attention(q: TensorValue, k: TensorValue, v: TensorValue) -> TensorValue:
-    """softmax(q @ k) @ v per head: q [A, H, M, hd], k [A, H, hd, ctx], v [A, H, ctx, hd] ->
-    [A, H, M, hd]; on a CPU through our kernel (K and V streamed once per head; MAX's batched
-    matmuls read them far below the memory's speed when M is a few rows), elsewhere MAX's ops."""
-    hd, ctx = int(q.shape[3]), int(k.shape[3])
-    if not q.device.is_cpu() or hd != ATTENTION_HEAD_SIZE or ctx > CROSS_ATTENTION_MAX_CTX:
-        return ops.softmax(q @ k) @ v
+def decoder_attention(
+    q: TensorValue, k: TensorValue, v: TensorValue, mask: TensorValue | None = None
+) -> TensorValue:
+    """softmax(q @ k + mask) @ v per head: q [B, H, M, hd], k [B, H, hd, ctx], v [B, H, ctx, hd],
+    mask [B, 1, M, ctx] (every head's) or None -> [B, H, M, hd]. On a CPU through our kernel (K and
+    V streamed once per head; MAX's batched matmuls read them far below the memory's speed when M
+    is a few rows), elsewhere MAX's ops."""
+    ctx = k.shape[3]
+    if (
+        not q.device.is_cpu()
+        or int(q.shape[3]) != ATTENTION_HEAD_SIZE
+        or (isinstance(ctx, StaticDim) and int(ctx) > CROSS_ATTENTION_MAX_CTX)
+    ):
+        scores = q @ k
+        return ops.softmax(scores if mask is None else scores + mask) @ v
     out = TensorType(DType.float32, q.shape, device=q.device)
-    return ops.custom("cross_attention", q.device, [q, k, v], [out])[0].tensor
+    if mask is None:
+        return ops.custom("cross_attention", q.device, [q, k, v], [out])[0].tensor
+    return ops.custom("masked_attention", q.device, [q, k, v, mask], [out])[0].tensor
 
 
 def self_attention(qkv: TensorValue, heads: int) -> TensorValue:

@@ -46,7 +46,7 @@ from max.dtype import DType
 from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, ops
 
 from ...dims import ModelDimensions
-from .custom_ops import append_positions, cross_attention, half_weight_matmul, kernel_library
+from .custom_ops import append_positions, decoder_attention, half_weight_matmul, kernel_library
 from .layers import cross_kv, gelu, layer_norm, linear, weight
 
 N_AUDIO = "n_audio"
@@ -98,8 +98,12 @@ def _block(
     mask = ops.reshape(
         ops.rebind(mask, [n_audio, group, n_new, n_total]), [rows, 1, n_new, n_total]
     )
-    scores = q @ ops.reshape(k_all, [rows, heads, hd, n_total]) + mask
-    attn = ops.softmax(scores) @ ops.reshape(v_all, [rows, heads, n_total, hd])  # [AG, H, n, hd]
+    attn = decoder_attention(
+        q,
+        ops.reshape(k_all, [rows, heads, hd, n_total]),
+        ops.reshape(v_all, [rows, heads, n_total, hd]),
+        mask,
+    )  # [AG, H, n, hd]
     attn = ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [rows * n_new, d])
     x = x + linear(attn, f"{prefix}attn.out", d, d, device)
 
@@ -115,7 +119,7 @@ def _block(
         scores_out = q @ cross_k
         attn = ops.softmax(scores_out) @ cross_v
     else:
-        attn = cross_attention(q, cross_k, cross_v)  # [A, H, G*n, hd]
+        attn = decoder_attention(q, cross_k, cross_v)  # [A, H, G*n, hd]
     attn = ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [rows * n_new, d])
     x = x + linear(attn, f"{prefix}cross_attn.out", d, d, device)
 
