@@ -82,7 +82,7 @@ def append_positions(past: TensorValue, new: TensorValue, axis: int) -> TensorVa
 
 
 ATTENTION_HEAD_SIZE = 64  # the attention kernels' head size (every Whisper model's) ...
-CROSS_ATTENTION_MAX_CTX = 1536  # ... and the longest context the decoder's scores buffer holds
+DECODER_ATTENTION_MAX_CTX = 1536  # ... and the longest context the decoder's scores buffer holds
 
 
 def decoder_attention(
@@ -96,7 +96,7 @@ def decoder_attention(
     if (
         not q.device.is_cpu()
         or int(q.shape[3]) != ATTENTION_HEAD_SIZE
-        or (isinstance(ctx, StaticDim) and int(ctx) > CROSS_ATTENTION_MAX_CTX)
+        or (isinstance(ctx, StaticDim) and int(ctx) > DECODER_ATTENTION_MAX_CTX)
     ):
         scores = q @ k
         return ops.softmax(scores if mask is None else scores + mask) @ v

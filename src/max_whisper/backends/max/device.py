@@ -18,7 +18,8 @@ class DeviceUnavailable(MaxWhisperError, RuntimeError):
 
 
 def device_label(device: str = "auto") -> str:
-    """ "cpu" or "gpu": what "auto", "cpu" or "gpu" comes to on this machine."""
+    """The label, "cpu" or "gpu", that the device asked for ("auto", "cpu" or "gpu") comes to on
+    this machine."""
     if device not in DEVICES:
         raise UsageError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
     if device == "gpu" and accelerator_count() == 0:
