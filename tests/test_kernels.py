@@ -95,7 +95,7 @@ def test_kernels_match_numpy(kernels_graph, past, new, queries, ctx):
         )
     ]
     arrays[5] *= 3  # sharper softmax rows, as trained attention has
-    # a decoder step's mask: a causal -inf, the padding's -1e9 (session.step_positions), zeros
+    # a decoder step's mask: a causal -inf, the padding's -1e9 (decoder.step_positions), zeros
     arrays[7][:] = 0
     arrays[7][0, 0, :, 700:] = -np.inf
     arrays[7][1, 0, :, :700] = -1e9
