@@ -8,7 +8,7 @@
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.algorithm import sync_parallelize
-from std.memory import alloc, bitcast, stack_allocation
+from std.memory import bitcast, stack_allocation
 from std.sys import simd_width_of
 from std.utils.numerics import min_finite
 
@@ -72,10 +72,10 @@ struct SelfAttention:
 
             # per tile: its queries transposed (qt[d] holds feature d of each query, 0 past the end),
             # the unnormalised output acc[j] (column j for each query), the running maximum and sum
-            var qt = alloc[Float32](GROUP_TILES * hd * tile)
-            var acc = alloc[Float32](GROUP_TILES * hd * tile)
-            var top = alloc[Float32](GROUP_TILES * tile)
-            var total = alloc[Float32](GROUP_TILES * tile)
+            var qt = stack_allocation[GROUP_TILES * hd * tile, Float32]()
+            var acc = stack_allocation[GROUP_TILES * hd * tile, Float32]()
+            var top = stack_allocation[GROUP_TILES * tile, Float32]()
+            var total = stack_allocation[GROUP_TILES * tile, Float32]()
             var st = stack_allocation[KEY_BLOCK * tile, Float32]()  # a block's scores, then weights
             for t in range(nt):
                 var t0 = (g0 + t) * tile
@@ -292,9 +292,5 @@ struct SelfAttention:
                             dst.unsafe_store(lo[r])
                         else:
                             dst.unsafe_store(hi[r - w])
-            qt.free()
-            acc.free()
-            top.free()
-            total.free()
 
         sync_parallelize(work, batch * heads * groups)
