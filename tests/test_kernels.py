@@ -173,7 +173,7 @@ def test_half_weight_gemv_gives_each_row_the_same_sums_in_any_batch():
         TensorType(DType.float16, [n, k], device=device),
     ]
     with Graph("half_weight", input_types=types, custom_extensions=[kernel_library()]) as graph:
-        graph.output(half_weight_matmul(graph.inputs[0].tensor, graph.inputs[1].tensor, device))
+        graph.output(half_weight_matmul(graph.inputs[0].tensor, graph.inputs[1].tensor))
     model = InferenceSession(devices=[CPU()], custom_extensions=[kernel_library()]).load(graph)
 
     rng = np.random.default_rng(7)

@@ -236,9 +236,15 @@ def test_every_step_graph_builds(half):
     dims = load_model_weights("tiny.en").dims
     graph = build_step_graph(dims, DeviceRef.CPU(), half_head=half, half_layers=half)
     text = str(graph)
-    assert text.count("half_weight_gemv") == (6 * dims.n_text_layer + 1 if half else 0)
-    assert text.count("append_columns") == 2 * dims.n_text_layer
-    assert text.count("cross_attention") == text.count("masked_attention") == dims.n_text_layer
+    layers = dims.n_text_layer
+    # the few-rows graph: LayerNorm then a projection 3 times a layer, a projection then the
+    # residual sum 3 times, then the final LayerNorm and the logits
+    assert text.count("norm_half_projection") == (3 * layers if half else 0)
+    assert text.count("half_projection_add") == (3 * layers if half else 0)
+    assert text.count("norm_half_gemv") == (1 if half else 0)
+    assert "half_weight_gemv" not in text
+    assert text.count("append_columns") == 2 * layers
+    assert text.count("cross_attention") == text.count("masked_attention") == layers
     scores = str(build_step_graph(dims, DeviceRef.CPU(), scores=True))
     assert "cross_attention" not in scores  # the scores graph returns the scores themselves
 

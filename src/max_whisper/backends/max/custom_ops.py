@@ -123,12 +123,46 @@ def self_attention(qkv: TensorValue, heads: int) -> TensorValue:
     return ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [batch, ctx, d])
 
 
-def half_weight_matmul(x: TensorValue, w: TensorValue, device: DeviceRef) -> TensorValue:
-    """x [m, k] float32 times a float16 weight stored [n, k] (out, in) -> [m, n] float32."""
+def _half_weight_op(
+    op: str, x: TensorValue, w: TensorValue, inputs: list[TensorValue], parameters=None
+) -> TensorValue:
+    """One of half_weight_gemv.mojo's ops on x [m, k] and a float16 weight [n, k] -> [m, n]."""
     if x.shape[1] != w.shape[1] or int(w.shape[1]) % HALF_WEIGHT_WIDTH:
-        raise ValueError(f"half_weight_matmul: shapes {x.shape} and {w.shape} do not fit")
-    out = TensorType(DType.float32, [x.shape[0], w.shape[0]], device=device)
-    return ops.custom("half_weight_gemv", device, [x, w], [out])[0].tensor
+        raise ValueError(f"{op}: shapes {x.shape} and {w.shape} do not fit")
+    out = TensorType(DType.float32, [x.shape[0], w.shape[0]], device=x.device)
+    return ops.custom(op, x.device, inputs, [out], parameters)[0].tensor
+
+
+def half_weight_matmul(x: TensorValue, w: TensorValue) -> TensorValue:
+    """x [m, k] float32 times a float16 weight stored [n, k] (out, in) -> [m, n] float32."""
+    return _half_weight_op("half_weight_gemv", x, w, [x, w])
+
+
+def norm_half_matmul(
+    x: TensorValue, norm: tuple[TensorValue, TensorValue], w: TensorValue
+) -> TensorValue:
+    """layer_norm(x, *norm) times a float16 weight [n, k], in one kernel (x: a few rows)."""
+    return _half_weight_op("norm_half_gemv", x, w, [x, *norm, w])
+
+
+def norm_half_projection(
+    x: TensorValue,
+    norm: tuple[TensorValue, TensorValue],
+    w: TensorValue,
+    scale: TensorValue,
+    bias: TensorValue,
+    gelu: bool = False,
+) -> TensorValue:
+    """(layer_norm(x, *norm) @ w.T) * scale + bias, then the exact GELU where asked, in one kernel
+    (x: a few rows; w float16 [n, k]; scale and bias [n])."""
+    return _half_weight_op("norm_half_projection", x, w, [x, *norm, w, scale, bias], {"gelu": gelu})
+
+
+def half_projection_add(
+    x: TensorValue, w: TensorValue, bias: TensorValue, residual: TensorValue
+) -> TensorValue:
+    """residual + (x @ w.T + bias), in one kernel (w float16 [n, k])."""
+    return _half_weight_op("half_projection_add", x, w, [x, w, bias, residual])
 
 
 def uses_panels(device: DeviceRef, dtype: DType, d_out: int) -> bool:

@@ -20,6 +20,8 @@ One module, compiled once per model shape:
   - few-rows step graph (a CPU, float16-exact weights): the same step with every projection
     through our kernel on float16 [out, in] copies. MAX's float32 GEMM on one to a few rows does
     not stream its weight at the memory's speed; a single-token step is nothing but such reads.
+    The kernel also takes each LayerNorm before a projection and the residual sum after one: a
+    step's small kernels cost more in their starts and ends than in their work.
   - scores graph: the step graph's variant for word timestamps, each layer's cross-attention scores
     q.k / sqrt(head_dim) before the softmax instead of logits (in the same module: it shares every
     kernel with the step graph, so it adds little to the compile).
@@ -40,14 +42,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from max.dtype import DType
 from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, ops
 
 from ...dims import ModelDimensions
-from .custom_ops import append_positions, decoder_attention, half_weight_matmul, kernel_library
-from .layers import cross_kv, gelu, layer_norm, linear, weight
+from .custom_ops import (
+    append_positions,
+    decoder_attention,
+    half_projection_add,
+    half_weight_matmul,
+    kernel_library,
+    norm_half_matmul,
+    norm_half_projection,
+)
+from .layers import cross_kv, gelu, layer_norm, linear, norm_weights, weight
 
 N_AUDIO = "n_audio"
 GROUP = "group"  # token rows per audio (beams); a batch of rows is laid out [n_audio, group, ...]
@@ -55,6 +66,31 @@ N_NEW = "n_new"  # tokens fed in this call
 N_PAST = "n_past"  # cached positions
 N_TOTAL = "n_total"  # n_past + n_new (the mask's width)
 N_LOGITS = "n_logits"  # positions (of the n_new) whose logits are computed
+
+
+class Projections(NamedTuple):
+    """A block's projections, each with the neighbour it feeds from or into:
+    normed(x, ln, name, d_in, d_out, device, act=False) -> linear(layer_norm(x)), GELU'd with act;
+    added(residual, x, name, d_in, d_out, device) -> residual + linear(x)."""
+
+    normed: Callable[..., TensorValue]
+    added: Callable[..., TensorValue]
+
+
+def _normed(
+    x: TensorValue, ln: str, name: str, d_in: int, d_out: int, device: DeviceRef, act: bool = False
+) -> TensorValue:
+    y = linear(layer_norm(x, ln, d_in, device), name, d_in, d_out, device)
+    return gelu(y) if act else y
+
+
+def _added(
+    residual: TensorValue, x: TensorValue, name: str, d_in: int, d_out: int, device: DeviceRef
+) -> TensorValue:
+    return residual + linear(x, name, d_in, d_out, device)
+
+
+FLOAT32 = Projections(_normed, _added)  # float32 [in, out] weights through MAX's GEMM
 
 
 def _block(
@@ -67,12 +103,11 @@ def _block(
     dims: ModelDimensions,
     device: DeviceRef,
     prefix: str = "",
-    linear: Callable[..., TensorValue] = linear,
+    project: Projections = FLOAT32,
     cross_scores: bool = False,
 ) -> tuple[TensorValue, TensorValue, TensorValue, TensorValue | None]:
     """One residual block on x [A, G, n, d]. Returns (x, k_all, v_all, cross scores before softmax:
-    only with `cross_scores`, else None). `linear(x, name, d_in, d_out, device)`: the projections
-    (float32 [in, out] by default).
+    only with `cross_scores`, else None). `project`: the projections (float32 [in, out] by default).
 
     The residual stream is kept 2-D [A*G*n, d] so every projection is one plain GEMM (batched
     matmuls would re-read the weight once per row; MAX's batched matmul also stops at rank 4).
@@ -84,8 +119,7 @@ def _block(
     x = ops.reshape(x, [rows * n_new, d])
 
     # causal self-attention over the cached and the new positions
-    h = layer_norm(x, f"{prefix}attn_ln", d, device)
-    qkv = linear(h, f"{prefix}attn.qkv", d, 3 * d, device)  # q carries the 1/sqrt(hd) scale
+    qkv = project.normed(x, f"{prefix}attn_ln", f"{prefix}attn.qkv", d, 3 * d, device)  # q scaled
     qkv = ops.permute(
         ops.reshape(qkv, [rows, n_new, 3, heads, hd]), [2, 0, 3, 1, 4]
     )  # [3, AG, H, n, hd]
@@ -105,12 +139,13 @@ def _block(
         mask,
     )  # [AG, H, n, hd]
     attn = ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [rows * n_new, d])
-    x = x + linear(attn, f"{prefix}attn.out", d, d, device)
+    x = project.added(x, attn, f"{prefix}attn.out", d, d, device)
 
     # cross-attention: the G rows (beams) of one audio share its K/V: one [G * n, hd] query matrix
     # per head, so K/V are read once per audio rather than once per row
-    h = layer_norm(x, f"{prefix}cross_attn_ln", d, device)
-    q = linear(h, f"{prefix}cross_attn.query", d, d, device)  # scaled by 1/sqrt(hd)
+    q = project.normed(
+        x, f"{prefix}cross_attn_ln", f"{prefix}cross_attn.query", d, d, device
+    )  # scaled by 1/sqrt(hd)
     q = ops.permute(
         ops.reshape(q, [n_audio, group * n_new, heads, hd]), [0, 2, 1, 3]
     )  # [A, H, G*n, hd]
@@ -121,31 +156,52 @@ def _block(
     else:
         attn = decoder_attention(q, cross_k, cross_v)  # [A, H, G*n, hd]
     attn = ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [rows * n_new, d])
-    x = x + linear(attn, f"{prefix}cross_attn.out", d, d, device)
+    x = project.added(x, attn, f"{prefix}cross_attn.out", d, d, device)
 
-    h = layer_norm(x, f"{prefix}mlp_ln", d, device)
-    h = gelu(linear(h, f"{prefix}mlp.0", d, 4 * d, device))
-    x = x + linear(h, f"{prefix}mlp.2", 4 * d, d, device)
+    h = project.normed(x, f"{prefix}mlp_ln", f"{prefix}mlp.0", d, 4 * d, device, act=True)
+    x = project.added(x, h, f"{prefix}mlp.2", 4 * d, d, device)
     return ops.reshape(x, [n_audio, group, n_new, d]), k_all, v_all, scores_out
 
 
-def _half_linear(dims: ModelDimensions) -> Callable[..., TensorValue]:
-    """The projections of the few-rows step: our kernel on a float16 [out, in] weight, then q's
-    softmax scale (after the projection, exact: a power of two for Whisper's head size), then the
-    float32 bias (already scaled)."""
+def _half_projections(dims: ModelDimensions) -> Projections:
+    """The projections of the few-rows step: our kernel on a float16 [out, in] weight, with the
+    LayerNorm before it, or the residual sum after it, in the same kernel; q's softmax scale after
+    the product (exact: a power of two for Whisper's head size), then the float32 bias (already
+    scaled)."""
     d = dims.n_text_state
     scale = 1.0 / math.sqrt(d // dims.n_text_head)
 
-    def project(x: TensorValue, name: str, d_in: int, d_out: int, device: DeviceRef) -> TensorValue:
-        w = weight(f"{name}.weight_half", [d_out, d_in], device, DType.float16)
-        y = half_weight_matmul(x, w, device)
-        if name.endswith(("attn.qkv", "cross_attn.query")):  # q: the first d outputs
-            q_scale = np.ones(d_out, np.float32)
-            q_scale[:d] = scale
-            y = y * ops.constant(q_scale, DType.float32, device)
-        return y + weight(f"{name}.bias", [d_out], device)
+    def half(name: str, d_in: int, d_out: int, device: DeviceRef) -> TensorValue:
+        return weight(f"{name}.weight_half", [d_out, d_in], device, DType.float16)
 
-    return project
+    def normed(
+        x: TensorValue,
+        ln: str,
+        name: str,
+        d_in: int,
+        d_out: int,
+        device: DeviceRef,
+        act: bool = False,
+    ) -> TensorValue:
+        outputs_scale = np.ones(d_out, np.float32)
+        if name.endswith(("attn.qkv", "cross_attn.query")):  # q: the first d outputs
+            outputs_scale[:d] = scale
+        return norm_half_projection(
+            x,
+            norm_weights(ln, d_in, device),
+            half(name, d_in, d_out, device),
+            ops.constant(outputs_scale, DType.float32, device),
+            weight(f"{name}.bias", [d_out], device),
+            gelu=act,
+        )
+
+    def added(
+        residual: TensorValue, x: TensorValue, name: str, d_in: int, d_out: int, device: DeviceRef
+    ) -> TensorValue:
+        bias = weight(f"{name}.bias", [d_out], device)
+        return half_projection_add(x, half(name, d_in, d_out, device), bias, residual)
+
+    return Projections(normed, added)
 
 
 def _embed(
@@ -167,16 +223,22 @@ def _head(
     dims: ModelDimensions,
     device: DeviceRef,
     half_head: bool,
+    few_rows: bool = False,
 ) -> TensorValue:
-    """x [A, G, n, d], logit_rows [k] (indices into n) -> logits [A, G, k, vocab]."""
+    """x [A, G, n, d], logit_rows [k] (indices into n) -> logits [A, G, k, vocab]. few_rows (with
+    half_head): the LayerNorm inside the product's kernel."""
     d = dims.n_text_state
     x = ops.gather(x, logit_rows, axis=2)
     n_audio, group, k = x.shape[0], x.shape[1], x.shape[2]
-    x = layer_norm(ops.reshape(x, [n_audio * group * k, d]), "ln", d, device)
+    x = ops.reshape(x, [n_audio * group * k, d])
     if half_head:  # the token embedding as float16 [vocab, d]: half the bytes read per step
         embedding = weight("token_embedding_half", [dims.n_vocab, d], device, DType.float16)
-        logits = half_weight_matmul(x, embedding, device)
+        if few_rows:
+            logits = norm_half_matmul(x, norm_weights("ln", d, device), embedding)
+        else:
+            logits = half_weight_matmul(layer_norm(x, "ln", d, device), embedding)
     else:  # one GEMM against a float32 [d, vocab] copy: W read once
+        x = layer_norm(x, "ln", d, device)
         logits = x @ weight("token_embedding_t", [d, dims.n_vocab], device)
     return ops.reshape(logits, [n_audio, group, k, dims.n_vocab])
 
@@ -249,7 +311,7 @@ def build_step_graph(
     name = "whisper_decoder_scores" if scores else "whisper_decoder_step"
     name += "_rows" if half_layers else ""
     extensions = [kernel_library()] if device.is_cpu() else []
-    project = _half_linear(dims) if half_layers else linear
+    project = _half_projections(dims) if half_layers else FLOAT32
     with Graph(name, input_types=types, module=module, custom_extensions=extensions) as graph:
         inputs = [i.tensor for i in graph.inputs]
         tokens, positions = inputs[:2]
@@ -277,7 +339,7 @@ def build_step_graph(
         if scores:
             graph.output(*layer_scores)
         else:
-            graph.output(_head(x, logit_rows, dims, device, half_head), *caches)
+            graph.output(_head(x, logit_rows, dims, device, half_head, half_layers), *caches)
     return graph
 
 

@@ -32,12 +32,15 @@ def linear(
     return y if b is None else y + b
 
 
+def norm_weights(
+    name: str, d: int, device: DeviceRef, dtype: DType = DType.float32
+) -> tuple[TensorValue, TensorValue]:
+    """A LayerNorm's gain and bias."""
+    return weight(f"{name}.weight", [d], device, dtype), weight(f"{name}.bias", [d], device, dtype)
+
+
 def layer_norm(x: TensorValue, name: str, d: int, device: DeviceRef) -> TensorValue:
-    gamma, beta = (
-        weight(f"{name}.weight", [d], device, x.dtype),
-        weight(f"{name}.bias", [d], device, x.dtype),
-    )
-    return ops.layer_norm(x, gamma, beta, LN_EPS)
+    return ops.layer_norm(x, *norm_weights(name, d, device, x.dtype), LN_EPS)
 
 
 def gelu(x: TensorValue) -> TensorValue:
