@@ -343,6 +343,9 @@ def test_stages_mode_times_each_backend_in_its_own_process():
     part = entry["max"]
     assert "error" not in part, part.get("error")
     assert part["encoder_ms_per_window"]["median"] > 0 and part["encoder_ms_per_window"]["n"] == 1
+    # MAX's encoder graph computes the cross K/V with the features: timed alone, not added
+    assert 0 < part["cross_kv_ms_per_window"]["median"] < part["encoder_ms_per_window"]["median"]
+    assert part["encoder_and_cross_kv_ms"] == part["encoder_ms_per_window"]["median"]
     for name, group in (("greedy", 1), ("beam2", 2)):
         decoder = part["decoder"][name]
         assert (

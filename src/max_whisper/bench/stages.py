@@ -83,13 +83,29 @@ def _timed_runs(once: Callable[[], object], runs: int, gate: IdleGate) -> list:
     return results
 
 
-def time_encoder(backend, mel: np.ndarray, runs: int, gate: IdleGate) -> dict:
+def time_call(call: Callable[[], object], runs: int, gate: IdleGate) -> dict:
     def once() -> float:
         start = time.perf_counter()
-        backend.encode(mel)
+        call()
         return time.perf_counter() - start
 
     return _ms(_timed_runs(once, runs, gate))
+
+
+def cross_kv_call(backend, features: np.ndarray) -> Callable[[], object]:
+    """A call computing every decoder layer's cross-attention K and V of `features` alone, as the
+    backend does: MAX's decoder graph for it (its encoder graph gives them with the features),
+    openai-whisper's projections (which its decoder runs on a window's first step)."""
+    if backend.name == "reference":
+        torch, blocks = backend.torch, backend.model.decoder.blocks
+        tensor = backend._features(features)
+
+        def projections() -> list:
+            with torch.no_grad():
+                return [(b.cross_attn.key(tensor), b.cross_attn.value(tensor)) for b in blocks]
+
+        return projections
+    return lambda: backend.decoder.cross_kv(features, reuse=False)
 
 
 def time_decoder(
@@ -177,8 +193,16 @@ def child(spec: dict) -> dict:
                 "decoder": round(backend.decoder.compile_seconds, 1),
             },
         }
-    out["encoder_ms_per_window"] = time_encoder(backend, mel, spec["encoder_runs"], gate)
+    encoder = time_call(lambda: backend.encode(mel), spec["encoder_runs"], gate)
+    out["encoder_ms_per_window"] = encoder
     features = backend.encode(mel)
+    out["cross_kv_ms_per_window"] = cross_kv = time_call(
+        cross_kv_call(backend, features), spec["encoder_runs"], gate
+    )
+    # the same work on either side: MAX's encoder graph computes the cross K/V too
+    out["encoder_and_cross_kv_ms"] = round(
+        encoder["median"] + (cross_kv["median"] if backend.name == "reference" else 0.0), 2
+    )
     out["decoder"] = {"greedy": time_decoder(backend, features, sot, steps, runs, gate)}
     if beam > 1:
         out["decoder"][f"beam{beam}"] = time_decoder(

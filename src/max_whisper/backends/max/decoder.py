@@ -129,14 +129,17 @@ class MaxDecoder:
         d, heads = dims.n_text_state, dims.n_text_head
         self._cache_shapes = ((heads, d // heads, 0), (heads, 0, d // heads))  # after [A, G]
 
-    def cross_kv(self, audio_features: np.ndarray) -> list[Buffer]:
+    def cross_kv(self, audio_features: np.ndarray, reuse: bool = True) -> list[Buffer]:
         """[n_audio, ctx, d] features -> [k_0, v_0, k_1, v_1, ...] on the device.
 
         The last result is kept: language detection, each temperature of the fallback and word
         timing all open sessions on the same window's features (compared exactly, not by identity).
         Sessions share the buffers and only read them, unless one claims them (claim_cross).
+        reuse=False: computed afresh (and not kept) even for the last features.
         """
         features = np.ascontiguousarray(audio_features, dtype=np.float32)
+        if not reuse:
+            return list(self._cross_kv.execute(self._to_device(features)))
         last = self._last_cross
         if (
             last is not None
