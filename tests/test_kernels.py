@@ -1,9 +1,9 @@
 """Our Mojo kernels (backends/max/kernels) in a small graph of their own, against NumPy: the
 KV-cache append exactly, the decoder's attention (without and with a mask), the encoder's
-self-attention and the panel matmul within float32
-reordering, on shapes the model uses (several windows, several beams, a context that is not a
-multiple of the vector width) and on contexts that end inside a tile of queries, a block of keys
-and a register tile of rows."""
+self-attention, the panel matmul and the float16-weight projections within float32 reordering, on
+shapes the model uses (several windows, several beams, a context that is not a multiple of the
+vector width) and on contexts that end inside a tile of queries, a block of keys and a register
+tile of rows."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def kernels_graph():
     from max.graph import DeviceRef, Graph, TensorType
 
     from max_whisper.backends.max.custom_ops import (
-        append_positions,
+        append_kv,
         decoder_attention,
         kernel_library,
         panel_matmul,
@@ -33,11 +33,10 @@ def kernels_graph():
 
     device = DeviceRef.CPU()
     shapes = {
-        "past_k": [2, 3, 4, 64, "past"],
-        "new_k": [2, 3, 4, 64, "new"],
-        "past_v": [2, 3, 4, "past", 64],
-        "new_v": [2, 3, 4, "new", 64],
-        "q": [2, 4, "queries", 64],
+        "past_k": [2, 3, HEADS, 64, "past"],
+        "past_v": [2, 3, HEADS, "past", 64],
+        "step_qkv": [6, "new", 3 * HEADS * 64],  # 2 x 3 rows' fused projections
+        "q": [2, "queries", 2 * HEADS * 64],  # each head's query in the first half of a row
         "k": [2, 4, 64, 1499],
         "v": [2, 4, 1499, 64],
         "mask": [2, 1, "queries", 1499],
@@ -48,10 +47,9 @@ def kernels_graph():
     }
     types = [TensorType(DType.float32, shape, device=device) for shape in shapes.values()]
     with Graph("kernels", input_types=types, custom_extensions=[kernel_library()]) as graph:
-        past_k, new_k, past_v, new_v, q, k, v, mask, qkv, x, w, b = (i.tensor for i in graph.inputs)
+        past_k, past_v, step_qkv, q, k, v, mask, qkv, x, w, b = (i.tensor for i in graph.inputs)
         graph.output(
-            append_positions(past_k, new_k, axis=4),
-            append_positions(past_v, new_v, axis=3),
+            *append_kv(past_k, past_v, step_qkv),
             decoder_attention(q, k, v),
             decoder_attention(q, k, v, mask),
             self_attention(qkv, HEADS),
@@ -80,11 +78,10 @@ def test_kernels_match_numpy(kernels_graph, past, new, queries, ctx):
     arrays = [
         rng.standard_normal(shape).astype(np.float32)
         for shape in (
-            (2, 3, 4, 64, past),
-            (2, 3, 4, 64, new),
-            (2, 3, 4, past, 64),
-            (2, 3, 4, new, 64),
-            (2, 4, queries, 64),
+            (2, 3, HEADS, 64, past),
+            (2, 3, HEADS, past, 64),
+            (6, new, 3 * HEADS * 64),
+            (2, queries, 2 * HEADS * 64),
             (2, 4, 64, 1499),
             (2, 4, 1499, 64),
             (2, 1, queries, 1499),
@@ -94,22 +91,28 @@ def test_kernels_match_numpy(kernels_graph, past, new, queries, ctx):
             PROJECTION[1:],
         )
     ]
-    arrays[5] *= 3  # sharper softmax rows, as trained attention has
+    arrays[4] *= 3  # sharper softmax rows, as trained attention has
     # a decoder step's mask: a causal -inf, the padding's -1e9 (decoder.step_positions), zeros
-    arrays[7][:] = 0
-    arrays[7][0, 0, :, 700:] = -np.inf
-    arrays[7][1, 0, :, :700] = -1e9
-    arrays[8][:, :, HEADS * 64 : 2 * HEADS * 64] *= 3  # the self-attention's keys
-    arrays[8][:, :, : HEADS * 64] /= 8  # its queries carry the 1/sqrt(64) scale, as the encoder's
-    x, w, b = arrays[9:]
-    arrays[10] = to_panels(w)
+    arrays[6][:] = 0
+    arrays[6][0, 0, :, 700:] = -np.inf
+    arrays[6][1, 0, :, :700] = -1e9
+    arrays[7][:, :, HEADS * 64 : 2 * HEADS * 64] *= 3  # the self-attention's keys
+    arrays[7][:, :, : HEADS * 64] /= 8  # its queries carry the 1/sqrt(64) scale, as the encoder's
+    x, w, b = arrays[8:]
+    arrays[9] = to_panels(w)
     k_all, v_all, attended, masked, self_attended, projected = (
         out.to_numpy() for out in kernels_graph.execute(*map(Buffer.from_numpy, arrays))
     )
-    past_k, new_k, past_v, new_v, q, k, v, mask, qkv = arrays[:9]
-    assert np.array_equal(k_all, np.concatenate([past_k, new_k], axis=4))
+    past_k, past_v, step_qkv, q, k, v, mask, qkv = arrays[:8]
+    _, new_k, new_v = step_qkv.reshape(2, 3, new, 3, HEADS, 64).transpose(3, 0, 1, 4, 2, 5)
+    assert np.array_equal(k_all, np.concatenate([past_k, new_k.swapaxes(3, 4)], axis=4))
     assert np.array_equal(v_all, np.concatenate([past_v, new_v], axis=3))
-    for ours, exact in ((attended, _attention(q, k, v)), (masked, _attention(q, k, v, mask))):
+    heads_q = q[:, :, : HEADS * 64].reshape(2, queries, HEADS, 64).transpose(0, 2, 1, 3)
+    for ours, exact in (
+        (attended, _attention(heads_q, k, v)),
+        (masked, _attention(heads_q, k, v, mask)),
+    ):
+        exact = exact.transpose(0, 2, 1, 3).reshape(2, queries, HEADS * 64)
         assert ours.shape == exact.shape
         np.testing.assert_allclose(ours, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
     assert not np.allclose(masked, attended)  # the mask counts
@@ -190,3 +193,77 @@ def test_half_weight_gemv_gives_each_row_the_same_sums_in_any_batch():
     for rows in (2, 3, 4, 5, 8, 9):
         together = model.execute(Buffer.from_numpy(x[:rows]), Buffer.from_numpy(w))[0].to_numpy()
         assert np.array_equal(together, alone[:rows]), f"{rows} rows"
+
+
+def test_half_weight_projections_match_numpy():
+    """The few-rows step's projections with their neighbours in the kernel: LayerNorm then the
+    product, the scale and bias, GELU; the product, bias and residual sum; LayerNorm then the
+    product alone. Against float64 NumPy, for 1 to 8 rows, each row as it gets alone."""
+    from math import erf
+
+    from max.driver import CPU, Buffer
+    from max.dtype import DType
+    from max.engine import InferenceSession
+    from max.graph import DeviceRef, Graph, TensorType
+
+    from max_whisper.backends.max.custom_ops import (
+        half_projection_add,
+        kernel_library,
+        norm_half_matmul,
+        norm_half_projection,
+    )
+
+    device = DeviceRef.CPU()
+    n, k = 1031, 128
+    f32 = DType.float32
+    types = [
+        TensorType(f32, ["rows", k], device=device),  # x
+        TensorType(f32, [k], device=device),  # gamma
+        TensorType(f32, [k], device=device),  # beta
+        TensorType(DType.float16, [n, k], device=device),  # w [out, in]
+        TensorType(f32, [n], device=device),  # scale
+        TensorType(f32, [n], device=device),  # bias
+        TensorType(DType.float16, [k, 1024], device=device),  # w2: 1024 of h's columns in, k out
+        TensorType(f32, ["rows", k], device=device),  # residual
+    ]
+    with Graph("projections", input_types=types, custom_extensions=[kernel_library()]) as graph:
+        x, gamma, beta, w, scale, bias, w2, residual = (i.tensor for i in graph.inputs)
+        h = norm_half_projection(x, (gamma, beta), w, scale, bias, gelu=True)
+        graph.output(
+            h,
+            norm_half_projection(x, (gamma, beta), w, scale, bias),
+            half_projection_add(h[:, :1024], w2, bias[:k], residual),
+            norm_half_matmul(x, (gamma, beta), w),
+        )
+    model = InferenceSession(devices=[CPU()], custom_extensions=[kernel_library()]).load(graph)
+
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((8, k)) * 3 + 1).astype(np.float32)
+    gamma, beta = rng.standard_normal((2, k)).astype(np.float32)
+    w = (rng.standard_normal((n, k)) / 8).astype(np.float16)
+    scale = np.where(np.arange(n) < 384, 0.125, 1.0).astype(np.float32)  # q's, then the rest
+    bias = rng.standard_normal(n).astype(np.float32)
+    w2 = (rng.standard_normal((k, 1024)) / 32).astype(np.float16)
+    residual = rng.standard_normal((8, k)).astype(np.float32)
+    inputs = [x, gamma, beta, w, scale, bias, w2, residual]
+
+    x64 = x.astype(np.float64)
+    centred = x64 - x64.mean(-1, keepdims=True)
+    normed = centred / np.sqrt((centred**2).mean(-1, keepdims=True) + 1e-5) * gamma + beta
+    product = normed @ w.astype(np.float64).T
+    linear = product * scale + bias
+    gelu = linear * 0.5 * (1 + np.vectorize(erf)(linear / np.sqrt(2)))
+    added = residual + (gelu[:, :1024] @ w2.astype(np.float64).T + bias[:k])
+    exact = [gelu, linear, added, product]
+
+    def run(rows: slice) -> list[np.ndarray]:
+        buffers = [Buffer.from_numpy(a[rows] if a.shape[:1] == (8,) else a) for a in inputs]
+        return [out.to_numpy() for out in model.execute(*buffers)]
+
+    alone = [np.concatenate(parts) for parts in zip(*(run(slice(i, i + 1)) for i in range(8)))]
+    for ours, want in zip(alone, exact, strict=True):
+        assert ours.shape == want.shape
+        np.testing.assert_allclose(ours, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    for rows in (3, 8):
+        for together, single in zip(run(slice(0, rows)), alone, strict=True):
+            assert np.array_equal(together, single[:rows]), f"{rows} rows"

@@ -243,10 +243,31 @@ def test_every_step_graph_builds(half):
     assert text.count("half_projection_add") == (3 * layers if half else 0)
     assert text.count("norm_half_gemv") == (1 if half else 0)
     assert "half_weight_gemv" not in text
-    assert text.count("append_columns") == 2 * layers
+    assert text.count("append_kv") == layers
     assert text.count("cross_attention") == text.count("masked_attention") == layers
     scores = str(build_step_graph(dims, DeviceRef.CPU(), scores=True))
     assert "cross_attention" not in scores  # the scores graph returns the scores themselves
+
+
+def test_the_decoder_builds_for_a_gpu_on_maxs_own_ops():
+    """Our kernels are CPU code: a GPU's decoder graphs (cross K/V, step, scores) call none of
+    them; the step grows each layer's cache and attends with MAX's ops."""
+    from max.graph import DeviceRef
+
+    from max_whisper.backends.max.decoder_graph import build_cross_kv_graph, build_step_graph
+    from max_whisper.weights import load_model_weights
+
+    dims = load_model_weights("tiny.en").dims
+    gpu = DeviceRef.GPU()
+    step = str(build_step_graph(dims, gpu))
+    graphs = [
+        step,
+        str(build_step_graph(dims, gpu, scores=True)),
+        str(build_cross_kv_graph(dims, gpu)),
+    ]
+    assert not any("mo.custom" in text for text in graphs)
+    assert step.count("concat") == 2 * dims.n_text_layer  # each layer's K and V caches
+    assert step.count("softmax") == 2 * dims.n_text_layer  # its self- and cross-attention
 
 
 def test_the_few_rows_step_matches_the_float32_step(models):

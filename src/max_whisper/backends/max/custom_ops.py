@@ -57,28 +57,41 @@ def kernel_library() -> Path:
     return path
 
 
-def append_positions(past: TensorValue, new: TensorValue, axis: int) -> TensorValue:
-    """ops.concat([past, new], axis) of two tensors equal in every other dimension: on a CPU through
-    our kernel (a block copy per row; MAX's concat moves the elements one by one, and a KV cache
-    is copied whole at every step), elsewhere MAX's concat."""
-    device = past.device
-    if not device.is_cpu():
-        return ops.concat([past, new], axis=axis)
-    outer = 1
-    for dim in past.shape[:axis]:
-        outer = outer * dim
-    past_inner, new_inner = 1, 1
-    for dim in past.shape[axis:]:
-        past_inner = past_inner * dim
-    for dim in new.shape[axis:]:
-        new_inner = new_inner * dim
-    flat_past = ops.reshape(past, [outer, past_inner])
-    flat_new = ops.reshape(new, [outer, new_inner])
-    out = TensorType(past.dtype, [outer, past_inner + new_inner], device=device)
-    joined = ops.custom("append_columns", device, [flat_past, flat_new], [out])[0].tensor
-    shape = list(past.shape)
-    shape[axis] = past.shape[axis] + new.shape[axis]
-    return ops.reshape(joined, shape)
+def append_kv(
+    past_k: TensorValue, past_v: TensorValue, qkv: TensorValue
+) -> tuple[TensorValue, TensorValue]:
+    """A layer's KV cache grown by a step's positions: past_k [..., H, hd, P] and past_v
+    [..., H, P, hd] (R rows in the leading dimensions), and the fused projection's rows qkv
+    [R, n, 3 H hd] (q | k | v) -> K [..., H, hd, P + n], V [..., H, P + n, hd]. On a CPU through
+    our kernel (the new keys and values read straight from the projection, each run of the cache
+    one block copy: MAX's concat moves the elements one by one, and a step copies the whole
+    cache), elsewhere MAX's ops."""
+    *lead, heads, hd, past = past_k.shape
+    rows, n_new = qkv.shape[0], qkv.shape[1]
+    if not past_k.device.is_cpu():
+        split = ops.permute(ops.reshape(qkv, [rows, n_new, 3, heads, hd]), [2, 0, 3, 1, 4])
+        new_k = ops.reshape(ops.permute(split[1], [0, 1, 3, 2]), [*lead, heads, hd, n_new])
+        new_v = ops.reshape(split[2], [*lead, heads, n_new, hd])
+        return ops.concat([past_k, new_k], axis=-1), ops.concat([past_v, new_v], axis=-2)
+    total = past + n_new
+    types = [
+        TensorType(DType.float32, [rows, heads, hd, total], device=past_k.device),
+        TensorType(DType.float32, [rows, heads, total, hd], device=past_k.device),
+    ]
+    k_all, v_all = ops.custom(
+        "append_kv",
+        past_k.device,
+        [
+            ops.reshape(past_k, [rows, heads, hd, past]),
+            ops.reshape(past_v, [rows, heads, past, hd]),
+            qkv,
+        ],
+        types,
+    )
+    return (
+        ops.reshape(k_all.tensor, [*lead, heads, hd, total]),
+        ops.reshape(v_all.tensor, [*lead, heads, total, hd]),
+    )
 
 
 ATTENTION_HEAD_SIZE = 64  # the attention kernels' head size (every Whisper model's) ...
@@ -88,22 +101,27 @@ DECODER_ATTENTION_MAX_CTX = 1536  # ... and the longest context the decoder's sc
 def decoder_attention(
     q: TensorValue, k: TensorValue, v: TensorValue, mask: TensorValue | None = None
 ) -> TensorValue:
-    """softmax(q @ k + mask) @ v per head: q [B, H, M, hd], k [B, H, hd, ctx], v [B, H, ctx, hd],
-    mask [B, 1, M, ctx] (every head's) or None -> [B, H, M, hd]. On a CPU through our kernel (K and
-    V streamed once per head; MAX's batched matmuls read them far below the memory's speed when M
-    is a few rows), elsewhere MAX's ops."""
-    ctx = k.shape[3]
+    """softmax(q k + mask) v per head: q [B, M, W] (head h's query in columns h hd .. (h + 1) hd:
+    a q projection's rows, or a fused q|k|v one's), k [B, H, hd, ctx], v [B, H, ctx, hd], mask
+    [B, 1, M, ctx] (every head's) or None -> [B, M, H hd]. On a CPU through our kernel (K and V
+    streamed once per head; MAX's batched matmuls read them far below the memory's speed when M is
+    a few rows), elsewhere MAX's ops."""
+    batch, queries = q.shape[0], q.shape[1]
+    heads, hd, ctx = k.shape[1], k.shape[2], k.shape[3]
+    d = heads * hd
     if (
-        not q.device.is_cpu()
-        or int(q.shape[3]) != ATTENTION_HEAD_SIZE
-        or (isinstance(ctx, StaticDim) and int(ctx) > DECODER_ATTENTION_MAX_CTX)
+        q.device.is_cpu()
+        and int(hd) == ATTENTION_HEAD_SIZE
+        and not (isinstance(ctx, StaticDim) and int(ctx) > DECODER_ATTENTION_MAX_CTX)
     ):
-        scores = q @ k
-        return ops.softmax(scores if mask is None else scores + mask) @ v
-    out = TensorType(DType.float32, q.shape, device=q.device)
-    if mask is None:
-        return ops.custom("cross_attention", q.device, [q, k, v], [out])[0].tensor
-    return ops.custom("masked_attention", q.device, [q, k, v, mask], [out])[0].tensor
+        out = TensorType(DType.float32, [batch, queries, d], device=q.device)
+        if mask is None:
+            return ops.custom("cross_attention", q.device, [q, k, v], [out])[0].tensor
+        return ops.custom("masked_attention", q.device, [q, k, v, mask], [out])[0].tensor
+    heads_q = ops.permute(ops.reshape(q[:, :, :d], [batch, queries, heads, hd]), [0, 2, 1, 3])
+    scores = heads_q @ k
+    attn = ops.softmax(scores if mask is None else scores + mask) @ v  # [B, H, M, hd]
+    return ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [batch, queries, d])
 
 
 def self_attention(qkv: TensorValue, heads: int) -> TensorValue:

@@ -50,7 +50,7 @@ from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, ops
 
 from ...dims import ModelDimensions
 from .custom_ops import (
-    append_positions,
+    append_kv,
     decoder_attention,
     half_projection_add,
     half_weight_matmul,
@@ -120,42 +120,34 @@ def _block(
 
     # causal self-attention over the cached and the new positions
     qkv = project.normed(x, f"{prefix}attn_ln", f"{prefix}attn.qkv", d, 3 * d, device)  # q scaled
-    qkv = ops.permute(
-        ops.reshape(qkv, [rows, n_new, 3, heads, hd]), [2, 0, 3, 1, 4]
-    )  # [3, AG, H, n, hd]
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    new_k = ops.reshape(ops.permute(k, [0, 1, 3, 2]), [n_audio, group, heads, hd, n_new])
-    new_v = ops.reshape(v, [n_audio, group, heads, n_new, hd])
-    k_all = append_positions(past_k, new_k, axis=4)  # [A, G, H, hd, past + n]
-    v_all = append_positions(past_v, new_v, axis=3)  # [A, G, H, past + n, hd]
+    qkv = ops.reshape(qkv, [rows, n_new, 3 * d])
+    k_all, v_all = append_kv(past_k, past_v, qkv)  # [A, G, H, hd, P + n], [A, G, H, P + n, hd]
     n_total = k_all.shape[4]
     mask = ops.reshape(
         ops.rebind(mask, [n_audio, group, n_new, n_total]), [rows, 1, n_new, n_total]
     )
     attn = decoder_attention(
-        q,
+        qkv,
         ops.reshape(k_all, [rows, heads, hd, n_total]),
         ops.reshape(v_all, [rows, heads, n_total, hd]),
         mask,
-    )  # [AG, H, n, hd]
-    attn = ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [rows * n_new, d])
-    x = project.added(x, attn, f"{prefix}attn.out", d, d, device)
+    )  # [AG, n, d]
+    x = project.added(x, ops.reshape(attn, [rows * n_new, d]), f"{prefix}attn.out", d, d, device)
 
     # cross-attention: the G rows (beams) of one audio share its K/V: one [G * n, hd] query matrix
     # per head, so K/V are read once per audio rather than once per row
     q = project.normed(
         x, f"{prefix}cross_attn_ln", f"{prefix}cross_attn.query", d, d, device
     )  # scaled by 1/sqrt(hd)
-    q = ops.permute(
-        ops.reshape(q, [n_audio, group * n_new, heads, hd]), [0, 2, 1, 3]
-    )  # [A, H, G*n, hd]
+    q = ops.reshape(q, [n_audio, group * n_new, d])
     scores_out = None
     if cross_scores:  # word timestamps: the scores themselves, [A, H, G*n, ctx]
-        scores_out = q @ cross_k
-        attn = ops.softmax(scores_out) @ cross_v
+        heads_q = ops.permute(ops.reshape(q, [n_audio, group * n_new, heads, hd]), [0, 2, 1, 3])
+        scores_out = heads_q @ cross_k
+        attn = ops.permute(ops.softmax(scores_out) @ cross_v, [0, 2, 1, 3])
     else:
-        attn = decoder_attention(q, cross_k, cross_v)  # [A, H, G*n, hd]
-    attn = ops.reshape(ops.permute(attn, [0, 2, 1, 3]), [rows * n_new, d])
+        attn = decoder_attention(q, cross_k, cross_v)  # [A, G*n, d]
+    attn = ops.reshape(attn, [rows * n_new, d])
     x = project.added(x, attn, f"{prefix}cross_attn.out", d, d, device)
 
     h = project.normed(x, f"{prefix}mlp_ln", f"{prefix}mlp.0", d, 4 * d, device, act=True)

@@ -4,7 +4,8 @@
 # are more bytes than its weights); MAX's batched matmuls on one query row read K and V at a
 # fraction of the memory's speed, and for the cache they gather a strided operand. Here each head
 # is one task: its scores stay in a stack buffer, K and V stream once from memory (then from cache
-# for the head's other queries).
+# for the head's other queries). Queries are read from the projection's rows, and the output is
+# written in rows, as the next projection reads it: no permuted copies on either side.
 import extensibility
 from extensibility import InputTensor, OutputTensor
 from max.algorithm import sync_parallelize
@@ -20,20 +21,22 @@ comptime HEAD_SIZE = 64  # every Whisper model's
 def attend[
     masked: Bool
 ](
-    output: OutputTensor[dtype=DType.float32, rank=4, ...],
-    q: InputTensor[dtype=DType.float32, rank=4, ...],
+    output: OutputTensor[dtype=DType.float32, rank=3, ...],
+    q: InputTensor[dtype=DType.float32, rank=3, ...],
     k: InputTensor[dtype=DType.float32, rank=4, ...],
     v: InputTensor[dtype=DType.float32, rank=4, ...],
     mask: InputTensor[dtype=DType.float32, rank=4, ...],
 ) raises:
-    # q [B, H, M, hd], k [B, H, hd, ctx], v [B, H, ctx, hd], mask [B, 1, M, ctx] (added to every
-    # head's scores; read only when masked) -> output [B, H, M, hd]
-    var heads_per_row = q.dim_size(1)
-    var heads = q.dim_size(0) * heads_per_row
-    var queries = q.dim_size(2)
-    var hd = q.dim_size(3)
+    # q [B, M, W] (head h's query in columns h hd .. (h + 1) hd: a q projection's rows, or the
+    # front of a fused q|k|v one's), k [B, H, hd, ctx], v [B, H, ctx, hd], mask [B, 1, M, ctx]
+    # (added to every head's scores; read only when masked) -> output [B, M, H hd]
+    var heads_per_row = k.dim_size(1)
+    var heads = k.dim_size(0) * heads_per_row
+    var queries = q.dim_size(1)
+    var row = q.dim_size(2)
+    var hd = k.dim_size(2)
     var ctx = k.dim_size(3)
-    if ctx > MAX_CTX or hd != HEAD_SIZE:
+    if ctx > MAX_CTX or hd != HEAD_SIZE or row < heads_per_row * hd:
         raise Error("decoder attention: needs a context of at most 1536 and heads of 64")
     var qp = q.unsafe_ptr()
     var kp = k.unsafe_ptr()
@@ -46,12 +49,14 @@ def attend[
         var sp = stack_allocation[MAX_CTX, Float32]()
         var kh = kp.unsafe_offset(head * hd * ctx)
         var vh = vp.unsafe_offset(head * ctx * hd)
+        var b = head // heads_per_row
+        var h = head % heads_per_row
         for m in range(queries):
-            var qrow = qp.unsafe_offset((head * queries + m) * hd)
+            var qrow = qp.unsafe_offset((b * queries + m) * row + h * hd)
             # scores = q . K (+ the mask's row), K streamed row by row (one row per feature)
             var c = 0
             if masked:
-                var mrow = mp.unsafe_offset(((head // heads_per_row) * queries + m) * ctx)
+                var mrow = mp.unsafe_offset((b * queries + m) * ctx)
                 while c < ctx:
                     sp.unsafe_offset(c).unsafe_store(mrow.unsafe_offset(c).unsafe_load())
                     c += 1
@@ -103,7 +108,9 @@ def attend[
                 acc += sp.unsafe_offset(i).unsafe_load() * vh.unsafe_offset(
                     i * HEAD_SIZE
                 ).unsafe_load[width=HEAD_SIZE]()
-            op.unsafe_offset((head * queries + m) * HEAD_SIZE).unsafe_store(acc * scale)
+            op.unsafe_offset(((b * queries + m) * heads_per_row + h) * HEAD_SIZE).unsafe_store(
+                acc * scale
+            )
 
     sync_parallelize(work, heads)
 
@@ -114,12 +121,12 @@ struct CrossAttention:
     def execute[
         target: StaticString,
     ](
-        output: OutputTensor[dtype=DType.float32, rank=4, ...],
-        q: InputTensor[dtype=DType.float32, rank=4, ...],
+        output: OutputTensor[dtype=DType.float32, rank=3, ...],
+        q: InputTensor[dtype=DType.float32, rank=3, ...],
         k: InputTensor[dtype=DType.float32, rank=4, ...],
         v: InputTensor[dtype=DType.float32, rank=4, ...],
     ) raises:
-        attend[False](output, q, k, v, q)  # no mask: q stands in, unread
+        attend[False](output, q, k, v, k)  # no mask: k stands in, unread
 
 
 @extensibility.register("masked_attention")
@@ -128,8 +135,8 @@ struct MaskedAttention:
     def execute[
         target: StaticString,
     ](
-        output: OutputTensor[dtype=DType.float32, rank=4, ...],
-        q: InputTensor[dtype=DType.float32, rank=4, ...],
+        output: OutputTensor[dtype=DType.float32, rank=3, ...],
+        q: InputTensor[dtype=DType.float32, rank=3, ...],
         k: InputTensor[dtype=DType.float32, rank=4, ...],
         v: InputTensor[dtype=DType.float32, rank=4, ...],
         mask: InputTensor[dtype=DType.float32, rank=4, ...],
