@@ -15,8 +15,7 @@ from std.memory import stack_allocation
 from std.sys.intrinsics import prefetch, PrefetchOptions
 
 comptime NORM_MAX = 16384  # floats of normalised rows (a few-rows step: 8 rows of up to 2048)
-comptime LN_EPS = Float32(1e-5)
-
+comptime LN_EPS = Float32(1e-5)  # Whisper's LayerNorm
 
 
 @always_inline
@@ -40,7 +39,7 @@ def project[
     var xp = x.unsafe_ptr()
     comptime if norm:  # the rows normalised once, before the tasks share them
         if rows * depth > NORM_MAX:
-            raise Error("half_weight_gemv: too many rows to normalise")
+            raise Error("half-weight projection: too many rows to normalise in one call")
         var xn = stack_allocation[NORM_MAX, Float32]()
         layer_norm(xn, xp, gamma.unsafe_ptr(), beta.unsafe_ptr(), rows, depth)
         xp = rebind[type_of(xp)](xn)
@@ -186,7 +185,6 @@ def project[
                 op.unsafe_offset(m * cols + n).unsafe_store(b0.reduce_add())
             n += 1
 
-
     def work(c: Int) {imm}:
         var start = c * chunk
         var end = min(start + chunk, cols)
@@ -236,6 +234,7 @@ def layer_norm(
     rows: Int,
     depth: Int,
 ):
+    # dst[m] = (x[m] - mean) / sqrt(var + eps) * gamma + beta, row by row (depth: a multiple of 8)
     comptime width = 8
     for m in range(rows):
         var xr = x.unsafe_offset(m * depth)
