@@ -16,8 +16,8 @@ PROJECTION = (80, 48)  # the panel matmul's weight [in, out]: 80 mel bins in, th
 
 @pytest.fixture(scope="module")
 def kernels_graph():
-    """The compiled graph: append along a K-like and a V-like axis, the decoder's attention without
-    and with a mask, the encoder's self-attention, the panel matmul."""
+    """The compiled graph: a KV cache grown from a step's fused projection, the decoder's attention
+    without and with a mask, the encoder's self-attention, the panel matmul."""
     from max.driver import CPU
     from max.dtype import DType
     from max.engine import InferenceSession

@@ -36,8 +36,10 @@ def attend[
     var row = q.dim_size(2)
     var hd = k.dim_size(2)
     var ctx = k.dim_size(3)
-    if ctx > MAX_CTX or hd != HEAD_SIZE or row < heads_per_row * hd:
+    if ctx > MAX_CTX or hd != HEAD_SIZE:
         raise Error("decoder attention: needs a context of at most 1536 and heads of 64")
+    if row < heads_per_row * hd:
+        raise Error("decoder attention: the query rows are narrower than every head's queries")
     var qp = q.unsafe_ptr()
     var kp = k.unsafe_ptr()
     var vp = v.unsafe_ptr()
