@@ -73,3 +73,24 @@ def test_transcribe_sample_prints_text():
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout.strip().lower()
     assert "speech recognition" in text and "thank you for listening" in text, text
+
+
+def _allocators(*args: str, **env: str) -> list[str]:
+    """What `max-whisper doctor` says the process it ran in allocates with."""
+    proc = subprocess.run(
+        [sys.executable, *args, "doctor"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=subprocess_env(**env),
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("allocator")]
+
+
+def test_the_command_runs_on_maxs_jemalloc_unless_told_otherwise():
+    """The command restarts itself once on the jemalloc MAX ships, as MAX's own command runs (its
+    arguments kept); MODULAR_MAX_ALLOCATOR=system keeps the system's allocator."""
+    assert _allocators("-m", "max_whisper") == ["jemalloc"]
+    assert _allocators("-m", "max_whisper.cli") == ["jemalloc"]
+    assert _allocators("-m", "max_whisper", MODULAR_MAX_ALLOCATOR="system") == ["system"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .allocator import allocator_in_use, jemalloc_path
 from .cpu import cpu_flags, cpuinfo
 from .weights.registry import NAMED_MODELS
 
@@ -213,6 +214,7 @@ def doctor_report() -> dict[str, object]:
     except Exception as exc:  # MAX missing or broken: say so, don't crash the doctor
         report["accelerators"] = f"unavailable ({exc})"
     report["cpu"] = cpu_info()
+    report["allocator"] = allocator_in_use()
     try:
         from .backends.max.compile_cache import cache_dir
 
@@ -254,6 +256,10 @@ def cmd_doctor(args) -> int:
         f"CPU             {cpu['model']}, {cpu['cores']} cores, "
         f"features: {' '.join(cpu['features']) or 'none'}"
     )
+    hint = ""
+    if report["allocator"] != "jemalloc" and (library := jemalloc_path()):
+        hint = f" (LD_PRELOAD={library} for MAX's jemalloc)"
+    print(f"allocator       {report['allocator']}{hint}")
     cache = report["graph_cache"]
     if isinstance(cache, dict):
         print(

@@ -60,7 +60,9 @@ def markdown_table(doc: dict) -> str:
         "",
         f"{env['cpu_model']}, {env['cores']} cores "
         f"({' '.join(env['cpu_features']) or 'no listed features'}); "
-        f"{versions}. short: {len(audio['files'])} clips, {audio['seconds']:.1f} s of audio "
+        f"{versions}"
+        + (f"; every row on the {env['allocator']} allocator" if env.get("allocator") else "")
+        + f". short: {len(audio['files'])} clips, {audio['seconds']:.1f} s of audio "
         f"(WER over the {audio['referenced']} with a reference, {settings['wer_normalizer']})"
         + (
             f"; long: one {audio['workloads']['long']['seconds']:.0f}-s file of those clips "

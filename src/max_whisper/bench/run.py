@@ -76,6 +76,7 @@ def environment(device: str, gpus: GpuInfo | None = None) -> dict:
         "platform": report["platform"],
         "max": report["max"],
         "max_accelerators": report["accelerators"],
+        "allocator": report["allocator"],  # every row's process inherits it
         "torch": _version("torch"),
         "openai_whisper": _version("openai-whisper"),
         "faster_whisper": _version("faster-whisper"),
