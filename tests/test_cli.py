@@ -1,4 +1,5 @@
-"""The command line: a transcript on stdout, and one-line errors (no traceback) on bad input."""
+"""The command line: a transcript on stdout, one-line errors (no traceback) on bad input, and the
+allocator it runs on."""
 
 import subprocess
 import sys
@@ -76,13 +77,16 @@ def test_transcribe_sample_prints_text():
 
 
 def _allocators(*args: str, **env: str) -> list[str]:
-    """What `max-whisper doctor` says the process it ran in allocates with."""
+    """What `max-whisper doctor` says the process it ran in allocates with, started without any
+    allocator of ours in its environment."""
+    inherited = ("LD_PRELOAD", "MODULAR_MAX_ALLOCATOR", "MODULAR_MAX_ALLOCATOR_REEXEC")
+    base = {k: v for k, v in subprocess_env().items() if k not in inherited}
     proc = subprocess.run(
         [sys.executable, *args, "doctor"],
         capture_output=True,
         text=True,
         timeout=300,
-        env=subprocess_env(**env),
+        env={**base, **env},
     )
     assert proc.returncode == 0, proc.stderr
     return [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("allocator")]
