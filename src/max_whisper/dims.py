@@ -14,6 +14,7 @@ N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per window
 N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2  # the conv stem halves the frame rate
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
 TOKENS_PER_SECOND = SAMPLE_RATE // N_SAMPLES_PER_TOKEN  # 50 audio positions per second
+LAYER_NORM_EPS = 1e-5  # every LayerNorm of Whisper's
 
 
 @dataclass(frozen=True)

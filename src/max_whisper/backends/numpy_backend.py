@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dims import LAYER_NORM_EPS
 from ..weights import ModelWeights
-
-LN_EPS = 1e-5
 
 # erf as a rational function on [-4, 4] (Eigen's float approximation; |error| < 1e-7 in float64)
 _ERF_P = (
@@ -66,7 +65,7 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray
     mean = x.mean(axis=-1, keepdims=True)
     centred = x - mean
     var = np.mean(centred * centred, axis=-1, keepdims=True)
-    return centred / np.sqrt(var + LN_EPS) * gamma + beta
+    return centred / np.sqrt(var + LAYER_NORM_EPS) * gamma + beta
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -12,12 +12,14 @@ import numpy as np
 from max.dtype import DType
 from max.graph import DeviceRef, StaticDim, TensorType, TensorValue, ops
 
+from ... import dims
 from ...cpu import cpu_flags
 from .compile_cache import cache_dir, source_hash
 
 KERNELS = Path(__file__).with_name("kernels")
 KERNEL_SOURCES = sorted(KERNELS.glob("*.mojo"))
-SOURCES = [Path(__file__), *KERNEL_SOURCES]  # what a graph calling these ops depends on
+# what a graph calling these ops depends on (dims: the LayerNorm epsilon they are given)
+SOURCES = [Path(__file__), Path(dims.__file__), *KERNEL_SOURCES]
 HALF_WEIGHT_WIDTH = 8  # the kernel's vector width: the inner dimension must be a multiple of it
 PANEL_WIDTH = 16  # panel_matmul's columns a weight panel: its out dimension must be a multiple
 
@@ -160,7 +162,7 @@ def norm_half_matmul(
     x: TensorValue, norm: tuple[TensorValue, TensorValue], w: TensorValue
 ) -> TensorValue:
     """layer_norm(x, *norm) times a float16 weight [n, k], in one kernel (x: a few rows)."""
-    return _half_weight_op("norm_half_gemv", x, w, [x, *norm, w])
+    return _half_weight_op("norm_half_gemv", x, w, [x, *norm, w], {"eps": dims.LAYER_NORM_EPS})
 
 
 def norm_half_projection(
@@ -173,7 +175,13 @@ def norm_half_projection(
 ) -> TensorValue:
     """(layer_norm(x, *norm) @ w.T) * scale + bias, then the exact GELU where asked, in one kernel
     (x: a few rows; w float16 [n, k]; scale and bias [n])."""
-    return _half_weight_op("norm_half_projection", x, w, [x, *norm, w, scale, bias], {"gelu": gelu})
+    return _half_weight_op(
+        "norm_half_projection",
+        x,
+        w,
+        [x, *norm, w, scale, bias],
+        {"gelu": gelu, "eps": dims.LAYER_NORM_EPS},
+    )
 
 
 def half_projection_add(

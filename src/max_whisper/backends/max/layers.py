@@ -6,10 +6,8 @@ from __future__ import annotations
 from max.dtype import DType
 from max.graph import DeviceRef, TensorValue, Weight, ops
 
-from ...dims import ModelDimensions
+from ...dims import LAYER_NORM_EPS, ModelDimensions
 from .custom_ops import PANEL_WIDTH, panel_matmul, uses_panels
-
-LN_EPS = 1e-5
 
 
 def weight(
@@ -40,7 +38,7 @@ def norm_weights(
 
 
 def layer_norm(x: TensorValue, name: str, d: int, device: DeviceRef) -> TensorValue:
-    return ops.layer_norm(x, *norm_weights(name, d, device, x.dtype), LN_EPS)
+    return ops.layer_norm(x, *norm_weights(name, d, device, x.dtype), LAYER_NORM_EPS)
 
 
 def gelu(x: TensorValue) -> TensorValue:

@@ -15,12 +15,11 @@ from std.memory import stack_allocation
 from std.sys.intrinsics import prefetch, PrefetchOptions
 
 comptime NORM_MAX = 16384  # floats of normalised rows (a few-rows step: 8 rows of up to 2048)
-comptime LN_EPS = Float32(1e-5)  # Whisper's LayerNorm
 
 
 @always_inline
 def project[
-    norm: Bool, scaled: Bool, biased: Bool, gelu: Bool, add: Bool
+    norm: Bool, scaled: Bool, biased: Bool, gelu: Bool, add: Bool, eps: Float32 = 0
 ](
     output: OutputTensor[dtype=DType.float32, rank=2, ...],
     x: InputTensor[dtype=DType.float32, rank=2, ...],
@@ -31,8 +30,8 @@ def project[
     bias: InputTensor[dtype=DType.float32, ...],
     residual: InputTensor[dtype=DType.float32, ...],
 ) raises:
-    # output [m, n] = residual + gelu((w . layer_norm(x)) * scale + bias), each part where its flag
-    # asks; x [m, k], w [n, k], gamma and beta [k], scale and bias [n], residual [m, n]
+    # output [m, n] = residual + gelu((w . layer_norm(x, eps)) * scale + bias), each part where
+    # its flag asks; x [m, k], w [n, k], gamma and beta [k], scale and bias [n], residual [m, n]
     var rows = x.dim_size(0)
     var depth = x.dim_size(1)
     var cols = w.dim_size(0)
@@ -41,7 +40,7 @@ def project[
         if rows * depth > NORM_MAX:
             raise Error("half-weight projection: too many rows to normalise in one call")
         var xn = stack_allocation[NORM_MAX, Float32]()
-        layer_norm(xn, xp, gamma.unsafe_ptr(), beta.unsafe_ptr(), rows, depth)
+        layer_norm(xn, xp, gamma.unsafe_ptr(), beta.unsafe_ptr(), rows, depth, eps)
         xp = rebind[type_of(xp)](xn)
     var sp = scale.unsafe_ptr()
     var bp = bias.unsafe_ptr()
@@ -233,6 +232,7 @@ def layer_norm(
     beta: Pointer[Float32, MutAnyOrigin],
     rows: Int,
     depth: Int,
+    eps: Float32,
 ):
     # dst[m] = (x[m] - mean) / sqrt(var + eps) * gamma + beta, row by row (depth: a multiple of 8)
     comptime width = 8
@@ -247,7 +247,7 @@ def layer_norm(
         for k in range(0, depth, width):
             var c = xr.unsafe_offset(k).unsafe_load[width=width]() - mean
             sq += c * c
-        var std = sqrt(sq.reduce_add() / Float32(depth) + LN_EPS)
+        var std = sqrt(sq.reduce_add() / Float32(depth) + eps)
         for k in range(0, depth, width):
             var c = xr.unsafe_offset(k).unsafe_load[width=width]() - mean
             o.unsafe_offset(k).unsafe_store(
@@ -275,7 +275,7 @@ struct NormHalfGemv:
     # layer_norm(x) @ w.T
     @staticmethod
     def execute[
-        target: StaticString,
+        target: StaticString, eps: Float32
     ](
         output: OutputTensor[dtype=DType.float32, rank=2, ...],
         x: InputTensor[dtype=DType.float32, rank=2, ...],
@@ -283,7 +283,7 @@ struct NormHalfGemv:
         beta: InputTensor[dtype=DType.float32, rank=1, ...],
         w: InputTensor[dtype=DType.float16, rank=2, ...],
     ) raises:
-        project[True, False, False, False, False](output, x, w, gamma, beta, x, x, x)
+        project[True, False, False, False, False, eps](output, x, w, gamma, beta, x, x, x)
 
 
 @extensibility.register("norm_half_projection")
@@ -291,7 +291,7 @@ struct NormHalfProjection:
     # (layer_norm(x) @ w.T) * scale + bias, then GELU where `gelu`
     @staticmethod
     def execute[
-        target: StaticString, gelu: Bool
+        target: StaticString, gelu: Bool, eps: Float32
     ](
         output: OutputTensor[dtype=DType.float32, rank=2, ...],
         x: InputTensor[dtype=DType.float32, rank=2, ...],
@@ -301,7 +301,7 @@ struct NormHalfProjection:
         scale: InputTensor[dtype=DType.float32, rank=1, ...],
         bias: InputTensor[dtype=DType.float32, rank=1, ...],
     ) raises:
-        project[True, True, True, gelu, False](output, x, w, gamma, beta, scale, bias, x)
+        project[True, True, True, gelu, False, eps](output, x, w, gamma, beta, scale, bias, x)
 
 
 @extensibility.register("half_projection_add")
