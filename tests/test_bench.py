@@ -321,6 +321,7 @@ def test_audio_files_and_references_of_a_folder(tmp_path):
     [
         ["--steps", "3"],  # a stages option in the systems mode
         ["--mode", "stages", "--chart", "x.png"],  # a systems option in another mode
+        ["--mode", "stages", "--condition-on-previous-text"],
         ["--mode", "stages", "--minutes", "1"],  # another mode's option
         ["--mode", "stages", "--backends", "hybrid"],
         ["--mode", "compile", "--backends", "reference"],

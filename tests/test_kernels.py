@@ -1,9 +1,9 @@
 """Our Mojo kernels (backends/max/kernels) in a small graph of their own, against NumPy: the
-KV-cache append exactly, the decoder's attention (without and with a mask), the encoder's
-self-attention, the panel matmul and the float16-weight projections within float32 reordering, on
-shapes the model uses (several windows, several beams, a context that is not a multiple of the
-vector width) and on contexts that end inside a tile of queries, a block of keys and a register
-tile of rows."""
+KV-cache append (its rows reordered) exactly, the decoder's attention (without and with a mask),
+the encoder's self-attention, the panel matmul and the float16-weight projections within float32
+reordering, on shapes the model uses (several windows, several beams, a context that is not a
+multiple of the vector width) and on contexts that end inside a tile of queries, a block of keys
+and a register tile of rows."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ PROJECTION = (80, 48)  # the panel matmul's weight [in, out]: 80 mel bins in, th
 
 @pytest.fixture(scope="module")
 def kernels_graph():
-    """The compiled graph: a KV cache grown from a step's fused projection, the decoder's attention
-    without and with a mask, the encoder's self-attention, the panel matmul."""
+    """The compiled graph: a KV cache grown from a step's fused projection (its rows reordered),
+    the decoder's attention without and with a mask, the encoder's self-attention, the panel
+    matmul."""
     from max.driver import CPU
     from max.dtype import DType
     from max.engine import InferenceSession
@@ -46,10 +47,13 @@ def kernels_graph():
         "b": [PROJECTION[1]],
     }
     types = [TensorType(DType.float32, shape, device=device) for shape in shapes.values()]
+    types.append(TensorType(DType.int64, [6], device=device))  # the past row each row continues
     with Graph("kernels", input_types=types, custom_extensions=[kernel_library()]) as graph:
-        past_k, past_v, step_qkv, q, k, v, mask, qkv, x, w, b = (i.tensor for i in graph.inputs)
+        past_k, past_v, step_qkv, q, k, v, mask, qkv, x, w, b, source = (
+            i.tensor for i in graph.inputs
+        )
         graph.output(
-            *append_kv(past_k, past_v, step_qkv),
+            *append_kv(past_k, past_v, step_qkv, source),
             decoder_attention(q, k, v),
             decoder_attention(q, k, v, mask),
             self_attention(qkv, HEADS),
@@ -100,10 +104,12 @@ def test_kernels_match_numpy(kernels_graph, past, new, queries, ctx):
     arrays[7][:, :, : HEADS * 64] /= 8  # its queries carry the 1/sqrt(64) scale, as the encoder's
     x, w, b = arrays[8:]
     arrays[9] = to_panels(w)
+    source = np.array([2, 0, 0, 3, 5, 4])  # beams swapped and duplicated within each window
     k_all, v_all, attended, masked, self_attended, projected = (
-        out.to_numpy() for out in kernels_graph.execute(*map(Buffer.from_numpy, arrays))
+        out.to_numpy() for out in kernels_graph.execute(*map(Buffer.from_numpy, [*arrays, source]))
     )
     past_k, past_v, step_qkv, q, k, v, mask, qkv = arrays[:8]
+    past_k, past_v = (p.reshape(6, *p.shape[2:])[source].reshape(p.shape) for p in arrays[:2])
     _, new_k, new_v = step_qkv.reshape(2, 3, new, 3, HEADS, 64).transpose(3, 0, 1, 4, 2, 5)
     assert np.array_equal(k_all, np.concatenate([past_k, new_k.swapaxes(3, 4)], axis=4))
     assert np.array_equal(v_all, np.concatenate([past_v, new_v], axis=3))

@@ -54,7 +54,7 @@ def test_beam_search_tokens_match_reference(models, reference, name, clip):
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_logits_prefill_and_steps_match_reference(models, reference, name, rows):
     """One prefill of 3 rows (alike as in a beam search, whose prefill runs one row and copies it;
-    or distinct) then 3 single-token steps, with a rearrange of the cache rows between."""
+    or distinct) then 3 single-token steps, with two rearranges of the cache rows between."""
     import torch
 
     torch_model = models.torch(name)
@@ -76,12 +76,12 @@ def test_logits_prefill_and_steps_match_reference(models, reference, name, rows)
     try:
         n_cached = 0
         for step in range(4):
-            if step == 2:  # beams swap places mid-way
-                order = [2, 0, 0]
-                session.rearrange(order)
-                for module in list(cache):
-                    cache[module] = cache[module][order]
-                tokens = tokens[order]
+            if step == 2:  # beams swap places mid-way, twice before the next step
+                for order in ([2, 0, 0], [1, 2, 0]):
+                    session.rearrange(order)
+                    for module in list(cache):
+                        cache[module] = cache[module][order]
+                    tokens = tokens[order]
             ours = session.logits(tokens)
             with torch.no_grad():
                 ref = torch_model.decoder(
@@ -272,7 +272,10 @@ def test_the_decoder_builds_for_a_gpu_on_maxs_own_ops():
 
 def test_the_few_rows_step_matches_the_float32_step(models):
     """The all-float16 few-rows graph and the float32 step graph give the same logits and caches
-    (within float32 reordering) for a prompt, then single steps, for one row and for 5 beams."""
+    (within float32 reordering) for a prompt, then single steps, for one row and for 5 beams
+    (reordered after the third step)."""
+    from max_whisper.backends.max.decoder import own_rows
+
     decoder = models.get("tiny.en", "max").backend.decoder
     assert decoder._step_rows is not decoder._step  # the bundled weights are float16-exact
     rng = np.random.default_rng(3)
@@ -285,10 +288,12 @@ def test_the_few_rows_step_matches_the_float32_step(models):
             cache, logits = decoder.empty_cache(1, group), []
             for n in range(6):
                 positions, mask = decoder_positions(n, 1, group)
+                order = [1, 0, 2, 4, 3] if n == 3 and group == 5 else list(range(group))
+                sources = own_rows(1, group)[:, order]
                 out, *cache = graph.execute(
                     *(
                         decoder._to_device(a)
-                        for a in (tokens[..., n : n + 1], positions, np.array([0]), mask)
+                        for a in (tokens[..., n : n + 1], positions, np.array([0]), mask, sources)
                     ),
                     *cross,
                     *cache,

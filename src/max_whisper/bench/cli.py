@@ -20,6 +20,7 @@ MODE_OPTIONS = {
 SYSTEMS_ONLY = (
     "workloads",
     "beam_size",
+    "condition_on_previous_text",
     "device",
     "cold",
     "in_process",
@@ -77,6 +78,14 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--beam-size", "--beam_size", type=int, default=None, help="1 = greedy (default)"
+    )
+    p.add_argument(
+        "--condition-on-previous-text",
+        "--condition_on_previous_text",
+        action="store_true",
+        default=None,
+        help="each window prompted with the text before it, as the transcribe command does "
+        "(default: off; BatchedInferencePipeline rows never are)",
     )
     p.add_argument(
         "--device",
@@ -190,6 +199,7 @@ def _systems(args) -> int:
             audio=args.audio,
             repeats=_or(args.repeats, 3),
             beam_size=_or(args.beam_size, 1),
+            condition_on_previous_text=bool(args.condition_on_previous_text),
             device=_or(args.device, "auto"),
             cold=args.cold,
             isolate=not args.in_process,

@@ -101,6 +101,7 @@ def run_bench(
     audio: Iterable[str] | None = None,
     repeats: int = 3,
     beam_size: int = 1,
+    condition_on_previous_text: bool = False,
     device: str = "auto",
     cold: bool = False,
     isolate: bool = True,
@@ -119,7 +120,9 @@ def run_bench(
         raise BenchError("--repeats must be at least 1")
     if beam_size < 1:
         raise BenchError("--beam-size must be at least 1")
-    settings = DecodeSettings(beam_size=beam_size)
+    settings = DecodeSettings(
+        beam_size=beam_size, condition_on_previous_text=condition_on_previous_text
+    )
     requested = list(backends)
     gpus = detect_gpus(need_torch=needs_torch(requested))
     rows, skipped = plan_rows(requested, device, gpus)

@@ -60,11 +60,12 @@ def kernel_library() -> Path:
 
 
 def append_kv(
-    past_k: TensorValue, past_v: TensorValue, qkv: TensorValue
+    past_k: TensorValue, past_v: TensorValue, qkv: TensorValue, source: TensorValue
 ) -> tuple[TensorValue, TensorValue]:
     """A layer's KV cache grown by a step's positions: past_k [..., H, hd, P] and past_v
-    [..., H, P, hd] (R rows in the leading dimensions), and the fused projection's rows qkv
-    [R, n, 3 H hd] (q | k | v) -> K [..., H, hd, P + n], V [..., H, P + n, hd]. On a CPU through
+    [..., H, P, hd] (R rows in the leading dimensions), the fused projection's rows qkv
+    [R, n, 3 H hd] (q | k | v), and source [R] int64 (row r continues the past of row source[r])
+    -> K [..., H, hd, P + n], V [..., H, P + n, hd]. On a CPU through
     our kernel (the new keys and values read straight from the projection, each run of the cache
     one block copy: MAX's concat moves the elements one by one, and a step copies the whole
     cache), elsewhere MAX's ops."""
@@ -74,6 +75,10 @@ def append_kv(
         split = ops.permute(ops.reshape(qkv, [rows, n_new, 3, heads, hd]), [2, 0, 3, 1, 4])
         new_k = ops.reshape(ops.permute(split[1], [0, 1, 3, 2]), [*lead, heads, hd, n_new])
         new_v = ops.reshape(split[2], [*lead, heads, n_new, hd])
+        past_k, past_v = (
+            ops.reshape(ops.gather(ops.reshape(p, [rows, *p.shape[-3:]]), source, axis=0), p.shape)
+            for p in (past_k, past_v)
+        )
         return ops.concat([past_k, new_k], axis=-1), ops.concat([past_v, new_v], axis=-2)
     total = past + n_new
     types = [
@@ -87,6 +92,7 @@ def append_kv(
             ops.reshape(past_k, [rows, heads, hd, past]),
             ops.reshape(past_v, [rows, heads, past, hd]),
             qkv,
+            source,
         ],
         types,
     )

@@ -67,6 +67,11 @@ def compiled_decoder(runtime: MaxRuntime, dims: ModelDimensions, half: bool):
 PADDING_SCORE = np.float32(-1e9)
 
 
+def own_rows(n_audio: int, group: int) -> np.ndarray:
+    """The step's cache_rows [A, G] when every row continues its own past."""
+    return np.arange(n_audio * group, dtype=np.int64).reshape(n_audio, group)
+
+
 def step_positions(
     n_past: int, n_new: int, pad: np.ndarray, group: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -183,11 +188,13 @@ class MaxDecoder:
         cache: list[Buffer],
         rows: np.ndarray | None = None,
         pad: np.ndarray | None = None,
+        cache_rows: np.ndarray | None = None,
     ):
         """tokens [A, G, n] (the new ones only) -> (logits Buffer [A, G, k, vocab], new cache).
 
         rows: the k indices (into the n new tokens) whose logits are computed; default the last.
         pad [A]: leading padding columns of each window's rows (default none).
+        cache_rows [A*G]: the row of `cache` each row continues (default its own).
         """
         n_audio, group, n_new = tokens.shape
         pad = np.zeros(n_audio, np.int64) if pad is None else np.asarray(pad, np.int64)
@@ -198,12 +205,14 @@ class MaxDecoder:
         rows = np.array([n_new - 1], np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         positions, mask = step_positions(n_past, n_new, pad, group)
         positions = np.minimum(positions, self.dims.n_text_ctx - 1)  # rows past their end: ignored
+        cache_rows = own_rows(n_audio, group) if cache_rows is None else cache_rows
         graph = self._step_rows if tokens.size <= ROWS_GRAPH_MAX else self._step
         logits, *new_cache = graph.execute(
             self._to_device(np.asarray(tokens, dtype=np.int64)),
             self._to_device(positions),
             self._to_device(rows),
             self._to_device(mask),
+            self._to_device(np.asarray(cache_rows, np.int64).reshape(n_audio, group)),
             *cross,
             *cache,
         )
@@ -222,6 +231,7 @@ class MaxDecoder:
             self._to_device(tokens),
             self._to_device(positions),
             self._to_device(mask),
+            self._to_device(own_rows(1, 1)),
             *cross,
             *self.empty_cache(1, 1),
         )
@@ -246,6 +256,9 @@ class MaxDecoderSession:
         self.cross = decoder.cross_kv(audio_features)
         self._own_cross = False  # the cross K/V is the decoder's, shared (claim_cross)
         self.cache: list[Buffer] | None = None
+        # the cache row each row continues on the next step (a beam search's reorder, made by the
+        # copy the step makes of the cache anyway); None: its own
+        self.cache_rows: np.ndarray | None = None
         self.n_cached = 0
 
     def logits(self, tokens: np.ndarray, positions: list[int] | None = None) -> np.ndarray:
@@ -277,8 +290,9 @@ class MaxDecoderSession:
             if self.cache is None:
                 self.cache = decoder.empty_cache(self.n_audio, group)
             logits, self.cache = decoder.step(
-                new, self.n_cached, self.cross, self.cache, rows, self.pad
+                new, self.n_cached, self.cross, self.cache, rows, self.pad, self.cache_rows
             )
+            self.cache_rows = None
             logits = decoder._to_numpy(logits)
         self.n_cached = n_tokens
         return logits.reshape(batch, -1, logits.shape[-1])
@@ -287,16 +301,25 @@ class MaxDecoderSession:
         if self.cache is None:
             return
         index = np.asarray(source_indices, dtype=np.int64)
-        if len(index) % self.n_audio:
-            raise ValueError(
-                f"{len(index)} rows do not split evenly over {self.n_audio} audio windows"
-            )
+        rows = self.n_audio * int(self.cache[0].shape[1])
+        if index.shape != (rows,) or not ((index >= 0) & (index < rows)).all():
+            raise ValueError(f"a reorder of {rows} cache rows needs {rows} indices below {rows}")
+        self.cache_rows = index if self.cache_rows is None else self.cache_rows[index]
+
+    def _reordered_cache(self) -> list[Buffer] | None:
+        """The cache with a pending reorder made (on the host: the next step would have made it)."""
+        if self.cache is None or self.cache_rows is None:
+            return self.cache
         cache = []
         for b in self.cache:
             rows = self.decoder._to_numpy(b)
-            rows = rows.reshape(-1, *rows.shape[2:])[index]
-            cache.append(self.decoder._to_device(rows.reshape(self.n_audio, -1, *rows.shape[1:])))
-        self.cache = cache
+            cache.append(
+                self.decoder._to_device(
+                    rows.reshape(-1, *rows.shape[2:])[self.cache_rows].reshape(rows.shape)
+                )
+            )
+        self.cache_rows = None
+        return cache
 
     def keep_windows(self, windows: list[int]) -> None:
         """Go on with only these windows (ascending indices into the current ones): their cache
@@ -305,6 +328,7 @@ class MaxDecoderSession:
         # The cache is this session's own (each step returns a new one). The cross K/V is
         # shared with other sessions unless the decoder lets this one claim it: then copied once.
         own_cross = self._own_cross or self.decoder.claim_cross(self.cross)
+        self.cache = self._reordered_cache()
         self.cache = [self._kept(b, index, in_place=True) for b in self.cache or []] or None
         self.cross = [self._kept(b, index, in_place=own_cross) for b in self.cross]
         self._own_cross = True

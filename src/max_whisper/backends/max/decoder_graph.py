@@ -96,6 +96,7 @@ FLOAT32 = Projections(_normed, _added)  # float32 [in, out] weights through MAX'
 def _block(
     x: TensorValue,
     mask: TensorValue,
+    cache_rows: TensorValue,
     past_k: TensorValue,
     past_v: TensorValue,
     cross_k: TensorValue,
@@ -106,7 +107,8 @@ def _block(
     project: Projections = FLOAT32,
     cross_scores: bool = False,
 ) -> tuple[TensorValue, TensorValue, TensorValue, TensorValue | None]:
-    """One residual block on x [A, G, n, d]. Returns (x, k_all, v_all, cross scores before softmax:
+    """One residual block on x [A, G, n, d], row r continuing the past of row cache_rows[r] (a flat
+    index into the A*G rows). Returns (x, k_all, v_all, cross scores before softmax:
     only with `cross_scores`, else None). `project`: the projections (float32 [in, out] by default).
 
     The residual stream is kept 2-D [A*G*n, d] so every projection is one plain GEMM (batched
@@ -121,7 +123,8 @@ def _block(
     # causal self-attention over the cached and the new positions
     qkv = project.normed(x, f"{prefix}attn_ln", f"{prefix}attn.qkv", d, 3 * d, device)  # q scaled
     qkv = ops.reshape(qkv, [rows, n_new, 3 * d])
-    k_all, v_all = append_kv(past_k, past_v, qkv)  # [A, G, H, hd, P + n], [A, G, H, P + n, hd]
+    # [A, G, H, hd, P + n], [A, G, H, P + n, hd]
+    k_all, v_all = append_kv(past_k, past_v, qkv, ops.reshape(cache_rows, [rows]))
     n_total = k_all.shape[4]
     mask = ops.reshape(
         ops.rebind(mask, [n_audio, group, n_new, n_total]), [rows, 1, n_new, n_total]
@@ -247,6 +250,7 @@ def _types(dims: ModelDimensions, device: DeviceRef) -> dict[str, TensorType]:
         "positions": TensorType(DType.int64, [N_AUDIO, GROUP, N_NEW], device=device),
         "logit_rows": TensorType(DType.int64, [N_LOGITS], device=device),
         "mask": TensorType(f32, [N_AUDIO, GROUP, N_NEW, N_TOTAL], device=device),
+        "cache_rows": TensorType(DType.int64, [N_AUDIO, GROUP], device=device),
         "past_k": TensorType(f32, [N_AUDIO, GROUP, heads, hd, N_PAST], device=device),
         "past_v": TensorType(f32, [N_AUDIO, GROUP, heads, N_PAST, hd], device=device),
         "cross_k": TensorType(f32, [N_AUDIO, heads, hd, ctx], device=device),
@@ -288,7 +292,8 @@ def build_step_graph(
 ) -> Graph:
     """The whole decoder step in one graph.
 
-    Inputs: tokens [A, G, n], positions [A, G, n], logit_rows [k], mask [A, G, n, past + n], then
+    Inputs: tokens [A, G, n], positions [A, G, n], logit_rows [k], mask [A, G, n, past + n],
+    cache_rows [A, G] (the past row each row continues: beam search reorders its rows), then
     cross_k, cross_v per layer, then past_k, past_v per layer. Outputs: logits [A, G, k, vocab],
     then k_all, v_all per layer; or, with `scores` (no logit_rows input), only each layer's
     cross-attention scores before the softmax [A, H, G*n, ctx]. half_head: logits from a float16
@@ -298,7 +303,8 @@ def build_step_graph(
     """
     t = _types(dims, device)
     n_layer = dims.n_text_layer
-    types = [t["tokens"], t["positions"]] + ([] if scores else [t["logit_rows"]]) + [t["mask"]]
+    types = [t["tokens"], t["positions"]] + ([] if scores else [t["logit_rows"]])
+    types += [t["mask"], t["cache_rows"]]
     types += [t["cross_k"], t["cross_v"]] * n_layer + [t["past_k"], t["past_v"]] * n_layer
     name = "whisper_decoder_scores" if scores else "whisper_decoder_step"
     name += "_rows" if half_layers else ""
@@ -308,7 +314,7 @@ def build_step_graph(
         inputs = [i.tensor for i in graph.inputs]
         tokens, positions = inputs[:2]
         logit_rows = None if scores else inputs[2]
-        mask, *rest = inputs[3 - scores :]
+        mask, cache_rows, *rest = inputs[3 - scores :]
         cross, past = rest[: 2 * n_layer], rest[2 * n_layer :]
         x = _embed(tokens, positions, dims, device)
         caches, layer_scores = [], []
@@ -316,6 +322,7 @@ def build_step_graph(
             x, k, v, s = _block(
                 x,
                 mask,
+                cache_rows,
                 past[2 * i],
                 past[2 * i + 1],
                 cross[2 * i],
