@@ -238,13 +238,13 @@ class DecodingTask:
     ):
         """Decode until every window has ended, or reached its length limit (then it is frozen:
         its state at that step is what it would have been decoded alone). Where the session can
-        (greedy and sampling), windows that have ended leave the batch."""
+        (MAX's sessions), windows that have ended leave the batch."""
         n_batch, group = tokens.shape[0], self.n_group
         sum_logprobs = np.zeros(n_batch, dtype=np.float32)
         no_speech_probs = [np.nan] * n_batch
         snapshots: dict[int, tuple] = {}
         alive = list(range(len(pad)))  # the windows still in the batch, by their index in the task
-        compact = isinstance(decoder, GreedyDecoder) and hasattr(session, "keep_windows")
+        compact = hasattr(session, "keep_windows")
         final: dict[
             int, tuple
         ] = {}  # windows that left the batch: their rows and log-probabilities
@@ -274,7 +274,7 @@ class DecodingTask:
                 keep = [k for k in range(len(alive)) if k not in leaving]
                 rows = [k * group + g for k in keep for g in range(group)]
                 session.keep_windows(keep)
-                decoder.rngs = [decoder.rngs[k] for k in keep]
+                decoder.keep_windows(keep)
                 tokens, sum_logprobs = tokens[rows], sum_logprobs[rows]
                 alive = [alive[k] for k in keep]
         for k, w in enumerate(alive):

@@ -22,6 +22,10 @@ class GreedyDecoder:
     def reset(self) -> None:
         pass
 
+    def keep_windows(self, windows: list[int]) -> None:
+        """Go on with only these windows (the others have left the batch)."""
+        self.rngs = [self.rngs[k] for k in windows]
+
     def update(self, tokens, logits, sum_logprobs):
         if self.temperature == 0:
             next_tokens = logits.argmax(axis=-1)
@@ -75,6 +79,11 @@ class BeamSearchDecoder:
 
     def reset(self) -> None:
         self.finished_sequences = None
+
+    def keep_windows(self, windows: list[int]) -> None:
+        """Go on with only these windows (the others have left the batch)."""
+        if self.finished_sequences is not None:
+            self.finished_sequences = [self.finished_sequences[k] for k in windows]
 
     def update(self, tokens, logits, sum_logprobs):
         n_audio = tokens.shape[0] // self.beam_size

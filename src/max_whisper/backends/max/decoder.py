@@ -306,20 +306,24 @@ class MaxDecoderSession:
             raise ValueError(f"a reorder of {rows} cache rows needs {rows} indices below {rows}")
         self.cache_rows = index if self.cache_rows is None else self.cache_rows[index]
 
-    def _reordered_cache(self) -> list[Buffer] | None:
-        """The cache with a pending reorder made (on the host: the next step would have made it)."""
+    def _keep_pending_reorder(self, windows: np.ndarray) -> None:
+        """A reorder not yet made, restated for the rows of these windows once they are the only
+        ones. A beam search's rows take their past from rows of their own window; any other
+        reorder is made here, on the host."""
         if self.cache is None or self.cache_rows is None:
-            return self.cache
+            return
+        group = int(self.cache[0].shape[1])
+        sources = self.cache_rows.reshape(self.n_audio, group)
+        if (sources // group == np.arange(self.n_audio)[:, None]).all():
+            kept = np.arange(len(windows))[:, None] * group + sources[windows] % group
+            self.cache_rows = kept.ravel()
+            return
         cache = []
         for b in self.cache:
             rows = self.decoder._to_numpy(b)
-            cache.append(
-                self.decoder._to_device(
-                    rows.reshape(-1, *rows.shape[2:])[self.cache_rows].reshape(rows.shape)
-                )
-            )
-        self.cache_rows = None
-        return cache
+            flat = rows.reshape(-1, *rows.shape[2:])[self.cache_rows]
+            cache.append(self.decoder._to_device(flat.reshape(rows.shape)))
+        self.cache, self.cache_rows = cache, None
 
     def keep_windows(self, windows: list[int]) -> None:
         """Go on with only these windows (ascending indices into the current ones): their cache
@@ -328,7 +332,7 @@ class MaxDecoderSession:
         # The cache is this session's own (each step returns a new one). The cross K/V is
         # shared with other sessions unless the decoder lets this one claim it: then copied once.
         own_cross = self._own_cross or self.decoder.claim_cross(self.cross)
-        self.cache = self._reordered_cache()
+        self._keep_pending_reorder(index)
         self.cache = [self._kept(b, index, in_place=True) for b in self.cache or []] or None
         self.cross = [self._kept(b, index, in_place=own_cross) for b in self.cross]
         self._own_cross = True
