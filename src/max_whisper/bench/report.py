@@ -44,8 +44,6 @@ def markdown_table(doc: dict) -> str:
             f"{_fmt(r['warm_start_s'], 1)} | {_fmt(r.get('cold_compile_s'), 0)} |"
         )
     decoding = "greedy" if settings["beam_size"] == 1 else f"beam {settings['beam_size']}"
-    if settings.get("condition_on_previous_text"):
-        decoding += ", previous text as prompt"
     versions = ", ".join(
         f"{name} {env[key]}"
         for name, key in [

@@ -194,7 +194,8 @@ class MaxDecoder:
 
         rows: the k indices (into the n new tokens) whose logits are computed; default the last.
         pad [A]: leading padding columns of each window's rows (default none).
-        cache_rows [A*G]: the row of `cache` each row continues (default its own).
+        cache_rows [A, G] (or flat): the row of `cache` each row continues, a flat index into its
+        A*G rows (default its own).
         """
         n_audio, group, n_new = tokens.shape
         pad = np.zeros(n_audio, np.int64) if pad is None else np.asarray(pad, np.int64)
