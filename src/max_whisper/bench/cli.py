@@ -83,7 +83,6 @@ def add_parsers(sub) -> None:
         "--condition-on-previous-text",
         "--condition_on_previous_text",
         action="store_true",
-        default=None,
         help="each window prompted with the text before it, as the transcribe command does "
         "(default: off; BatchedInferencePipeline rows never are)",
     )
@@ -199,7 +198,7 @@ def _systems(args) -> int:
             audio=args.audio,
             repeats=_or(args.repeats, 3),
             beam_size=_or(args.beam_size, 1),
-            condition_on_previous_text=bool(args.condition_on_previous_text),
+            condition_on_previous_text=args.condition_on_previous_text,
             device=_or(args.device, "auto"),
             cold=args.cold,
             isolate=not args.in_process,
