@@ -51,8 +51,12 @@ def project[
     # weight rows requested from memory ahead of their use: the hardware prefetcher alone
     # leaves a one-row product at about half the memory's speed
     comptime rows_ahead = 8
+    # The vocabulary's weight, the step's largest read, is fetched with a non-temporal hint: cached
+    # like the others, it would push out of the last-level cache the layers' weights and the
+    # window's cross K/V, which the next step reads again.
+    var streaming = cols >= 4096
     # weight rows per task: large for the vocabulary, small enough for a layer to split
-    var chunk = 2048 if cols >= 4096 else 64
+    var chunk = 2048 if streaming else 64
     var n_chunks = (cols + chunk - 1) // chunk
 
     @always_inline
@@ -68,9 +72,7 @@ def project[
                 var w2 = wp.unsafe_offset((n + 2) * depth)
                 var ahead = wp.unsafe_offset((n + rows_ahead) * depth)
                 for j in range(0, 3 * depth, 32):
-                    prefetch[PrefetchOptions().for_read().low_locality().to_data_cache()](
-                        ahead.unsafe_offset(j)
-                    )
+                    fetch_line(ahead.unsafe_offset(j), streaming)
                 var m = 0
                 while m + 4 <= rows:
                     var x0 = xp.unsafe_offset(m * depth)
@@ -151,9 +153,7 @@ def project[
             # a prefetch never faults, so the rows past the end need no check
             var ahead = wp.unsafe_offset((n + rows_ahead) * depth)
             for j in range(0, 4 * depth, 32):  # one 64-byte line per 32 float16 values
-                prefetch[PrefetchOptions().for_read().low_locality().to_data_cache()](
-                    ahead.unsafe_offset(j)
-                )
+                fetch_line(ahead.unsafe_offset(j), streaming)
             for m in range(rows):
                 var xr = xp.unsafe_offset(m * depth)
                 var b0 = SIMD[DType.float32, width](0)
@@ -318,3 +318,12 @@ struct HalfProjectionAdd:
         residual: InputTensor[dtype=DType.float32, rank=2, ...],
     ) raises:
         project[False, False, True, False, True](output, x, w, x, x, x, bias, residual)
+
+
+@always_inline
+def fetch_line(p: Pointer[Float16, MutAnyOrigin], streaming: Bool):
+    # one 64-byte line requested ahead of its use (prefetchnta when streaming, else prefetcht2)
+    if streaming:
+        prefetch[PrefetchOptions().for_read().no_locality().to_data_cache()](p)
+    else:
+        prefetch[PrefetchOptions().for_read().low_locality().to_data_cache()](p)
