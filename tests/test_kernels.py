@@ -10,8 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from max_whisper.backends.max.custom_ops import PANEL_WIDTH as PANEL  # 16 (AVX2), 32 (AVX-512)
+
 HEADS = 4  # the self-attention's (each of 64 features, as every Whisper model's)
-PROJECTION = (80, 48)  # the panel matmul's weight [in, out]: 80 mel bins in, three panels out
+PROJECTION = (80, 3 * PANEL)  # the panel matmul's weight [in, out]: 80 mel bins in, three panels
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def kernels_graph():
         "mask": [2, 1, "queries", 1499],
         "qkv": [2, "ctx", 3 * HEADS * 64],
         "x": [2, "ctx", PROJECTION[0]],
-        "w": [PROJECTION[1] // 16, PROJECTION[0], 16],
+        "w": [PROJECTION[1] // PANEL, PROJECTION[0], PANEL],
         "b": [PROJECTION[1]],
     }
     types = [TensorType(DType.float32, shape, device=device) for shape in shapes.values()]
@@ -154,13 +156,13 @@ def test_weights_are_laid_out_in_panels_exactly_where_the_graphs_read_panels():
     for device in (DeviceRef.CPU(), DeviceRef.GPU()):
         laid_out = for_device(registry, device)
         panels = uses_panels(device, DType.float32, PROJECTION[1])
-        assert panels == (device.is_cpu() and uses_panels(DeviceRef.CPU(), DType.float32, 16))
+        assert panels == (device.is_cpu() and uses_panels(DeviceRef.CPU(), DType.float32, PANEL))
         for name, a in registry.items():
             expected = to_panels(a) if panels and name == "blocks.0.mlp.0.weight" else a
             assert np.array_equal(laid_out[name], expected), name
     w = registry["blocks.0.mlp.0.weight"]
-    assert to_panels(w).shape == (PROJECTION[1] // 16, PROJECTION[0], 16)
-    assert np.array_equal(to_panels(w)[2, 5], w[5, 32:48])  # panel 2, row 5: columns 32-47
+    assert to_panels(w).shape == (PROJECTION[1] // PANEL, PROJECTION[0], PANEL)
+    assert np.array_equal(to_panels(w)[2, 5], w[5, 2 * PANEL : 3 * PANEL])  # panel 2, row 5
 
 
 def test_half_weight_gemv_gives_each_row_the_same_sums_in_any_batch():
@@ -273,3 +275,56 @@ def test_half_weight_projections_match_numpy():
     for rows in (3, 8):
         for together, single in zip(run(slice(0, rows)), alone, strict=True):
             assert np.array_equal(together, single[:rows]), f"{rows} rows"
+
+
+CONV_CASES = [(1, 37), (2, 37), (2, 100)]  # (stride, length): lengths ending inside a row tile
+CONV_CHANNELS = 24
+
+
+@pytest.fixture(scope="module")
+def conv_graph():
+    """panel_conv3 on two windows of each case's length, one output per case."""
+    from max.driver import CPU
+    from max.dtype import DType
+    from max.engine import InferenceSession
+    from max.graph import DeviceRef, Graph, TensorType
+
+    from max_whisper.backends.max.custom_ops import kernel_library, panel_conv3
+
+    device = DeviceRef.CPU()
+    lengths = sorted({length for _, length in CONV_CASES})
+    types = [
+        TensorType(DType.float32, [2, length, CONV_CHANNELS], device=device) for length in lengths
+    ]
+    types.append(TensorType(DType.float32, [2, 3 * CONV_CHANNELS, PANEL], device=device))
+    types.append(TensorType(DType.float32, [2 * PANEL], device=device))
+    with Graph("conv", input_types=types, custom_extensions=[kernel_library()]) as graph:
+        *xs, w, b = (i.tensor for i in graph.inputs)
+        by_length = dict(zip(lengths, xs))
+        graph.output(*(panel_conv3(by_length[n], w, b, stride) for stride, n in CONV_CASES))
+    model = InferenceSession(devices=[CPU()], custom_extensions=[kernel_library()]).load(graph)
+    return model, lengths
+
+
+def test_panel_conv3_matches_a_convolution(conv_graph):
+    """The stem's convolutions through panel_conv3 (kernel 3, padding 1, the rows read where they
+    lie): two windows, each position against float64 sums over its three input rows, the first
+    and last reading the zero padding, strides 1 and 2."""
+    from max.driver import Buffer
+
+    from max_whisper.backends.max.weight_layout import to_panels
+
+    model, lengths = conv_graph
+    rng = np.random.default_rng(3)
+    xs = {n: rng.standard_normal((2, n, CONV_CHANNELS)).astype(np.float32) for n in lengths}
+    w = rng.standard_normal((3 * CONV_CHANNELS, 2 * PANEL)).astype(np.float32)  # tap, channel
+    b = rng.standard_normal(2 * PANEL).astype(np.float32)
+    inputs = [*(xs[n] for n in lengths), to_panels(w), b]
+    outputs = [o.to_numpy() for o in model.execute(*map(Buffer.from_numpy, inputs))]
+    for (stride, length), ours in zip(CONV_CASES, outputs):
+        padded = np.pad(xs[length].astype(np.float64), ((0, 0), (1, 1), (0, 0)))
+        positions = (length - 1) // stride + 1
+        rows = [padded[:, t * stride : t * stride + 3].reshape(2, -1) for t in range(positions)]
+        exact = np.stack(rows, axis=1) @ w + b
+        assert ours.shape == exact.shape == (2, positions, 2 * PANEL)
+        np.testing.assert_allclose(ours, exact, rtol=0, atol=1e-5 * np.abs(exact).max())

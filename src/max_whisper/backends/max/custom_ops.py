@@ -21,7 +21,6 @@ KERNEL_SOURCES = sorted(KERNELS.glob("*.mojo"))
 # what a graph calling these ops depends on (dims: the LayerNorm epsilon they are given)
 SOURCES = [Path(__file__), Path(dims.__file__), *KERNEL_SOURCES]
 HALF_WEIGHT_WIDTH = 8  # the kernel's vector width: the inner dimension must be a multiple of it
-PANEL_WIDTH = 16  # panel_matmul's columns a weight panel: its out dimension must be a multiple
 
 
 class KernelBuildError(RuntimeError):
@@ -197,23 +196,36 @@ def half_projection_add(
     return _half_weight_op("half_projection_add", x, w, [x, w, bias, residual])
 
 
+def _panel_width() -> int:
+    """panel_matmul's columns a weight panel: two of the CPU's float32 vectors."""
+    return 32 if "avx512f" in cpu_flags() else 16
+
+
+# the out dimension of a projection through panel_matmul must be a multiple of it
+PANEL_WIDTH = _panel_width()
+
+
 def uses_panels(device: DeviceRef, dtype: DType, d_out: int) -> bool:
     """Whether a float32 projection to d_out outputs goes through panel_matmul: on an x86 CPU with
-    AVX2 and FMA (its register tile's) but without AVX-512 (where MAX's matmul has wider vectors
-    than the tile). weight_layout.for_device lays the weights out by the same rule."""
-    flags = cpu_flags()
+    AVX2 and FMA (its register tile's). weight_layout.for_device lays the weights out by the same
+    rule."""
     return (
         device.is_cpu()
         and dtype == DType.float32
         and d_out % PANEL_WIDTH == 0
-        and {"avx2", "fma"} <= flags
-        and "avx512f" not in flags
+        and {"avx2", "fma"} <= cpu_flags()
     )
 
 
+def _zero_bias(bias: TensorValue | None, n: int, device: DeviceRef) -> TensorValue:
+    if bias is None:
+        return ops.constant(np.zeros(n, np.float32), DType.float32, device)
+    return bias
+
+
 def panel_matmul(x: TensorValue, w: TensorValue, bias: TensorValue | None) -> TensorValue:
-    """x [..., k] float32 times a weight laid out in panels [n / 16, k, 16] (weight_layout.to_panels
-    of [k, n]), plus bias [n] -> [..., n] float32."""
+    """x [..., k] float32 times a weight laid out in panels [n / PANEL_WIDTH, k, PANEL_WIDTH]
+    (weight_layout.to_panels of [k, n]), plus bias [n] -> [..., n] float32."""
     panels, depth = int(w.shape[0]), int(w.shape[1])
     n = panels * PANEL_WIDTH
     if int(x.shape[-1]) != depth or int(w.shape[2]) != PANEL_WIDTH:
@@ -222,9 +234,24 @@ def panel_matmul(x: TensorValue, w: TensorValue, bias: TensorValue | None) -> Te
     rows = 1
     for dim in lead:
         rows = rows * dim
-    if bias is None:
-        bias = ops.constant(np.zeros(n, np.float32), DType.float32, x.device)
     out = TensorType(DType.float32, [rows, n], device=x.device)
     flat = ops.reshape(x, [rows, depth])
-    y = ops.custom("panel_matmul", x.device, [flat, w, bias], [out])[0].tensor
+    inputs = [flat, w, _zero_bias(bias, n, x.device)]
+    y = ops.custom("panel_matmul", x.device, inputs, [out], {"panel": PANEL_WIDTH})[0].tensor
     return ops.reshape(y, [*lead, n])
+
+
+def panel_conv3(x: TensorValue, w: TensorValue, bias: TensorValue, stride: int) -> TensorValue:
+    """A kernel-3 convolution with padding 1 on x [A, T, c] (channels last), its filter as a
+    projection of each position's three input rows side by side, laid out in panels
+    [n / PANEL_WIDTH, 3 c, PANEL_WIDTH], plus bias [n] -> [A, (T - 1) // stride + 1, n]. The
+    positions' rows are read where they lie in the padded input (no im2col copy)."""
+    batch, length, channels = x.shape[0], int(x.shape[1]), int(x.shape[2])
+    panels = int(w.shape[0])
+    if int(w.shape[1]) != 3 * channels or int(w.shape[2]) != PANEL_WIDTH:
+        raise ValueError(f"panel_conv3: shapes {x.shape} and {w.shape} do not fit")
+    positions = (length - 1) // stride + 1
+    out = TensorType(DType.float32, [batch, positions, panels * PANEL_WIDTH], device=x.device)
+    padded = ops.pad(x, [0, 0, 1, 1, 0, 0])  # a zero row before and after the time axis
+    parameters = {"panel": PANEL_WIDTH, "stride": stride}
+    return ops.custom("panel_conv3", x.device, [padded, w, bias], [out], parameters)[0].tensor

@@ -127,7 +127,8 @@ def cross_kv_registry(dims: ModelDimensions, params: Params, prefix: str = "") -
 
 
 def to_panels(w: np.ndarray) -> np.ndarray:
-    """[in, out] -> [out / 16, in, 16]: panel_matmul's layout, a panel's rows contiguous."""
+    """[in, out] -> [out / PANEL_WIDTH, in, PANEL_WIDTH]: panel_matmul's layout, a panel's rows
+    contiguous."""
     d_in, d_out = w.shape
     panels = w.reshape(d_in, d_out // PANEL_WIDTH, PANEL_WIDTH)
     return np.ascontiguousarray(panels.transpose(1, 0, 2))
