@@ -17,14 +17,8 @@ from max.dtype import DType
 from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, ops
 
 from ...dims import ModelDimensions
-from .custom_ops import (
-    PANEL_WIDTH,
-    kernel_library,
-    panel_conv3,
-    self_attention,
-    uses_panels,
-)
-from .layers import cross_kv, gelu, layer_norm, linear, weight
+from .custom_ops import kernel_library, panel_conv3, self_attention, uses_panels
+from .layers import cross_kv, gelu, layer_norm, linear, panel_weight, weight
 
 N_AUDIO = "n_audio"  # symbolic batch dimension: one compiled graph serves any batch size
 
@@ -37,7 +31,7 @@ def _conv_k3(
     [3C, c_out] weight; through our panel kernel, the rows read in place. MAX's conv2d over a
     height-1 image computes the same sums several times more slowly."""
     if uses_panels(device, x.dtype, c_out):
-        w = weight(f"{name}.weight", [c_out // PANEL_WIDTH, 3 * c_in, PANEL_WIDTH], device)
+        w = panel_weight(name, 3 * c_in, c_out, device)
         return panel_conv3(x, w, weight(f"{name}.bias", [c_out], device), stride)
     t_out = (int(x.shape[1]) - 1) // stride + 1
     padded = ops.pad(x, [0, 0, 1, 1, 0, 0])  # a zero row before and after the time axis

@@ -24,10 +24,14 @@ def linear(
     so, in panels for our kernel (weight_layout.for_device lays them out)."""
     b = weight(f"{name}.bias", [d_out], device, x.dtype) if bias else None
     if uses_panels(device, x.dtype, d_out):
-        w = weight(f"{name}.weight", [d_out // PANEL_WIDTH, d_in, PANEL_WIDTH], device)
-        return panel_matmul(x, w, b)
+        return panel_matmul(x, panel_weight(name, d_in, d_out, device), b)
     y = x @ weight(f"{name}.weight", [d_in, d_out], device, x.dtype)
     return y if b is None else y + b
+
+
+def panel_weight(name: str, d_in: int, d_out: int, device: DeviceRef) -> TensorValue:
+    """A float32 [in, out] projection weight as weight_layout.to_panels lays it out."""
+    return weight(f"{name}.weight", [d_out // PANEL_WIDTH, d_in, PANEL_WIDTH], device)
 
 
 def norm_weights(
