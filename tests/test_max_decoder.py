@@ -173,6 +173,31 @@ def test_windows_leave_a_batch_without_touching_shared_cross_kv(models):
     assert all(np.array_equal(decoder._to_numpy(b), o[[0, 2]]) for b, o in zip(alone.cross, before))
 
 
+def test_a_gpus_copied_cache_decodes_as_the_in_place_one(models, reference):
+    """The KV cache a GPU uses (each step returns it grown, in MAX's ops), run here on the CPU:
+    two windows with beams in one session (a shared prefill, reorders, the shorter window leaving
+    the batch) and greedy decoding give the same tokens as the in-place cache."""
+    from max_whisper.backends.max.decoder import MaxDecoder
+    from max_whisper.backends.max.device import MaxRuntime
+    from max_whisper.weights import load_model_weights
+
+    model = models.get("tiny.en", "max")
+    weights = load_model_weights("tiny.en")
+    copied = MaxDecoder(weights.dims, weights.params, MaxRuntime.create("cpu"), in_place=False)
+    assert not copied.in_place and model.backend.decoder.in_place
+    mels = np.stack(
+        [reference.mel("tiny.en", shared_clip(p)) for p in ("librivox-0880", "LJ002-0020")]
+    )
+    options = [DecodingOptions(language="en", beam_size=3), DecodingOptions(language="en")]
+    in_place = [[r.tokens for r in model.decode(mels, o)] for o in options]
+    backend, decoder = model.backend, model.backend.decoder
+    backend.decoder = copied
+    try:
+        assert [[r.tokens for r in model.decode(mels, o)] for o in options] == in_place
+    finally:
+        backend.decoder = decoder
+
+
 def test_max_transcription_never_imports_torch():
     clip = shared_clip("librivox-0880")
     script = (
@@ -226,8 +251,8 @@ def test_float16_copies_only_where_the_weights_are_float16():
 @pytest.mark.parametrize("half", [True, False])
 def test_every_step_graph_builds(half):
     """The step graph with either output projection, and the all-float16 few-rows one, build
-    (building is cheap; compiling is not); on a CPU each layer's K/V cache grows, and its self- and
-    cross-attention run, through our kernels."""
+    (building is cheap; compiling is not); on a CPU each layer's K/V cache is written in place,
+    and its self- and cross-attention run, through our kernels: no cache is copied or output."""
     from max.graph import DeviceRef
 
     from max_whisper.backends.max.decoder_graph import build_step_graph
@@ -243,8 +268,10 @@ def test_every_step_graph_builds(half):
     assert text.count("half_projection_add") == (3 * layers if half else 0)
     assert text.count("norm_half_gemv") == (1 if half else 0)
     assert "half_weight_gemv" not in text
-    assert text.count("append_kv") == layers
-    assert text.count("cross_attention") == text.count("masked_attention") == layers
+    assert text.count("store_kv") == text.count("slot_attention") == layers
+    assert text.count("cross_attention") == layers
+    assert "concat" not in text and "masked_attention" not in text
+    assert len(graph.output_types) == 1  # the logits alone
     scores = str(build_step_graph(dims, DeviceRef.CPU(), scores=True))
     assert "cross_attention" not in scores  # the scores graph returns the scores themselves
 
@@ -273,9 +300,7 @@ def test_the_decoder_builds_for_a_gpu_on_maxs_own_ops():
 def test_the_few_rows_step_matches_the_float32_step(models):
     """The all-float16 few-rows graph and the float32 step graph give the same logits and caches
     (within float32 reordering) for a prompt, then single steps, for one row and for 5 beams
-    (reordered after the third step)."""
-    from max_whisper.backends.max.decoder import own_rows
-
+    (reordered after the third step: two beams continue one row, one row is continued by none)."""
     decoder = models.get("tiny.en", "max").backend.decoder
     assert decoder._step_rows is not decoder._step  # the bundled weights are float16-exact
     rng = np.random.default_rng(3)
@@ -285,22 +310,31 @@ def test_the_few_rows_step_matches_the_float32_step(models):
         tokens = rng.integers(0, 50000, (1, group, 6))
         caches = {}
         for name, graph in (("rows", decoder._step_rows), ("step", decoder._step)):
-            cache, logits = decoder.empty_cache(1, group), []
+            cache, logits = decoder.new_cache(1, group, capacity=8), []
             for n in range(6):
+                if n == 3 and group == 5:
+                    cache.reorder(np.array([1, 1, 0, 4, 3]))
+                order, buffers = cache.step_inputs(1)
                 positions, mask = decoder_positions(n, 1, group)
-                order = [1, 0, 2, 4, 3] if n == 3 and group == 5 else list(range(group))
-                sources = own_rows(1, group)[:, order]
-                out, *cache = graph.execute(
+                out, *outputs = graph.execute(
                     *(
                         decoder._to_device(a)
-                        for a in (tokens[..., n : n + 1], positions, np.array([0]), mask, sources)
+                        for a in (tokens[..., n : n + 1], positions, np.array([0]), mask)
                     ),
+                    decoder._to_device(order.reshape(1, group, -1)),
                     *cross,
-                    *cache,
+                    *buffers,
                 )
+                cache.advance(order, outputs)
                 logits.append(decoder._to_numpy(out))
-            caches[name] = (np.stack(logits), [decoder._to_numpy(b) for b in cache])
-        (rows_logits, rows_cache), (step_logits, step_cache) = caches["rows"], caches["step"]
+            # each layer's K [S, H, hd, capacity] and V [S, H, capacity, hd]: the 6 positions
+            layers = [a[..., :6] if i % 2 == 0 else a[:, :, :6] for i, a in enumerate(cache.arrays)]
+            caches[name] = (np.stack(logits), layers, cache.history)
+        (rows_logits, rows_cache, rows_history), (step_logits, step_cache, step_history) = (
+            caches["rows"],
+            caches["step"],
+        )
+        assert np.array_equal(rows_history, step_history)
         assert np.abs(rows_logits - step_logits).max() < 1e-3
         assert (rows_logits.argmax(-1) == step_logits.argmax(-1)).all()
         for a, b in zip(rows_cache, step_cache):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from max.dtype import DType
-from max.graph import DeviceRef, StaticDim, TensorType, TensorValue, ops
+from max.graph import BufferValue, DeviceRef, StaticDim, TensorType, TensorValue, ops
 
 from ... import dims
 from ...cpu import cpu_flags
@@ -58,47 +58,31 @@ def kernel_library() -> Path:
     return path
 
 
-def append_kv(
-    past_k: TensorValue, past_v: TensorValue, qkv: TensorValue, source: TensorValue
-) -> tuple[TensorValue, TensorValue]:
-    """A layer's KV cache grown by a step's positions: past_k [..., H, hd, P] and past_v
-    [..., H, P, hd] (R rows in the leading dimensions), the fused projection's rows qkv
-    [R, n, 3 H hd] (q | k | v), and source [R] int64 (row r continues the past of row source[r])
-    -> K [..., H, hd, P + n], V [..., H, P + n, hd]. On a CPU through
-    our kernel (the new keys and values read straight from the projection, each run of the cache
-    one block copy: MAX's concat moves the elements one by one, and a step copies the whole
-    cache), elsewhere MAX's ops."""
-    *lead, heads, hd, past = past_k.shape
-    rows, n_new = qkv.shape[0], qkv.shape[1]
-    if not past_k.device.is_cpu():
-        split = ops.permute(ops.reshape(qkv, [rows, n_new, 3, heads, hd]), [2, 0, 3, 1, 4])
-        new_k = ops.reshape(ops.permute(split[1], [0, 1, 3, 2]), [*lead, heads, hd, n_new])
-        new_v = ops.reshape(split[2], [*lead, heads, n_new, hd])
-        past_k, past_v = (
-            ops.reshape(ops.gather(ops.reshape(p, [rows, *p.shape[-3:]]), source, axis=0), p.shape)
-            for p in (past_k, past_v)
-        )
-        return ops.concat([past_k, new_k], axis=-1), ops.concat([past_v, new_v], axis=-2)
-    total = past + n_new
-    types = [
-        TensorType(DType.float32, [rows, heads, hd, total], device=past_k.device),
-        TensorType(DType.float32, [rows, heads, total, hd], device=past_k.device),
-    ]
-    k_all, v_all = ops.custom(
-        "append_kv",
-        past_k.device,
-        [
-            ops.reshape(past_k, [rows, heads, hd, past]),
-            ops.reshape(past_v, [rows, heads, past, hd]),
-            qkv,
-            source,
-        ],
-        types,
-    )
-    return (
-        ops.reshape(k_all.tensor, [*lead, heads, hd, total]),
-        ops.reshape(v_all.tensor, [*lead, heads, total, hd]),
-    )
+def store_kv(
+    cache_k: BufferValue, cache_v: BufferValue, qkv: TensorValue, history: TensorValue
+) -> None:
+    """Write a step's new keys and values into a layer's KV cache, in place (our kernel, a CPU):
+    cache_k [S, H, hd, cap], cache_v [S, H, cap, hd], the fused projection's rows qkv [R, n, 3 H hd]
+    (q | k | v) and history [R, P + n] int64 (the slot of each of a row's positions: the new ones
+    go to the slots in its last n columns)."""
+    ops.inplace_custom("store_kv", qkv.device, [cache_k, cache_v, qkv, history])
+
+
+def slot_attention(
+    q: TensorValue,
+    cache_k: BufferValue,
+    cache_v: BufferValue,
+    history: TensorValue,
+    mask: TensorValue,
+) -> TensorValue:
+    """softmax(q k + mask) v per head over the in-place KV cache (our kernel, a CPU): q [R, M, W]
+    (as decoder_attention's), cache_k [S, H, hd, cap], cache_v [S, H, cap, hd], history [R, T]
+    (row r's position t is in slot history[r, t]), mask [R, 1, M, T] -> [R, M, H hd]."""
+    rows, queries = q.shape[0], q.shape[1]
+    d = cache_k.shape[1] * cache_k.shape[2]
+    out = TensorType(DType.float32, [rows, queries, d], device=q.device)
+    values = [cache_k, cache_v, q, history, mask]
+    return ops.inplace_custom("slot_attention", q.device, values, [out])[0].tensor
 
 
 ATTENTION_HEAD_SIZE = 64  # the attention kernels' head size (every Whisper model's) ...

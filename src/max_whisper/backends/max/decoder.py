@@ -13,6 +13,7 @@ from . import custom_ops, decoder_graph, layers, weight_layout
 from .buffers import DeviceBuffers, to_numpy
 from .compile_cache import compiled_graph, source_hash
 from .device import MaxRuntime
+from .kv_cache import CopiedCache, SlotCache
 
 GRAPH_SOURCES = [
     *(Path(m.__file__) for m in (decoder_graph, layers, weight_layout)),
@@ -26,13 +27,14 @@ DECODER_COMPILE_ESTIMATE_S = {"cpu": 160, "gpu": 210}
 ROWS_GRAPH_MAX = 8  # calls of at most this many token rows go to the float16 few-rows graph
 
 
-def decoder_signature(dims: ModelDimensions, half: bool = True) -> dict:
+def decoder_signature(dims: ModelDimensions, half: bool = True, in_place: bool = True) -> dict:
     """What the compiled decoder module depends on besides MAX, device and CPU
     (never weight values)."""
     return {
         "graph": "decoder",
         "dtype": "float32",
         "float16 copies": half,
+        "KV cache": "in place" if in_place else "copied",
         "code": source_hash(*GRAPH_SOURCES),
         **dims.to_dict(),
     }
@@ -53,23 +55,27 @@ def decoder_label(dims: ModelDimensions) -> str:
     return f"decoder ({dims.n_text_layer} x {dims.n_text_state} wide)"
 
 
-def compiled_decoder(runtime: MaxRuntime, dims: ModelDimensions, half: bool):
+def in_place_cache(runtime: MaxRuntime) -> bool:
+    """Whether the decoder's KV cache is written in place (kv_cache.SlotCache): where our kernels
+    run, on a CPU."""
+    return runtime.label == "cpu"
+
+
+def compiled_decoder(
+    runtime: MaxRuntime, dims: ModelDimensions, half: bool, in_place: bool | None = None
+):
     """(compiled decoder module, seconds spent compiling it: 0.0 from the cache)."""
+    in_place = in_place_cache(runtime) if in_place is None else in_place
     return compiled_graph(
         runtime.session,
-        lambda: decoder_graph.build_decoder_module(dims, runtime.device_ref, half),
-        decoder_signature(dims, half),
+        lambda: decoder_graph.build_decoder_module(dims, runtime.device_ref, half, in_place),
+        decoder_signature(dims, half, in_place),
         decoder_label(dims),
         DECODER_COMPILE_ESTIMATE_S[runtime.label],
     )
 
 
 PADDING_SCORE = np.float32(-1e9)
-
-
-def own_rows(n_audio: int, group: int) -> np.ndarray:
-    """The step's cache_rows [A, G] when every row continues its own past."""
-    return np.arange(n_audio * group, dtype=np.int64).reshape(n_audio, group)
 
 
 def step_positions(
@@ -111,13 +117,22 @@ class MaxDecoder:
     variant; the KV cache stays in MAX buffers between steps.
     """
 
-    def __init__(self, dims: ModelDimensions, params: dict[str, np.ndarray], runtime: MaxRuntime):
+    def __init__(
+        self,
+        dims: ModelDimensions,
+        params: dict[str, np.ndarray],
+        runtime: MaxRuntime,
+        in_place: bool | None = None,
+    ):
+        """in_place: the KV cache written in place (default where our kernels run, a CPU), or
+        copied by each step (a GPU's: on a CPU for a test)."""
         self.dims, self.device, self.device_ref = dims, runtime.device, runtime.device_ref
         self.session = runtime.session
         self._buffers = DeviceBuffers(runtime.device)
         self._to_device, self._to_numpy = self._buffers.to_device, to_numpy
         half = uses_half_weights(runtime, dims, params)
-        compiled, self.compile_seconds = compiled_decoder(runtime, dims, half)
+        self.in_place = in_place_cache(runtime) if in_place is None else in_place
+        compiled, self.compile_seconds = compiled_decoder(runtime, dims, half, self.in_place)
         registry = weight_layout.for_device(
             weight_layout.step_registry(dims, params, half)
             | weight_layout.cross_kv_registry(dims, params),
@@ -131,8 +146,6 @@ class MaxDecoder:
         self._scores = models["whisper_decoder_scores"]
         self._last_cross: tuple[np.ndarray, list[Buffer]] | None = None
         self._cross_handouts = 0  # sessions given _last_cross's buffers
-        d, heads = dims.n_text_state, dims.n_text_head
-        self._cache_shapes = ((heads, d // heads, 0), (heads, 0, d // heads))  # after [A, G]
 
     def cross_kv(self, audio_features: np.ndarray, reuse: bool = True) -> list[Buffer]:
         """[n_audio, ctx, d] features -> [k_0, v_0, k_1, v_1, ...] on the device.
@@ -172,30 +185,32 @@ class MaxDecoder:
         self._last_cross = None
         return True
 
-    def empty_cache(self, n_audio: int, group: int) -> list[Buffer]:
-        k_shape, v_shape = self._cache_shapes
-        return [
-            self._to_device(np.zeros((n_audio, group, *shape), np.float32))
-            for _ in range(self.dims.n_text_layer)
-            for shape in (k_shape, v_shape)
-        ]
+    def new_cache(
+        self, n_audio: int, group: int, capacity: int | None = None, prefill: bool = False
+    ) -> SlotCache | CopiedCache:
+        """An empty KV cache for n_audio x group rows: in place where our kernels run, holding
+        `capacity` positions (default the text context); prefill: one row per window to begin with
+        (a prompt the window's rows share), `expand`ed to `group` after it."""
+        if self.in_place:
+            capacity = self.dims.n_text_ctx if capacity is None else capacity
+            rows = n_audio if prefill else None
+            return SlotCache(self.dims, n_audio * group, capacity, rows)
+        return CopiedCache(self.dims, self._buffers, n_audio, 1 if prefill else group)
 
     def step(
         self,
         tokens: np.ndarray,
         n_past: int,
         cross: list[Buffer],
-        cache: list[Buffer],
+        cache: SlotCache | CopiedCache,
         rows: np.ndarray | None = None,
         pad: np.ndarray | None = None,
-        cache_rows: np.ndarray | None = None,
-    ):
-        """tokens [A, G, n] (the new ones only) -> (logits Buffer [A, G, k, vocab], new cache).
+    ) -> Buffer:
+        """tokens [A, G, n] (the new ones only) -> logits Buffer [A, G, k, vocab]; `cache` (its rows
+        the A*G rows) advanced by the n positions.
 
         rows: the k indices (into the n new tokens) whose logits are computed; default the last.
         pad [A]: leading padding columns of each window's rows (default none).
-        cache_rows [A, G] (or flat): the row of `cache` each row continues, a flat index into its
-        A*G rows (default its own).
         """
         n_audio, group, n_new = tokens.shape
         pad = np.zeros(n_audio, np.int64) if pad is None else np.asarray(pad, np.int64)
@@ -203,21 +218,24 @@ class MaxDecoder:
             raise ValueError(
                 f"{n_past + n_new} tokens exceed the text context ({self.dims.n_text_ctx})"
             )
+        if cache.rows != n_audio * group:
+            raise ValueError(f"a cache of {cache.rows} rows for a step of {n_audio * group}")
         rows = np.array([n_new - 1], np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         positions, mask = step_positions(n_past, n_new, pad, group)
         positions = np.minimum(positions, self.dims.n_text_ctx - 1)  # rows past their end: ignored
-        cache_rows = own_rows(n_audio, group) if cache_rows is None else cache_rows
+        order, buffers = cache.step_inputs(n_new)
         graph = self._step_rows if tokens.size <= ROWS_GRAPH_MAX else self._step
-        logits, *new_cache = graph.execute(
+        logits, *outputs = graph.execute(
             self._to_device(np.asarray(tokens, dtype=np.int64)),
             self._to_device(positions),
             self._to_device(rows),
             self._to_device(mask),
-            self._to_device(np.asarray(cache_rows, np.int64).reshape(n_audio, group)),
+            self._to_device(order.reshape(n_audio, group, *order.shape[1:])),
             *cross,
-            *cache,
+            *buffers,
         )
-        return logits, new_cache
+        cache.advance(order, outputs)
+        return logits
 
     def cross_attention_scores(self, audio_features: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """Pre-softmax cross-attention scores [n_layer, heads, T, ctx] for one window and one
@@ -228,13 +246,14 @@ class MaxDecoder:
             raise ValueError(f"{n} tokens exceed the text context ({self.dims.n_text_ctx})")
         cross = self.cross_kv(np.asarray(audio_features, dtype=np.float32)[:1])
         positions, mask = step_positions(0, n, np.zeros(1, np.int64), 1)
+        order, buffers = self.new_cache(1, 1, capacity=n).step_inputs(n)
         scores = self._scores.execute(
             self._to_device(tokens),
             self._to_device(positions),
             self._to_device(mask),
-            self._to_device(own_rows(1, 1)),
+            self._to_device(order.reshape(1, 1, *order.shape[1:])),
             *cross,
-            *self.empty_cache(1, 1),
+            *buffers,
         )
         return np.stack([self._to_numpy(s)[0] for s in scores])
 
@@ -246,7 +265,7 @@ class MaxDecoder:
 
 class MaxDecoderSession:
     """One decoding pass over a batch of windows (base.DecoderSession); the KV cache stays on
-    the device."""
+    the device (kv_cache)."""
 
     def __init__(
         self, decoder: MaxDecoder, audio_features: np.ndarray, pad: list[int] | None = None
@@ -256,11 +275,13 @@ class MaxDecoderSession:
         self.pad = None if pad is None or not any(pad) else np.asarray(pad, np.int64)
         self.cross = decoder.cross_kv(audio_features)
         self._own_cross = False  # the cross K/V is the decoder's, shared (claim_cross)
-        self.cache: list[Buffer] | None = None
-        # the cache row each row continues on the next step (a beam search's reorder, made by the
-        # copy the step makes of the cache anyway); None: its own
-        self.cache_rows: np.ndarray | None = None
+        self.cache: SlotCache | CopiedCache | None = None
         self.n_cached = 0
+
+    def _new_cache(self, group: int, prefill: bool = False) -> SlotCache | CopiedCache:
+        padding = 0 if self.pad is None else int(self.pad.max())
+        capacity = self.decoder.dims.n_text_ctx + padding
+        return self.decoder.new_cache(self.n_audio, group, capacity, prefill)
 
     def logits(self, tokens: np.ndarray, positions: list[int] | None = None) -> np.ndarray:
         tokens = np.asarray(tokens)
@@ -278,22 +299,17 @@ class MaxDecoderSession:
             np.arange(new.shape[2]) if positions is None else np.asarray(positions) - self.n_cached
         )
         if self.cache is None and group > 1 and (new == new[:, :1]).all():
-            # Prefill of beams (or samples) that all start alike: run one row per window and copy
-            # its cache and logits to the others (5x less work for a beam of 5 after a long prompt).
-            logits, cache = decoder.step(
-                new[:, :1], 0, self.cross, decoder.empty_cache(self.n_audio, 1), rows, self.pad
-            )
-            self.cache = [
-                decoder._to_device(np.repeat(decoder._to_numpy(b), group, axis=1)) for b in cache
-            ]
+            # Prefill of beams (or samples) that all start alike: run one row per window, whose
+            # cache the others then share, and copy its logits (5x less work for a beam of 5 after
+            # a long prompt).
+            self.cache = self._new_cache(group, prefill=True)
+            logits = decoder.step(new[:, :1], 0, self.cross, self.cache, rows, self.pad)
+            self.cache.expand(group)
             logits = np.repeat(decoder._to_numpy(logits), group, axis=1)
         else:
             if self.cache is None:
-                self.cache = decoder.empty_cache(self.n_audio, group)
-            logits, self.cache = decoder.step(
-                new, self.n_cached, self.cross, self.cache, rows, self.pad, self.cache_rows
-            )
-            self.cache_rows = None
+                self.cache = self._new_cache(group)
+            logits = decoder.step(new, self.n_cached, self.cross, self.cache, rows, self.pad)
             logits = decoder._to_numpy(logits)
         self.n_cached = n_tokens
         return logits.reshape(batch, -1, logits.shape[-1])
@@ -302,39 +318,21 @@ class MaxDecoderSession:
         if self.cache is None:
             return
         index = np.asarray(source_indices, dtype=np.int64)
-        rows = self.n_audio * int(self.cache[0].shape[1])
+        rows = self.cache.rows
         if index.shape != (rows,) or not ((index >= 0) & (index < rows)).all():
             raise ValueError(f"a reorder of {rows} cache rows needs {rows} indices below {rows}")
-        self.cache_rows = index if self.cache_rows is None else self.cache_rows[index]
-
-    def _keep_pending_reorder(self, windows: np.ndarray) -> None:
-        """A reorder not yet made, restated for the rows of these windows once they are the only
-        ones. A beam search's rows take their past from rows of their own window; any other
-        reorder is made here, on the host."""
-        if self.cache is None or self.cache_rows is None:
-            return
-        group = int(self.cache[0].shape[1])
-        sources = self.cache_rows.reshape(self.n_audio, group)
-        if (sources // group == np.arange(self.n_audio)[:, None]).all():
-            kept = np.arange(len(windows))[:, None] * group + sources[windows] % group
-            self.cache_rows = kept.ravel()
-            return
-        cache = []
-        for b in self.cache:
-            rows = self.decoder._to_numpy(b)
-            flat = rows.reshape(-1, *rows.shape[2:])[self.cache_rows]
-            cache.append(self.decoder._to_device(flat.reshape(rows.shape)))
-        self.cache, self.cache_rows = cache, None
+        self.cache.reorder(index)
 
     def keep_windows(self, windows: list[int]) -> None:
         """Go on with only these windows (ascending indices into the current ones): their cache
         rows, cross K/V and padding; the others have ended and leave the batch."""
         index = np.asarray(windows, dtype=np.int64)
-        # The cache is this session's own (each step returns a new one). The cross K/V is
-        # shared with other sessions unless the decoder lets this one claim it: then copied once.
+        # The cross K/V is shared with other sessions unless the decoder lets this one claim it:
+        # then copied once.
         own_cross = self._own_cross or self.decoder.claim_cross(self.cross)
-        self._keep_pending_reorder(index)
-        self.cache = [self._kept(b, index, in_place=True) for b in self.cache or []] or None
+        if self.cache is not None:
+            group = self.cache.rows // self.n_audio
+            self.cache.keep((index[:, None] * group + np.arange(group)).ravel())
         self.cross = [self._kept(b, index, in_place=own_cross) for b in self.cross]
         self._own_cross = True
         self.pad = None if self.pad is None else self.pad[index]

@@ -11,9 +11,11 @@ One module, compiled once per model shape:
     the k positions asked for (logit_rows: the last one after a prompt; the SOT's too on a first
     call), final LayerNorm and logits from the token embedding (a float16 [vocab, d] copy through
     our own kernel on a CPU where the weights are float16, else a pre-transposed [d, vocab] one).
-    It takes each layer's past self-attention K/V and returns them concatenated with the new
-    positions; the session feeds those buffers back on the next call, so the cache never visits
-    the host. Symbolic sizes: one compiled graph serves prefill and single-token steps, greedy
+    The self-attention's KV cache (kv_cache) never visits the host: on a CPU each layer's K/V
+    buffers are inputs the step writes its new positions into, in place (our kernels), each row
+    reading its past through its history of slots; elsewhere the step takes each layer's past K/V
+    and returns them concatenated with the new positions, buffers the session feeds back on the
+    next call. Symbolic sizes: one compiled graph serves prefill and single-token steps, greedy
     and beam search, one window or several. Positions and mask are per row, so windows whose
     prompts differ in length decode in one batch: each row is left-padded to the longest, its
     padding masked out and its positions counted from its first real token.
@@ -33,8 +35,8 @@ Layouts: weights pre-transposed to [in, out] (MAX's matmul against a contiguous 
 ~2x faster than against transpose(W)), or in panels for our matmul where layers.linear uses it;
 q, k, v fused in one [d, 3d] projection with the 1/sqrt(hd)
 softmax scale folded into q (k has no bias); the residual stream is 2-D [A*G*n, d] so projections
-are plain GEMMs; self K cached as [A, G, H, hd, len] and V as [A, G, H, len, hd] (growing them,
-through our kernel on a CPU, is the only copy per step); cross K as [A, H, hd, ctx], V as
+are plain GEMMs; self K cached as [S, H, hd, capacity] and V as [S, H, capacity, hd] in place (a
+CPU), or [A, G, H, hd, len] and [A, G, H, len, hd] copied; cross K as [A, H, hd, ctx], V as
 [A, H, ctx, hd].
 """
 
@@ -46,17 +48,27 @@ from typing import NamedTuple
 
 import numpy as np
 from max.dtype import DType
-from max.graph import DeviceRef, Graph, Module, TensorType, TensorValue, ops
+from max.graph import (
+    BufferType,
+    BufferValue,
+    DeviceRef,
+    Graph,
+    Module,
+    TensorType,
+    TensorValue,
+    ops,
+)
 
 from ...dims import ModelDimensions
 from .custom_ops import (
-    append_kv,
     decoder_attention,
     half_projection_add,
     half_weight_matmul,
     kernel_library,
     norm_half_matmul,
     norm_half_projection,
+    slot_attention,
+    store_kv,
 )
 from .layers import cross_kv, gelu, layer_norm, linear, norm_weights, weight
 
@@ -65,6 +77,8 @@ GROUP = "group"  # token rows per audio (beams); a batch of rows is laid out [n_
 N_NEW = "n_new"  # tokens fed in this call
 N_PAST = "n_past"  # cached positions
 N_TOTAL = "n_total"  # n_past + n_new (the mask's width)
+N_SLOTS = "n_slots"  # rows of an in-place KV cache (at least the rows of any step it serves)
+CAPACITY = "capacity"  # positions an in-place KV cache holds
 N_LOGITS = "n_logits"  # positions (of the n_new) whose logits are computed
 
 
@@ -93,12 +107,64 @@ def _added(
 FLOAT32 = Projections(_normed, _added)  # float32 [in, out] weights through MAX's GEMM
 
 
+def _grown_cache(
+    past_k: TensorValue, past_v: TensorValue, qkv: TensorValue, source: TensorValue
+) -> tuple[TensorValue, TensorValue]:
+    """A layer's copied KV cache (a GPU's) grown by a step's positions, in MAX's ops: past_k
+    [..., H, hd, P] and past_v [..., H, P, hd] (R rows in the leading dimensions), the fused
+    projection's rows qkv [R, n, 3 H hd] (q | k | v), and source [R] int64 (row r continues the
+    past of row source[r]) -> K [..., H, hd, P + n], V [..., H, P + n, hd]."""
+    *lead, heads, hd, _ = past_k.shape
+    rows, n_new = qkv.shape[0], qkv.shape[1]
+    split = ops.permute(ops.reshape(qkv, [rows, n_new, 3, heads, hd]), [2, 0, 3, 1, 4])
+    new_k = ops.reshape(ops.permute(split[1], [0, 1, 3, 2]), [*lead, heads, hd, n_new])
+    new_v = ops.reshape(split[2], [*lead, heads, n_new, hd])
+    past_k, past_v = (
+        ops.reshape(ops.gather(ops.reshape(p, [rows, *p.shape[-3:]]), source, axis=0), p.shape)
+        for p in (past_k, past_v)
+    )
+    return ops.concat([past_k, new_k], axis=-1), ops.concat([past_v, new_v], axis=-2)
+
+
+def _self_attention(
+    qkv: TensorValue, mask: TensorValue, cache: tuple, n_audio, group, n_new, dims: ModelDimensions
+) -> tuple[TensorValue, list[TensorValue]]:
+    """Causal self-attention over the cached and the new positions: qkv [A*G, n, 3d] (q scaled),
+    mask [A, G, n, past + n] -> ([A*G, n, d], the layer's grown cache: outputs of a copied cache).
+
+    cache: (history [A, G, past + n], K, V buffers) for the in-place cache of a CPU (our kernels),
+    or (cache_rows [A, G], past K [A, G, H, hd, past], past V [A, G, H, past, hd]) for the copied
+    cache of a GPU (MAX's ops), returned grown."""
+    d, heads = dims.n_text_state, dims.n_text_head
+    hd = d // heads
+    rows = n_audio * group
+    order, past_k, past_v = cache
+    if isinstance(past_k, BufferValue):
+        n_total = order.shape[2]
+        history = ops.reshape(order, [rows, n_total])
+        mask = ops.reshape(
+            ops.rebind(mask, [n_audio, group, n_new, n_total]), [rows, 1, n_new, n_total]
+        )
+        store_kv(past_k, past_v, qkv, history)
+        return slot_attention(qkv, past_k, past_v, history, mask), []
+    k_all, v_all = _grown_cache(past_k, past_v, qkv, ops.reshape(order, [rows]))
+    n_total = k_all.shape[4]
+    mask = ops.reshape(
+        ops.rebind(mask, [n_audio, group, n_new, n_total]), [rows, 1, n_new, n_total]
+    )
+    attn = decoder_attention(
+        qkv,
+        ops.reshape(k_all, [rows, heads, hd, n_total]),
+        ops.reshape(v_all, [rows, heads, n_total, hd]),
+        mask,
+    )
+    return attn, [k_all, v_all]
+
+
 def _block(
     x: TensorValue,
     mask: TensorValue,
-    cache_rows: TensorValue,
-    past_k: TensorValue,
-    past_v: TensorValue,
+    cache: tuple,
     cross_k: TensorValue,
     cross_v: TensorValue,
     dims: ModelDimensions,
@@ -106,10 +172,10 @@ def _block(
     prefix: str = "",
     project: Projections = FLOAT32,
     cross_scores: bool = False,
-) -> tuple[TensorValue, TensorValue, TensorValue, TensorValue | None]:
-    """One residual block on x [A, G, n, d], row r continuing the past of row cache_rows[r] (a flat
-    index into the A*G rows). Returns (x, k_all, v_all, cross scores before softmax:
-    only with `cross_scores`, else None). `project`: the projections (float32 [in, out] by default).
+) -> tuple[TensorValue, list[TensorValue], TensorValue | None]:
+    """One residual block on x [A, G, n, d]; cache: the layer's (_self_attention). Returns (x, the
+    grown cache (a copied cache's; none in place), cross scores before softmax: only with
+    `cross_scores`, else None). `project`: the projections (float32 [in, out] by default).
 
     The residual stream is kept 2-D [A*G*n, d] so every projection is one plain GEMM (batched
     matmuls would re-read the weight once per row; MAX's batched matmul also stops at rank 4).
@@ -120,21 +186,9 @@ def _block(
     rows = n_audio * group
     x = ops.reshape(x, [rows * n_new, d])
 
-    # causal self-attention over the cached and the new positions
     qkv = project.normed(x, f"{prefix}attn_ln", f"{prefix}attn.qkv", d, 3 * d, device)  # q scaled
     qkv = ops.reshape(qkv, [rows, n_new, 3 * d])
-    # [A, G, H, hd, P + n], [A, G, H, P + n, hd]
-    k_all, v_all = append_kv(past_k, past_v, qkv, ops.reshape(cache_rows, [rows]))
-    n_total = k_all.shape[4]
-    mask = ops.reshape(
-        ops.rebind(mask, [n_audio, group, n_new, n_total]), [rows, 1, n_new, n_total]
-    )
-    attn = decoder_attention(
-        qkv,
-        ops.reshape(k_all, [rows, heads, hd, n_total]),
-        ops.reshape(v_all, [rows, heads, n_total, hd]),
-        mask,
-    )  # [AG, n, d]
+    attn, grown = _self_attention(qkv, mask, cache, n_audio, group, n_new, dims)  # [AG, n, d]
     x = project.added(x, ops.reshape(attn, [rows * n_new, d]), f"{prefix}attn.out", d, d, device)
 
     # cross-attention: the G rows (beams) of one audio share its K/V: one [G * n, hd] query matrix
@@ -155,7 +209,7 @@ def _block(
 
     h = project.normed(x, f"{prefix}mlp_ln", f"{prefix}mlp.0", d, 4 * d, device, act=True)
     x = project.added(x, h, f"{prefix}mlp.2", 4 * d, d, device)
-    return ops.reshape(x, [n_audio, group, n_new, d]), k_all, v_all, scores_out
+    return ops.reshape(x, [n_audio, group, n_new, d]), grown, scores_out
 
 
 def _half_projections(dims: ModelDimensions) -> Projections:
@@ -241,7 +295,7 @@ def _head(
 # --- input types -------------------------------------------------------------------------------
 
 
-def _types(dims: ModelDimensions, device: DeviceRef) -> dict[str, TensorType]:
+def _types(dims: ModelDimensions, device: DeviceRef) -> dict[str, TensorType | BufferType]:
     d, heads, ctx = dims.n_text_state, dims.n_text_head, dims.n_audio_ctx
     hd = d // heads
     f32 = DType.float32
@@ -253,6 +307,9 @@ def _types(dims: ModelDimensions, device: DeviceRef) -> dict[str, TensorType]:
         "cache_rows": TensorType(DType.int64, [N_AUDIO, GROUP], device=device),
         "past_k": TensorType(f32, [N_AUDIO, GROUP, heads, hd, N_PAST], device=device),
         "past_v": TensorType(f32, [N_AUDIO, GROUP, heads, N_PAST, hd], device=device),
+        "history": TensorType(DType.int64, [N_AUDIO, GROUP, N_TOTAL], device=device),
+        "cache_k": BufferType(f32, [N_SLOTS, heads, hd, CAPACITY], device=device),
+        "cache_v": BufferType(f32, [N_SLOTS, heads, CAPACITY, hd], device=device),
         "cross_k": TensorType(f32, [N_AUDIO, heads, hd, ctx], device=device),
         "cross_v": TensorType(f32, [N_AUDIO, heads, ctx, hd], device=device),
         "features": TensorType(f32, [N_AUDIO, ctx, dims.n_audio_state], device=device),
@@ -289,42 +346,50 @@ def build_step_graph(
     module: Module | None = None,
     half_head: bool = False,
     half_layers: bool = False,
+    in_place: bool | None = None,
 ) -> Graph:
     """The whole decoder step in one graph.
 
-    Inputs: tokens [A, G, n], positions [A, G, n], logit_rows [k], mask [A, G, n, past + n],
-    cache_rows [A, G] (the past row each row continues: beam search reorders its rows), then
-    cross_k, cross_v per layer, then past_k, past_v per layer. Outputs: logits [A, G, k, vocab],
-    then k_all, v_all per layer; or, with `scores` (no logit_rows input), only each layer's
-    cross-attention scores before the softmax [A, H, G*n, ctx]. half_head: logits from a float16
-    copy of the token embedding through our own kernel (CPU; exact where the weights are float16).
-    half_layers: the layers' projections too (the few-rows graph: our kernel streams a float16
-    weight at the memory's speed, where MAX's float32 GEMM on a handful of rows does not).
+    Inputs: tokens [A, G, n], positions [A, G, n], logit_rows [k], mask [A, G, n, past + n], then
+    the cache's order, cross_k, cross_v per layer, and the cache per layer. Outputs: logits
+    [A, G, k, vocab]; or, with `scores` (no logit_rows input), each layer's cross-attention scores
+    before the softmax [A, H, G*n, ctx].
+    The cache: in_place (default on a CPU, where our kernels run): history [A, G, past + n] (the
+    slot of each row's positions, the new ones' last), then buffers K [S, H, hd, cap] and V
+    [S, H, cap, hd] per layer, written in place. Otherwise copied: cache_rows [A, G] (the past row
+    each row continues: beam search reorders its rows), then past K [A, G, H, hd, past] and V
+    [A, G, H, past, hd] per layer; the step outputs them grown, after the logits.
+    half_head: logits from a float16 copy of the token embedding through our own kernel (CPU;
+    exact where the weights are float16). half_layers: the layers' projections too (the few-rows
+    graph: our kernel streams a float16 weight at the memory's speed, where MAX's float32 GEMM on
+    a handful of rows does not).
     """
+    in_place = device.is_cpu() if in_place is None else in_place
     t = _types(dims, device)
     n_layer = dims.n_text_layer
     types = [t["tokens"], t["positions"]] + ([] if scores else [t["logit_rows"]])
-    types += [t["mask"], t["cache_rows"]]
-    types += [t["cross_k"], t["cross_v"]] * n_layer + [t["past_k"], t["past_v"]] * n_layer
+    types += [t["mask"], t["history" if in_place else "cache_rows"]]
+    types += [t["cross_k"], t["cross_v"]] * n_layer
+    types += (
+        [t["cache_k"], t["cache_v"]] * n_layer if in_place else [t["past_k"], t["past_v"]] * n_layer
+    )
     name = "whisper_decoder_scores" if scores else "whisper_decoder_step"
     name += "_rows" if half_layers else ""
     extensions = [kernel_library()] if device.is_cpu() else []
     project = _half_projections(dims) if half_layers else FLOAT32
     with Graph(name, input_types=types, module=module, custom_extensions=extensions) as graph:
-        inputs = [i.tensor for i in graph.inputs]
+        inputs = [i.buffer if isinstance(i.type, BufferType) else i.tensor for i in graph.inputs]
         tokens, positions = inputs[:2]
         logit_rows = None if scores else inputs[2]
-        mask, cache_rows, *rest = inputs[3 - scores :]
-        cross, past = rest[: 2 * n_layer], rest[2 * n_layer :]
+        mask, order, *rest = inputs[3 - scores :]
+        cross, cache = rest[: 2 * n_layer], rest[2 * n_layer :]
         x = _embed(tokens, positions, dims, device)
-        caches, layer_scores = [], []
+        grown, layer_scores = [], []
         for i in range(n_layer):
-            x, k, v, s = _block(
+            x, layer_grown, s = _block(
                 x,
                 mask,
-                cache_rows,
-                past[2 * i],
-                past[2 * i + 1],
+                (order, cache[2 * i], cache[2 * i + 1]),
                 cross[2 * i],
                 cross[2 * i + 1],
                 dims,
@@ -333,23 +398,28 @@ def build_step_graph(
                 project,
                 scores,
             )
-            caches += [k, v]
+            grown += layer_grown
             layer_scores.append(s)
         if scores:
             graph.output(*layer_scores)
         else:
-            graph.output(_head(x, logit_rows, dims, device, half_head, half_layers), *caches)
+            graph.output(_head(x, logit_rows, dims, device, half_head, half_layers), *grown)
     return graph
 
 
-def build_decoder_module(dims: ModelDimensions, device: DeviceRef, half: bool) -> Module:
+def build_decoder_module(
+    dims: ModelDimensions, device: DeviceRef, half: bool, in_place: bool | None = None
+) -> Module:
     """The cross K/V, step and scores graphs, compiled together (one compile shares MAX's fixed cost
     of a compile and the kernels the graphs have in common); half (a CPU, float16-exact weights):
-    the step's head in float16, and a second step graph for a few rows, all in float16."""
+    the step's head in float16, and a second step graph for a few rows, all in float16; in_place:
+    the KV cache (build_step_graph)."""
     module = Module()
     build_cross_kv_graph(dims, device, module=module)
-    build_step_graph(dims, device, module=module, half_head=half)
+    build_step_graph(dims, device, module=module, half_head=half, in_place=in_place)
     if half:
-        build_step_graph(dims, device, module=module, half_head=True, half_layers=True)
-    build_step_graph(dims, device, scores=True, module=module)
+        build_step_graph(
+            dims, device, module=module, half_head=True, half_layers=True, in_place=in_place
+        )
+    build_step_graph(dims, device, scores=True, module=module, in_place=in_place)
     return module

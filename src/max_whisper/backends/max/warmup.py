@@ -78,14 +78,13 @@ def jobs_for(
 
 
 def _signature(job: GraphJob, runtime) -> dict:
-    from .decoder import decoder_signature, uses_half_weights
+    from .decoder import decoder_signature, in_place_cache, uses_half_weights
     from .encoder import encoder_signature
 
-    return (
-        encoder_signature(job.dims, job.float64_blocks)
-        if job.part == "encoder"
-        else decoder_signature(job.dims, uses_half_weights(runtime, job.dims))
-    )
+    if job.part == "encoder":
+        return encoder_signature(job.dims, job.float64_blocks)
+    half = uses_half_weights(runtime, job.dims)
+    return decoder_signature(job.dims, half, in_place_cache(runtime))
 
 
 def missing(jobs: list[GraphJob]) -> list[GraphJob]:
