@@ -13,7 +13,7 @@ from . import custom_ops, decoder_graph, layers, weight_layout
 from .buffers import DeviceBuffers, to_numpy
 from .compile_cache import compiled_graph, source_hash
 from .device import MaxRuntime
-from .kv_cache import CopiedCache, SlotCache
+from .kv_cache import CopiedCache, SlotCache, SlotPool
 
 GRAPH_SOURCES = [
     *(Path(m.__file__) for m in (decoder_graph, layers, weight_layout)),
@@ -132,6 +132,7 @@ class MaxDecoder:
         self._to_device, self._to_numpy = self._buffers.to_device, to_numpy
         half = uses_half_weights(runtime, dims, params)
         self.in_place = in_place_cache(runtime) if in_place is None else in_place
+        self._slot_pool = SlotPool()
         compiled, self.compile_seconds = compiled_decoder(runtime, dims, half, self.in_place)
         registry = weight_layout.for_device(
             weight_layout.step_registry(dims, params, half)
@@ -194,7 +195,7 @@ class MaxDecoder:
         if self.in_place:
             capacity = self.dims.n_text_ctx if capacity is None else capacity
             rows = n_audio if prefill else None
-            return SlotCache(self.dims, n_audio * group, capacity, rows)
+            return SlotCache(self.dims, n_audio * group, capacity, rows, self._slot_pool)
         return CopiedCache(self.dims, self._buffers, n_audio, 1 if prefill else group)
 
     def step(
@@ -246,7 +247,7 @@ class MaxDecoder:
             raise ValueError(f"{n} tokens exceed the text context ({self.dims.n_text_ctx})")
         cross = self.cross_kv(np.asarray(audio_features, dtype=np.float32)[:1])
         positions, mask = step_positions(0, n, np.zeros(1, np.int64), 1)
-        order, buffers = self.new_cache(1, 1, capacity=n).step_inputs(n)
+        order, buffers = self.new_cache(1, 1).step_inputs(n)
         scores = self._scores.execute(
             self._to_device(tokens),
             self._to_device(positions),

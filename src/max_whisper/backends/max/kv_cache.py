@@ -7,11 +7,34 @@ beam search reorders them (`reorder`), and windows that end leave the batch (`ke
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 from max.driver import Buffer
 
 from ...dims import ModelDimensions
 from .buffers import DeviceBuffers, to_numpy
+
+
+class SlotPool:
+    """The arrays of caches that have ended, for the next cache of the same shape. New arrays are
+    paged in again, and a first step touches every page of K (its positions run along the rows):
+    for the forty rows of eight windows' beams, tens of ms a session."""
+
+    KEPT = 2  # sets of arrays kept, the latest: a session and the next one overlap
+
+    def __init__(self):
+        self._free: list[tuple[tuple, list[np.ndarray]]] = []
+
+    def take(self, shapes: tuple) -> list[np.ndarray]:
+        for i, (kept, arrays) in enumerate(self._free):
+            if kept == shapes:
+                del self._free[i]
+                return arrays
+        return [np.empty(shape, np.float32) for shape in shapes]
+
+    def give(self, shapes: tuple, arrays: list[np.ndarray]) -> None:
+        self._free = [*self._free, (shapes, arrays)][-self.KEPT :]
 
 
 class SlotCache:
@@ -26,21 +49,27 @@ class SlotCache:
     which the attention kernel reads as whole blocks.
     """
 
-    def __init__(self, dims: ModelDimensions, slots: int, capacity: int, rows: int | None = None):
+    def __init__(
+        self,
+        dims: ModelDimensions,
+        slots: int,
+        capacity: int,
+        rows: int | None = None,
+        pool: SlotPool | None = None,
+    ):
         """rows: fewer rows than slots to begin with (a prefill, one row per window, which
-        `expand` gives to the window's rows: they write to slots 0, G, 2G, ...)."""
+        `expand` gives to the window's rows: they write to slots 0, G, 2G, ...). pool: where the
+        arrays come from and go back to when the cache ends."""
         heads, hd = dims.n_text_head, dims.n_text_state // dims.n_text_head
-        # empty, not zeros: a position is read only after a step has written it
-        self.arrays = [
-            np.empty(shape, np.float32)
-            for _ in range(dims.n_text_layer)
-            for shape in ((slots, heads, hd, capacity), (slots, heads, capacity, hd))
-        ]
+        shapes = ((slots, heads, hd, capacity), (slots, heads, capacity, hd)) * dims.n_text_layer
+        # uninitialised: a position is read only after a step has written it
+        pool = pool or SlotPool()
+        self.arrays = pool.take(shapes)
+        weakref.finalize(self, pool.give, shapes, self.arrays)
         self.buffers = [Buffer.from_numpy(a) for a in self.arrays]  # the arrays' own memory
         group = 1 if rows is None else slots // rows
-        self.slots = np.arange(
-            0, slots, group, dtype=np.int64
-        )  # where each row writes its new ones
+        # where each row writes its new positions
+        self.slots = np.arange(0, slots, group, dtype=np.int64)
         self.history = np.zeros((len(self.slots), 0), np.int64)  # [rows, positions]
         self.capacity = capacity
 
