@@ -7,6 +7,7 @@ beam search reorders them (`reorder`), and windows that end leave the batch (`ke
 
 from __future__ import annotations
 
+import threading
 import weakref
 
 import numpy as np
@@ -25,16 +26,20 @@ class SlotPool:
 
     def __init__(self):
         self._free: list[tuple[tuple, list[np.ndarray]]] = []
+        # a cache ends on whichever thread drops it last, and servers decode on threads of their own
+        self._lock = threading.Lock()
 
     def take(self, shapes: tuple) -> list[np.ndarray]:
-        for i, (kept, arrays) in enumerate(self._free):
-            if kept == shapes:
-                del self._free[i]
-                return arrays
+        with self._lock:
+            for i, (kept, arrays) in enumerate(self._free):
+                if kept == shapes:
+                    del self._free[i]
+                    return arrays
         return [np.empty(shape, np.float32) for shape in shapes]
 
     def give(self, shapes: tuple, arrays: list[np.ndarray]) -> None:
-        self._free = [*self._free, (shapes, arrays)][-self.KEPT :]
+        with self._lock:
+            self._free = [*self._free, (shapes, arrays)][-self.KEPT :]
 
 
 class SlotCache:
