@@ -88,13 +88,55 @@ def test_a_prefill_is_shared_then_each_row_writes_its_own_slot(dims: ModelDimens
 def test_ended_caches_lend_their_arrays_to_the_next_of_their_shape(dims: ModelDimensions):
     from max_whisper.backends.max.kv_cache import SlotCache, SlotPool
 
+    def arrays_of(cache) -> list[int]:
+        _step(cache)  # a cache takes its arrays at its first step
+        assert len(cache.arrays) == 2 * dims.n_text_layer
+        return [id(a) for a in cache.arrays]
+
     pool = SlotPool()
     cache = SlotCache(dims, slots=2, capacity=16, pool=pool)
-    arrays = [id(a) for a in cache.arrays]
+    arrays = arrays_of(cache)
     other = SlotCache(dims, slots=2, capacity=16, pool=pool)  # the first is alive: new arrays
-    assert not set(arrays) & {id(a) for a in other.arrays}
+    assert not set(arrays) & set(arrays_of(other))
     del cache
     gc.collect()
-    again = SlotCache(dims, slots=2, capacity=16, pool=pool)
-    assert [id(a) for a in again.arrays] == arrays
-    assert not {id(a) for a in SlotCache(dims, 3, 16, pool=pool).arrays} & set(arrays)
+    assert arrays_of(SlotCache(dims, slots=2, capacity=16, pool=pool)) == arrays
+    assert not set(arrays_of(SlotCache(dims, 3, 16, pool=pool))) & set(arrays)
+
+
+def test_a_cache_grows_as_its_rows_need_and_keeps_what_they_wrote(dims: ModelDimensions):
+    """A cache starts with room for its first step and doubles (in multiples of 64 positions, up to
+    its limit): the positions written before are where they were, the smaller arrays go back to
+    the pool."""
+    from max_whisper.backends.max.kv_cache import GROWTH, SlotCache, SlotPool
+
+    pool = SlotPool()
+    cache = SlotCache(dims, slots=3, capacity=200, pool=pool)
+    _step(cache, 5)
+    assert cache.capacity == GROWTH
+    rng = np.random.default_rng(1)
+    for i, a in enumerate(cache.arrays):  # what steps would have written at positions 0..59
+        if i % 2 == 0:
+            a[..., :60] = rng.standard_normal(a[..., :60].shape)
+        else:
+            a[:, :, :60] = rng.standard_normal(a[:, :, :60].shape)
+    written = [
+        a[..., :60].copy() if i % 2 == 0 else a[:, :, :60].copy()
+        for i, a in enumerate(cache.arrays)
+    ]
+    small = [id(a) for a in cache.arrays]
+    _step(cache, 55)  # 60 positions: still room
+    assert cache.capacity == GROWTH
+    _step(cache, 10)  # 70: doubled
+    assert cache.capacity == 2 * GROWTH
+    for i, (a, w) in enumerate(zip(cache.arrays, written)):
+        assert np.array_equal(a[..., :60] if i % 2 == 0 else a[:, :, :60], w)
+    first = tuple(
+        (*a.shape[:3], GROWTH) if i % 2 == 0 else (*a.shape[:2], GROWTH, a.shape[3])
+        for i, a in enumerate(cache.arrays)
+    )
+    assert [id(a) for a in pool.take(first)] == small  # the first arrays, lent again
+    _step(cache, 100)  # 170: doubled, but no further than the limit
+    assert cache.capacity == 200
+    with pytest.raises(ValueError, match="holds 200 positions"):
+        cache.step_inputs(31)

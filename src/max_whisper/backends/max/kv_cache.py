@@ -16,11 +16,13 @@ from max.driver import Buffer
 from ...dims import ModelDimensions
 from .buffers import DeviceBuffers, to_numpy
 
+GROWTH = 64  # a cache's capacity grows in multiples of it
+
 
 class SlotPool:
-    """The arrays of caches that have ended, for the next cache of the same shape. New arrays are
-    paged in again, and a first step touches every page of K (its positions run along the rows):
-    for the forty rows of eight windows' beams, tens of ms a session."""
+    """The arrays of caches that have ended or grown, for the next cache of the same shape. New
+    arrays are paged in again, and a first step touches every page of K (its positions run along
+    the rows): for the forty rows of eight windows' beams, tens of ms a session."""
 
     KEPT = 2  # sets of arrays kept, the latest: a session and the next one overlap
 
@@ -44,7 +46,7 @@ class SlotPool:
 
 class SlotCache:
     """Each layer's K [S, H, hd, cap] and V [S, H, cap, hd] in host buffers that the step writes in
-    place: S slots of `cap` positions. A row's past is its history, the slot each of its positions
+    place: S slots of `cap` positions (grown as the rows' pasts need, up to `capacity`). A row's past is its history, the slot each of its positions
     was written in; a step writes every row's new positions into the row's own slot. Rows that share
     a past (the beams of one window) share its positions, and a reorder or a window's end only
     rewrites the histories: no step copies the cache.
@@ -64,19 +66,38 @@ class SlotCache:
     ):
         """rows: fewer rows than slots to begin with (a prefill, one row per window, which
         `expand` gives to the window's rows: they write to slots 0, G, 2G, ...). pool: where the
-        arrays come from and go back to when the cache ends."""
-        heads, hd = dims.n_text_head, dims.n_text_state // dims.n_text_head
-        shapes = ((slots, heads, hd, capacity), (slots, heads, capacity, hd)) * dims.n_text_layer
-        # uninitialised: a position is read only after a step has written it
-        pool = pool or SlotPool()
-        self.arrays = pool.take(shapes)
-        weakref.finalize(self, pool.give, shapes, self.arrays)
-        self.buffers = [Buffer.from_numpy(a) for a in self.arrays]  # the arrays' own memory
+        arrays come from and go back to when the cache grows or ends."""
+        self._dims, self._pool, self._n_slots = dims, pool or SlotPool(), slots
+        self.limit, self.capacity = capacity, 0  # the positions it may grow to, and holds now
+        self.arrays: list[np.ndarray] = []
+        self.buffers: list[Buffer] = []
+        self._give_back = None
         group = 1 if rows is None else slots // rows
         # where each row writes its new positions
         self.slots = np.arange(0, slots, group, dtype=np.int64)
         self.history = np.zeros((len(self.slots), 0), np.int64)  # [rows, positions]
-        self.capacity = capacity
+
+    def _grow(self, needed: int) -> None:
+        """Hold at least `needed` positions: new arrays (from the pool), the past copied over. A
+        first step touches every page of K (its positions run along the rows), so the cache starts
+        small and doubles: a whole context for each of forty rows would page in ~220 MB of base."""
+        capacity = min(self.limit, -(-max(needed, 2 * self.capacity) // GROWTH) * GROWTH)
+        dims, past = self._dims, self.history.shape[1]
+        heads, hd = dims.n_text_head, dims.n_text_state // dims.n_text_head
+        shapes = ((self._n_slots, heads, hd, capacity), (self._n_slots, heads, capacity, hd))
+        arrays = self._pool.take(shapes * dims.n_text_layer)  # uninitialised: read once written
+        for i, (new, old) in enumerate(zip(arrays, self.arrays)):
+            if i % 2 == 0:  # K: positions along the last axis
+                new[..., :past] = old[..., :past]
+            else:
+                new[:, :, :past] = old[:, :, :past]
+        if self._give_back is not None:
+            self._give_back()  # the smaller arrays back to the pool
+        self._give_back = weakref.finalize(
+            self, self._pool.give, shapes * dims.n_text_layer, arrays
+        )
+        self.arrays, self.capacity = arrays, capacity
+        self.buffers = [Buffer.from_numpy(a) for a in arrays]  # the arrays' own memory
 
     @property
     def rows(self) -> int:
@@ -85,8 +106,11 @@ class SlotCache:
     def step_inputs(self, n_new: int) -> tuple[np.ndarray, list[Buffer]]:
         """(the step's order of the rows' past: history [rows, past + n_new], the new positions'
         slots last; the buffers)."""
-        if self.history.shape[1] + n_new > self.capacity:
-            raise ValueError(f"the KV cache holds {self.capacity} positions")
+        needed = self.history.shape[1] + n_new
+        if needed > self.limit:
+            raise ValueError(f"the KV cache holds {self.limit} positions")
+        if needed > self.capacity:
+            self._grow(needed)
         new = np.repeat(self.slots[:, None], n_new, axis=1)
         return np.concatenate([self.history, new], axis=1), self.buffers
 
@@ -99,7 +123,7 @@ class SlotCache:
         self.history = np.repeat(self.history, group, axis=0)
         first = np.repeat(self.slots, group)
         self.slots = first + np.tile(np.arange(group), len(self.slots))  # the prefill's slot first
-        if len(np.unique(self.slots)) != len(self.slots) or self.slots.max() >= len(self.arrays[0]):
+        if len(np.unique(self.slots)) != len(self.slots) or self.slots.max() >= self._n_slots:
             raise ValueError("a prefill's rows must write to slots 0, G, 2G, ... of the cache")
 
     def reorder(self, source: np.ndarray) -> None:
