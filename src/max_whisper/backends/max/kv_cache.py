@@ -46,10 +46,11 @@ class SlotPool:
 
 class SlotCache:
     """Each layer's K [S, H, hd, cap] and V [S, H, cap, hd] in host buffers that the step writes in
-    place: S slots of `cap` positions (grown as the rows' pasts need, up to `capacity`). A row's past is its history, the slot each of its positions
-    was written in; a step writes every row's new positions into the row's own slot. Rows that share
-    a past (the beams of one window) share its positions, and a reorder or a window's end only
-    rewrites the histories: no step copies the cache.
+    place: S slots of `cap` positions (grown as the rows' pasts need, up to `capacity`). A row's
+    past is its history, the slot each of its positions was written in; a step writes every row's
+    new positions into the row's own slot. Rows that share a past (the beams of one window) share
+    its positions, and a reorder or a window's end only rewrites the histories: no step copies the
+    cache.
 
     A row that continues another keeps writing into its slot (the first to continue it does; the
     others take the slots of rows nobody continues), so a history is a few long runs of one slot,
