@@ -10,7 +10,7 @@ from max.driver import Buffer
 
 from ...dims import ModelDimensions
 from . import custom_ops, decoder_graph, layers, weight_layout
-from .buffers import DeviceBuffers, to_numpy
+from .buffers import DeviceBuffers, kept_rows, to_numpy
 from .compile_cache import compiled_graph, source_hash
 from .device import MaxRuntime
 from .kv_cache import CopiedCache, SlotCache, SlotPool
@@ -340,13 +340,5 @@ class MaxDecoderSession:
         self.n_audio = len(index)
 
     def _kept(self, buffer: Buffer, index: np.ndarray, in_place: bool) -> Buffer:
-        """The rows `index` of a [n_audio, ...] buffer. In place, the kept rows move to the front
-        of the buffer's own memory: no new pages to fault in (a new array of the cross K/V of 8
-        windows costs several times the copy itself)."""
-        rows = self.decoder._to_numpy(buffer)
-        if not in_place or (np.diff(index) <= 0).any():
-            return self.decoder._to_device(rows[index])
-        for new, old in enumerate(index):  # ascending: rows only move towards the front
-            if new != old:
-                rows[new] = rows[old]
-        return self.decoder._to_device(rows[: len(index)])
+        """The rows `index` of a [n_audio, ...] buffer (buffers.kept_rows)."""
+        return self.decoder._to_device(kept_rows(self.decoder._to_numpy(buffer), index, in_place))

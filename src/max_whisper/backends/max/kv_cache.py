@@ -14,7 +14,7 @@ import numpy as np
 from max.driver import Buffer
 
 from ...dims import ModelDimensions
-from .buffers import DeviceBuffers, to_numpy
+from .buffers import DeviceBuffers, kept_rows, to_numpy
 
 GROWTH = 64  # a cache's capacity grows in multiples of it
 
@@ -202,12 +202,5 @@ class CopiedCache:
         """Rows `rows` of a [A, G, ...] buffer, flat indices into its A*G rows; in_place (rows
         ascending): moved to the front of the buffer's own memory."""
         array = to_numpy(buffer)
-        flat = array.reshape(-1, *array.shape[2:])
-        if in_place and not (np.diff(rows) <= 0).any():
-            for new, old in enumerate(rows):
-                if new != old:
-                    flat[new] = flat[old]
-            kept = flat[: len(rows)]
-        else:
-            kept = flat[rows]
+        kept = kept_rows(array.reshape(-1, *array.shape[2:]), rows, in_place)
         return self._device.to_device(kept.reshape(-1, self.group, *array.shape[2:]))
