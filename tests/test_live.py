@@ -72,15 +72,39 @@ def test_local_agreement_commits_what_two_hypotheses_share():
     assert after_committed("was not an ill".split(), "he was not".split()) == 2
 
 
-def test_policy_on_real_speech(model, speech, offline_wer):
-    """The policy alone, fed 0.25-s chunks: two utterances (the pause ends the first), each
-    utterance's final words joined are its completed text, and the text is as good as offline."""
+def test_an_utterances_first_words_wait_for_three_agreeing_hypotheses():
+    from max_whisper.live.policy import LiveTranscript
+
+    transcript = LiveTranscript(min_chunk_s=0.1)
+
+    def final_words(hypothesis: str) -> str:
+        transcript.append(np.zeros(1600, np.float32))
+        request = transcript.next_request()
+        (update,) = transcript.apply(request, {"segments": [{"text": hypothesis, "end": 0.1}]})
+        return update.delta
+
+    assert final_words("and mister john") == ""
+    assert final_words("mister john dashwood") == ""
+    assert final_words("mister john dashwood had") == ""  # two agree, the first disagreed
+    assert final_words("and mister john dashwood had then") == ""
+    assert final_words("and mister john dashwood had then leisure") == ""
+    assert final_words("and mister john dashwood had then leisure to") == (
+        "and mister john dashwood had then"
+    )
+    assert final_words("and mister john dashwood had then leisure to consider") == " leisure to"
+
+
+@pytest.mark.parametrize("chunk", [4000, 6400])
+def test_policy_on_real_speech(model, speech, offline_wer, chunk):
+    """The policy alone, fed chunks of 0.25 s and 0.4 s: two utterances (the pause ends the
+    first), each utterance's final words joined are its completed text, and the text is as good
+    as offline."""
     from max_whisper.live.decoder import LiveDecoder
     from max_whisper.live.policy import Completed, Update
     from max_whisper.live.session import new_transcript, transcribe_live
 
     audio, reference = speech
-    chunks = [audio[i : i + 4000] for i in range(0, len(audio), 4000)]
+    chunks = [audio[i : i + chunk] for i in range(0, len(audio), chunk)]
     transcript = new_transcript()
     assert transcript.vad is not None
     events = list(transcribe_live(chunks, LiveDecoder(model), transcript))

@@ -113,6 +113,10 @@ def test_probabilities_carry_the_state_across_calls(ort, clips, monkeypatch):
     assert 0 <= probs.min() and probs.max() <= 1 and probs.max() > 0.9
     monkeypatch.setattr(vad, "BLOCK", 37)  # many session calls instead of one
     np.testing.assert_allclose(vad.speech_probabilities(audio), probs, atol=1e-5)
+    for frames in (1, 3):  # a live stream's audio, fed as it came in
+        stream, piece = vad.SpeechStream(), frames * 512
+        fed = [stream(audio[i : i + piece]) for i in range(0, len(audio), piece)]
+        np.testing.assert_allclose(np.concatenate(fed), probs, atol=1e-5)
 
 
 def test_every_installed_model_file_works(ort, clips):

@@ -28,6 +28,7 @@ __all__ = [
     "VadOptions",
     "VadUnavailable",
     "SpeechMap",
+    "SpeechStream",
     "chunks",
     "find_model",
     "speech_probabilities",
@@ -135,35 +136,57 @@ def _session(path: str):
     return onnxruntime.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+class SpeechStream:
+    """Speech probabilities of audio that arrives in pieces: the network's recurrent state and the
+    tail of the last frame carry from one piece to the next, so the probabilities are those of all
+    the audio at once, however it was cut (a live stream's VAD must not depend on how its audio
+    came in). Pieces are whole 512-sample frames; only the last may be short (it is zero-padded)."""
+
+    def __init__(self, model_path: str | Path | None = None):
+        path = str(model_path or find_model())
+        self.session = _session(path)
+        names = {i.name for i in self.session.get_inputs()}
+        if {"input", "h", "c"} <= names:  # sequence model: the LSTM runs over all frames of a call
+            self.per_frame = False
+        elif {"input", "state"} <= names:  # one frame per call (its batch axis holds streams)
+            self.per_frame = True
+        else:
+            raise VadUnavailable(f"{path} is not a Silero VAD model (inputs {sorted(names)})")
+        self.rate = {"sr": np.array(SAMPLE_RATE, dtype=np.int64)} if "sr" in names else {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Start afresh, as at the start of a recording (silence before it)."""
+        self.tail = np.zeros(CONTEXT, dtype=np.float32)
+        if self.per_frame:
+            self.state = {"state": np.zeros((2, 1, 128), dtype=np.float32)}
+        else:
+            self.state = dict.fromkeys(("h", "c"), np.zeros((1, 1, 128), dtype=np.float32))
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim != 1:
+            raise UsageError(f"VAD needs mono audio (one dimension), got shape {audio.shape}")
+        n = -(-len(audio) // FRAME)
+        frames = np.pad(audio, (0, n * FRAME - len(audio))).reshape(n, FRAME)
+        probs = np.empty(n, dtype=np.float32)
+        if n == 0:
+            return probs
+        # each frame is seen with the last CONTEXT samples before it
+        inputs = np.hstack([np.vstack([self.tail, frames[:-1, -CONTEXT:]]), frames])
+        self.tail = frames[-1, -CONTEXT:].copy()
+        step = 1 if self.per_frame else BLOCK
+        for i in range(0, n, step):
+            feed = {"input": inputs[i : i + step], **self.state, **self.rate}
+            out, *state = self.session.run(None, feed)
+            self.state = dict(zip(self.state, state))
+            probs[i : i + step] = np.reshape(out, -1)
+        return probs
+
+
 def speech_probabilities(audio: np.ndarray, model_path: str | Path | None = None) -> np.ndarray:
     """Speech probability of each 512-sample frame of 16 kHz mono audio (last one zero-padded)."""
-    audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim != 1:
-        raise UsageError(f"VAD needs mono audio (one dimension), got shape {audio.shape}")
-    path = str(model_path or find_model())
-    session, n = _session(path), -(-len(audio) // FRAME)
-    # row 0 is a silent frame before the audio; frame k is row k + 1 and sees the tail of row k
-    rows = np.pad(audio, (FRAME, n * FRAME - len(audio))).reshape(n + 1, FRAME)
-    names = {i.name for i in session.get_inputs()}
-    probs = np.empty(n, dtype=np.float32)
-    if {"input", "h", "c"} <= names:  # sequence model: the LSTM runs over all frames of a call
-        h = c = np.zeros((1, 1, 128), dtype=np.float32)
-        for i in range(0, n, BLOCK):
-            k = min(n, i + BLOCK)
-            feed = {"input": np.hstack([rows[i:k, -CONTEXT:], rows[i + 1 : k + 1]]), "h": h, "c": c}
-            out, h, c = session.run(None, feed)
-            probs[i:k] = np.reshape(out, -1)
-    elif {"input", "state"} <= names:  # one frame per call (its batch axis holds separate streams)
-        feed = {"state": np.zeros((2, 1, 128), dtype=np.float32)}
-        if "sr" in names:
-            feed["sr"] = np.array(SAMPLE_RATE, dtype=np.int64)
-        for i in range(n):
-            feed["input"] = np.concatenate([rows[i, -CONTEXT:], rows[i + 1]])[None]
-            out, feed["state"] = session.run(None, feed)
-            probs[i] = out.reshape(-1)[0]
-    else:
-        raise VadUnavailable(f"{path} is not a Silero VAD model (inputs {sorted(names)})")
-    return probs
+    return SpeechStream(model_path)(audio)
 
 
 # --- from probabilities to speech stretches --------------------------------------------

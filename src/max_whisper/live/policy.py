@@ -2,13 +2,15 @@
 
 The buffer of the current utterance is re-decoded whenever `min_chunk_s` of new audio has come in.
 A word is committed (final) once two consecutive hypotheses agree on it (LocalAgreement-2, as
-whisper_streaming does). The buffer is trimmed at the end of a committed segment that ends a
-sentence (or, past `trim_s`, at any committed segment end), so that decodes stay short; committed
-text before the buffer is the next decodes' prompt. Voice activity (Silero VAD) ends an utterance
-when the speech is followed by `end_silence_s` of silence: the rest of the buffer is decoded once
-more, all of it committed, and the utterance completed. Silence between utterances is dropped but
-for `pre_roll_s` before the next onset. No model here: the caller decodes each
-`Request` (see decoder.LiveDecoder) and hands the result to `apply`.
+whisper_streaming does); an utterance's first words once three do (the first decodes, on a second
+or two of audio, often drop or change its opening word). The buffer is trimmed at the end of a
+committed segment that ends a sentence (or, past `trim_s`, at any committed segment end), so that
+decodes stay short; committed text before the buffer is the next decodes' prompt. Voice activity
+(Silero VAD, its probabilities independent of how the audio came in) ends an utterance when the
+speech is followed by `end_silence_s` of silence: the rest of the buffer is decoded once more, all
+of it committed, and the utterance completed. Silence between utterances is dropped but for
+`pre_roll_s` before the next onset. No model here: the caller decodes each `Request` (see
+decoder.LiveDecoder) and hands the result to `apply`.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def after_committed(hypothesis: list[str], committed: list[str]) -> int:
 
 @dataclass
 class VoiceActivity:
-    """Speech probabilities of the stream's frames (Silero VAD), for utterance ends."""
+    """Speech probabilities of the stream's frames (Silero VAD), for utterance ends.
+    `probabilities` is given the frames in order, each once (vad.SpeechStream)."""
 
     probabilities: Callable[[np.ndarray], np.ndarray]
     threshold: float = 0.5
@@ -156,6 +159,7 @@ class LiveTranscript:
         self.committed: list[str] = []  # this utterance's final words
         self.in_buffer = 0  # how many of them the buffer's audio holds
         self.pending: list[str] = []  # the last hypothesis after the committed words
+        self.opening: list[str] = []  # the one before it, while nothing is committed
         self.closing = False  # the client committed the buffer: finish the utterance
 
     def append(self, samples: np.ndarray) -> None:
@@ -168,7 +172,7 @@ class LiveTranscript:
     def clear(self) -> None:
         """Forget the audio not yet final (the client's input_audio_buffer.clear)."""
         self._drop(len(self.buffer))
-        self.pending, self.in_buffer = [], 0
+        self.pending, self.opening, self.in_buffer = [], [], 0
 
     def next_request(self) -> Request | None:
         """What to decode now, or None (too little new audio, or no speech yet)."""
@@ -202,6 +206,9 @@ class LiveTranscript:
         if request.final:
             return self._complete(fresh, len(request.audio))
         n = agreed_prefix(self.pending, fresh)
+        if not self.committed:
+            n = min(n, agreed_prefix(self.opening, fresh))
+            self.opening = self.pending
         newly, self.pending = fresh[:n], fresh[n:]
         events = [self._update(newly)]
         self.in_buffer += n
@@ -217,7 +224,7 @@ class LiveTranscript:
         return Update(self.item, delta, " ".join(self.pending))
 
     def _complete(self, rest: list[str], used: int) -> list[Event]:
-        self.pending = []
+        self.pending, self.opening = [], []
         events: list[Event] = [self._update(rest)] if rest else []
         text = " ".join(self.committed)
         if text:

@@ -14,13 +14,12 @@ from .policy import Event, LiveTranscript, VoiceActivity
 
 def voice_activity() -> VoiceActivity | None:
     """Silero VAD for utterance ends, or None where the vad extra is not installed."""
-    from ..vad import VadUnavailable, find_model, speech_probabilities
+    from ..vad import SpeechStream, VadUnavailable
 
     try:
-        find_model()
+        return VoiceActivity(SpeechStream())
     except VadUnavailable:
         return None
-    return VoiceActivity(speech_probabilities)
 
 
 def new_transcript(**policy) -> LiveTranscript:
