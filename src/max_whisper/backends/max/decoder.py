@@ -56,16 +56,11 @@ def decoder_label(dims: ModelDimensions) -> str:
 
 
 def in_place_cache(runtime: MaxRuntime) -> bool:
-    """Whether the decoder's KV cache is written in place (kv_cache.SlotCache): where our kernels
-    run, on a CPU."""
-    return runtime.label == "cpu"
+    return decoder_graph.cache_in_place(runtime.device_ref)
 
 
-def compiled_decoder(
-    runtime: MaxRuntime, dims: ModelDimensions, half: bool, in_place: bool | None = None
-):
+def compiled_decoder(runtime: MaxRuntime, dims: ModelDimensions, half: bool, in_place: bool):
     """(compiled decoder module, seconds spent compiling it: 0.0 from the cache)."""
-    in_place = in_place_cache(runtime) if in_place is None else in_place
     return compiled_graph(
         runtime.session,
         lambda: decoder_graph.build_decoder_module(dims, runtime.device_ref, half, in_place),

@@ -339,6 +339,12 @@ def build_cross_kv_graph(
     return graph
 
 
+def cache_in_place(device: DeviceRef) -> bool:
+    """Whether the step writes the KV cache in place (kv_cache.SlotCache): where our kernels run,
+    on a CPU; elsewhere each step returns it grown (kv_cache.CopiedCache)."""
+    return device.is_cpu()
+
+
 def build_step_graph(
     dims: ModelDimensions,
     device: DeviceRef,
@@ -354,7 +360,7 @@ def build_step_graph(
     the cache's order, cross_k, cross_v per layer, and the cache per layer. Outputs: logits
     [A, G, k, vocab]; or, with `scores` (no logit_rows input), each layer's cross-attention scores
     before the softmax [A, H, G*n, ctx].
-    The cache: in_place (default on a CPU, where our kernels run): history [A, G, past + n] (the
+    The cache: in_place (default: cache_in_place): history [A, G, past + n] (the
     slot of each row's positions, the new ones' last), then buffers K [S, H, hd, cap] and V
     [S, H, cap, hd] per layer, written in place. Otherwise copied: cache_rows [A, G] (the past row
     each row continues: beam search reorders its rows), then past K [A, G, H, hd, past] and V
@@ -364,7 +370,7 @@ def build_step_graph(
     graph: our kernel streams a float16 weight at the memory's speed, where MAX's float32 GEMM on
     a handful of rows does not).
     """
-    in_place = device.is_cpu() if in_place is None else in_place
+    in_place = cache_in_place(device) if in_place is None else in_place
     t = _types(dims, device)
     n_layer = dims.n_text_layer
     types = [t["tokens"], t["positions"]] + ([] if scores else [t["logit_rows"]])

@@ -104,14 +104,15 @@ def missing(jobs: list[GraphJob]) -> list[GraphJob]:
 
 def compile_here(job: GraphJob) -> float:
     """Compile one job's graph in this process (or find it cached): seconds spent compiling."""
-    from .decoder import compiled_decoder, uses_half_weights
+    from .decoder import compiled_decoder, in_place_cache, uses_half_weights
     from .device import MaxRuntime
     from .encoder import compiled_encoder
 
     runtime = MaxRuntime.create(job.device)
     if job.part == "encoder":
         return compiled_encoder(runtime, job.dims, job.float64_blocks)[1]
-    return compiled_decoder(runtime, job.dims, uses_half_weights(runtime, job.dims))[1]
+    half = uses_half_weights(runtime, job.dims)
+    return compiled_decoder(runtime, job.dims, half, in_place_cache(runtime))[1]
 
 
 def _say(message: str) -> None:
