@@ -350,3 +350,29 @@ def test_one_long_recording_in_batched_chunks(ort, models, clips):
         alone = _words(model.transcribe(clip, temperature=0.0)["text"])
         inside = [s for s in segments if s["start"] < end / SR + 1 and s["end"] > start / SR - 1]
         assert len(set(alone) - set(_words(" ".join(s["text"] for s in inside)))) <= 1
+
+
+def test_batched_chunks_transcribe_as_well_as_the_sequential_loop(ort, models, tmp_path):
+    """The bench's long-form file (the referenced clips in turn with pauses, three minutes), base:
+    cut into batched chunks, it is transcribed as well as by the sequential loop (within two words
+    of ~460). Pauses of 160 ms end a stretch of speech, so that chunks end between words."""
+    import csv
+
+    from max_whisper.bench import audio_files, long_form_file, text_normalizer, word_error_rate
+    from support import SHARED_AUDIO
+
+    path = long_form_file(audio_files(SHARED_AUDIO), tmp_path)
+    with open(tmp_path / "transcripts.tsv", encoding="utf-8") as f:
+        (reference,) = [row["reference"] for row in csv.DictReader(f, delimiter="\t")]
+    normalize = text_normalizer()[1]
+    model = models.get("base", "max")
+    options = dict(temperature=0.0, condition_on_previous_text=False, language="en")
+
+    def wer(result: dict) -> float:
+        return word_error_rate([normalize(reference)], [normalize(result["text"])])
+
+    sequential = wer(model.transcribe(path, **options))
+    batched = model.transcribe(path, batch_size=8, **options)
+    starts = [s["start"] for s in batched["segments"]]
+    assert starts == sorted(starts)
+    assert wer(batched) <= sequential + 2 / len(reference.split())

@@ -361,10 +361,10 @@ def transcribe_chunked(
     packed in order up to 30 s, the pauses between them cut out), transcribed as `batch_size`
     streams at a time, each with the fallback and no-speech rules (no text carries over between
     chunks); the segments come back in order, in the recording's time."""
-    from .vad import SpeechMap, VadOptions, chunks, speech_spans
+    from .vad import CHUNKING_OPTIONS, SpeechMap, chunks, speech_spans
 
     samples = _samples(audio)
-    spans = speech_spans(samples, options.vad_options or VadOptions())
+    spans = speech_spans(samples, options.vad_options or CHUNKING_OPTIONS)
     maps = [
         SpeechMap([(max(s, start), min(e, end)) for s, e in spans if s < end and e > start])
         for start, end in chunks(spans, N_FRAMES / FRAMES_PER_SECOND)

@@ -101,6 +101,12 @@ class VadOptions:
         return int(SAMPLE_RATE * self.speech_pad_ms / 1000)
 
 
+# Cutting a recording into chunks batched together (transcribe_chunked): pauses of 160 ms end a
+# stretch too, so that the chunks pack the speech tightly (whole long stretches leave half-empty
+# windows), and a stretch over 30 s is split at a pause (faster-whisper's batched defaults).
+CHUNKING_OPTIONS = VadOptions(min_silence_duration_ms=160, max_speech_duration_s=30.0)
+
+
 # --- the network ----------------------------------------------------------------------
 
 
