@@ -101,9 +101,9 @@ class VadOptions:
         return int(SAMPLE_RATE * self.speech_pad_ms / 1000)
 
 
-# Cutting a recording into chunks batched together (transcribe_chunked): pauses of 160 ms end a
-# stretch too, so that the chunks pack the speech tightly (whole long stretches leave half-empty
-# windows), and a stretch over 30 s is split at a pause (faster-whisper's batched defaults).
+# Cutting a recording into chunks batched together (transcribe_chunked): a pause of 160 ms ends a
+# stretch, so that the pauses between sentences are cut out of a chunk too, and a stretch over
+# 30 s is split at a pause (faster-whisper's batched defaults).
 CHUNKING_OPTIONS = VadOptions(min_silence_duration_ms=160, max_speech_duration_s=30.0)
 
 
@@ -159,11 +159,7 @@ class SpeechStream:
         else:
             raise VadUnavailable(f"{path} is not a Silero VAD model (inputs {sorted(names)})")
         self.rate = {"sr": np.array(SAMPLE_RATE, dtype=np.int64)} if "sr" in names else {}
-        self.reset()
-
-    def reset(self) -> None:
-        """Start afresh, as at the start of a recording (silence before it)."""
-        self.tail = np.zeros(CONTEXT, dtype=np.float32)
+        self.tail = np.zeros(CONTEXT, dtype=np.float32)  # silence before the first frame
         if self.per_frame:
             self.state = {"state": np.zeros((2, 1, 128), dtype=np.float32)}
         else:
