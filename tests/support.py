@@ -75,6 +75,14 @@ TRANSCRIPTS = read_references(SHARED_AUDIO)
 TRANSCRIBED = [c for c in CLIPS if c.name in TRANSCRIPTS]
 
 
+def wer(reference: str, text: str) -> float:
+    """The word error rate of `text` against `reference`, both normalised as the bench does."""
+    from max_whisper import bench
+
+    normalize = bench.text_normalizer()[1]
+    return bench.word_error_rate([normalize(reference)], [normalize(text)])
+
+
 def clip_ids(clips) -> list[str]:
     return [c.name for c in clips]
 

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from support import SHARED_AUDIO, requires, requires_shared_audio, serving, subprocess_env
+from support import SHARED_AUDIO, requires, requires_shared_audio, serving, subprocess_env, wer
 
 pytestmark = [requires_shared_audio, requires("onnxruntime", reason="the vad extra is missing")]
 
@@ -53,13 +53,6 @@ def offline_wer(models, speech):
     transcribed on its own (the two in one window would give each the other's context)."""
     texts = [models.transcribe("tiny.en", "max", SHARED_AUDIO / c, temperature=0.0) for c in CLIPS]
     return wer(speech[1], " ".join(t["text"] for t in texts))
-
-
-def wer(reference: str, text: str) -> float:
-    from max_whisper import bench
-
-    normalize = bench.text_normalizer()[1]
-    return bench.word_error_rate([normalize(reference)], [normalize(text)])
 
 
 def test_local_agreement_commits_what_two_hypotheses_share():
