@@ -127,6 +127,27 @@ def test_a_failing_recording_does_not_stop_the_others(models, tmp_path):
     assert results[2]["text"].strip()
 
 
+def test_a_window_is_decoded_on_from_its_own_text(models):
+    """`resume`: a window's tokens up to one of its segment boundaries, given back as the prefix,
+    decode on to the rest of its tokens (the timestamp rules count the prefix as the window's own
+    text); as a plain prefix they would start the text anew, with a timestamp."""
+    from max_whisper.audio import first_window_mel
+
+    model = models.get("tiny.en", "max")
+    audio = long_recording(CLIPS[:3], pause_s=1.0)[: 30 * 16000]
+    features = model.embed_audio(first_window_mel(audio, model.dims.n_mels)[None])
+    options = DecodingOptions(language="en")
+    whole = model.decode(features, options)[0].tokens
+    is_timestamp = [t >= model.tokenizer.timestamp_begin for t in whole]
+    boundaries = [k for k in range(1, len(whole) - 2) if is_timestamp[k - 1] and is_timestamp[k]]
+    assert len(boundaries) >= 2, model.tokenizer.decode_with_timestamps(whole)
+    for k in boundaries:
+        rest = model.decode(features, options, prefix=whole[: k + 1], resume=True)[0]
+        assert rest.tokens == whole[k + 1 :]
+    anew = model.decode(features, options, prefix=whole[: boundaries[0] + 1])[0]
+    assert is_timestamp[0] and anew.tokens[0] >= model.tokenizer.timestamp_begin
+
+
 def _mel(model, clip):
     from max_whisper.audio import first_window_mel
 

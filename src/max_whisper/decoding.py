@@ -32,6 +32,7 @@ class DecodingOptions:
     length_penalty: float | None = None  # None: rank by logprob / length; else Google NMT's alpha
     prompt: str | list[int] | None = None  # previous context (after <|startofprev|>)
     prefix: str | list[int] | None = None  # forced start of the current context
+    resume: bool = False  # the prefix is this window's own text so far: the timestamp rules go on
     suppress_tokens: str | Iterable[int] | None = "-1"  # "-1": the non-speech symbol set
     suppress_blank: bool = True
     without_timestamps: bool = False
@@ -115,20 +116,23 @@ class DecodingTask:
             max_initial = None
             if options.max_initial_timestamp:
                 max_initial = round(options.max_initial_timestamp / precision)
-            filters.append(ApplyTimestampRules(self.tokenizer, sample_begin, max_initial))
+            text_begin = (
+                sample_begin - len(self._prefix_tokens()) if options.resume else sample_begin
+            )
+            filters.append(ApplyTimestampRules(self.tokenizer, text_begin, max_initial))
         return filters
 
+    def _prefix_tokens(self) -> list[int]:
+        prefix = self.options.prefix
+        if not prefix:
+            return []
+        if isinstance(prefix, str):
+            prefix = self.tokenizer.encode(" " + prefix.strip())
+        max_prefix_len = self.n_ctx // 2 - self.sample_len
+        return list(prefix)[-max_prefix_len:]
+
     def _initial_tokens(self, prompt) -> tuple[int, ...]:
-        tokens = list(self.sot_sequence)
-        if prefix := self.options.prefix:
-            prefix_tokens = (
-                self.tokenizer.encode(" " + prefix.strip())
-                if isinstance(prefix, str)
-                else list(prefix)
-            )
-            max_prefix_len = self.n_ctx // 2 - self.sample_len
-            prefix_tokens = prefix_tokens[-max_prefix_len:]
-            tokens += prefix_tokens
+        tokens = list(self.sot_sequence) + self._prefix_tokens()
         if prompt:
             prompt_tokens = (
                 self.tokenizer.encode(" " + prompt.strip())
