@@ -6,6 +6,8 @@ with 8 streams in flight, whose windows decode together with prompts of differen
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -99,7 +101,11 @@ def test_ragged_prompts_decode_as_alone(models):
     text = model.tokenizer.encode(" " + "the quick brown fox jumps over the lazy dog " * 20)
     prompts = [None, text[:5], text[:200]]
     batched = decode(
-        model.backend, model.tokenizer, features, DecodingOptions(language="en"), prompts=prompts
+        model.backend,
+        model.tokenizer,
+        features,
+        DecodingOptions(language="en"),
+        windows=[DecodingOptions(language="en", prompt=p) for p in prompts],
     )
     for i, prompt in enumerate(prompts):
         alone = decode(
@@ -127,25 +133,45 @@ def test_a_failing_recording_does_not_stop_the_others(models, tmp_path):
     assert results[2]["text"].strip()
 
 
-def test_a_window_is_decoded_on_from_its_own_text(models):
-    """`resume`: a window's tokens up to one of its segment boundaries, given back as the prefix,
-    decode on to the rest of its tokens (the timestamp rules count the prefix as the window's own
-    text); as a plain prefix they would start the text anew, with a timestamp."""
-    from max_whisper.audio import first_window_mel
+def test_a_window_held_to_its_end_goes_on_after_a_segment_that_closes_early(models):
+    """end_not_before (HoldEnd): right after two timestamps earlier than its window's limit a row
+    may not write EOT or a blank; later, after text, or without a limit it may. The limits
+    follow the windows that stay in the batch."""
+    from max_whisper.logit_filters import HoldEnd
 
+    tokenizer = models.get("tiny.en", "max").tokenizer
+    ts, eot = tokenizer.timestamp_begin, tokenizer.eot
+    blank = tokenizer.encode(" ")[0]
+    prompt = [tokenizer.sot, 7, 8]
+    closed, open_ = prompt + [ts, 11, ts + 100, ts + 100], prompt + [ts, 11, 12, ts + 100]
+    rows = np.array([closed, open_] * 3)  # three windows of two rows (beams) each
+    hold = HoldEnd(tokenizer, len(prompt), [50, None, 500], group=2)  # 1 s, none, 10 s
+
+    logits = np.zeros((6, eot + 1600), np.float32)
+    hold.apply(logits, rows)
+    held = np.isinf(logits[:, [eot, blank]]).all(axis=1)
+    assert held.tolist() == [False, False, False, False, True, False]
+    assert np.isinf(logits).sum() == 2  # nothing else
+
+    hold.keep_windows([2])
+    logits = np.zeros((2, eot + 1600), np.float32)
+    hold.apply(logits, rows[4:])
+    assert np.isinf(logits[:, eot]).tolist() == [True, False]
+
+
+def test_windows_with_their_own_ends_batch_as_alone(models):
+    """Windows held to different ends (and none) in one batch get each the tokens they get alone,
+    greedy and with beams, as they leave the batch at different steps."""
     model = models.get("tiny.en", "max")
-    audio = long_recording(CLIPS[:3], pause_s=1.0)[: 30 * 16000]
-    features = model.embed_audio(first_window_mel(audio, model.dims.n_mels)[None])
-    options = DecodingOptions(language="en")
-    whole = model.decode(features, options)[0].tokens
-    is_timestamp = [t >= model.tokenizer.timestamp_begin for t in whole]
-    boundaries = [k for k in range(1, len(whole) - 2) if is_timestamp[k - 1] and is_timestamp[k]]
-    assert len(boundaries) >= 2, model.tokenizer.decode_with_timestamps(whole)
-    for k in boundaries:
-        rest = model.decode(features, options, prefix=whole[: k + 1], resume=True)[0]
-        assert rest.tokens == whole[k + 1 :]
-    anew = model.decode(features, options, prefix=whole[: boundaries[0] + 1])[0]
-    assert is_timestamp[0] and anew.tokens[0] >= model.tokenizer.timestamp_begin
+    features = np.concatenate([model.embed_audio(_mel(model, c)[None]) for c in CLIPS[:4]])
+    ends = [None, 20.0, 3.0, 29.0]
+    for extra in ({}, {"beam_size": 3}):
+        options = DecodingOptions(language="en", **extra)
+        windows = [dataclasses.replace(options, end_not_before=e) for e in ends]
+        batched = decode(model.backend, model.tokenizer, features, options, windows=windows)
+        for i, window in enumerate(windows):
+            alone = decode(model.backend, model.tokenizer, features[i : i + 1], window)[0]
+            assert batched[i].tokens == alone.tokens, (extra, i)
 
 
 def _mel(model, clip):

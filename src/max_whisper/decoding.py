@@ -15,7 +15,13 @@ import numpy as np
 from .backends.base import Backend, DecoderSession
 from .dims import CHUNK_LENGTH
 from .errors import DecodingError
-from .logit_filters import ApplyTimestampRules, SuppressBlank, SuppressTokens, log_softmax
+from .logit_filters import (
+    ApplyTimestampRules,
+    HoldEnd,
+    SuppressBlank,
+    SuppressTokens,
+    log_softmax,
+)
 from .token_selection import BeamSearchDecoder, GreedyDecoder, rank_by_likelihood
 from .tokenizer import Tokenizer
 
@@ -32,11 +38,17 @@ class DecodingOptions:
     length_penalty: float | None = None  # None: rank by logprob / length; else Google NMT's alpha
     prompt: str | list[int] | None = None  # previous context (after <|startofprev|>)
     prefix: str | list[int] | None = None  # forced start of the current context
-    resume: bool = False  # the prefix is this window's own text so far: the timestamp rules go on
     suppress_tokens: str | Iterable[int] | None = "-1"  # "-1": the non-speech symbol set
     suppress_blank: bool = True
     without_timestamps: bool = False
     max_initial_timestamp: float | None = 1.0
+    # a segment that closes before this time (s) is followed by more text, not by the end: a
+    # window that holds one stretch of speech ending there (the decoder may take the last
+    # sentences for the next window's)
+    end_not_before: float | None = None
+
+
+PER_WINDOW = ("prompt", "end_not_before")  # what the windows of one batch may differ in
 
 
 @dataclass
@@ -105,34 +117,34 @@ class DecodingTask:
             self.sot_sequence = self.tokenizer.sot_sequence_including_notimestamps
         self.seed = seed
 
-    def _logit_filters(self, sample_begin: int) -> list:
+    def _logit_filters(self, sample_begin: int, ends: Sequence[float | None]) -> list:
         options, filters = self.options, []
+        precision = CHUNK_LENGTH / self.backend.dims.n_audio_ctx  # 0.02 s
         if options.suppress_blank:
             filters.append(SuppressBlank(self.tokenizer, sample_begin))
+        if any(end is not None for end in ends) and not options.without_timestamps:
+            limits = [None if end is None else round(end / precision) for end in ends]
+            filters.append(HoldEnd(self.tokenizer, sample_begin, limits, self.n_group))
         if options.suppress_tokens:
             filters.append(SuppressTokens(self._suppress_tokens()))
         if not options.without_timestamps:
-            precision = CHUNK_LENGTH / self.backend.dims.n_audio_ctx  # 0.02 s
             max_initial = None
             if options.max_initial_timestamp:
                 max_initial = round(options.max_initial_timestamp / precision)
-            text_begin = (
-                sample_begin - len(self._prefix_tokens()) if options.resume else sample_begin
-            )
-            filters.append(ApplyTimestampRules(self.tokenizer, text_begin, max_initial))
+            filters.append(ApplyTimestampRules(self.tokenizer, sample_begin, max_initial))
         return filters
 
-    def _prefix_tokens(self) -> list[int]:
-        prefix = self.options.prefix
-        if not prefix:
-            return []
-        if isinstance(prefix, str):
-            prefix = self.tokenizer.encode(" " + prefix.strip())
-        max_prefix_len = self.n_ctx // 2 - self.sample_len
-        return list(prefix)[-max_prefix_len:]
-
     def _initial_tokens(self, prompt) -> tuple[int, ...]:
-        tokens = list(self.sot_sequence) + self._prefix_tokens()
+        tokens = list(self.sot_sequence)
+        if prefix := self.options.prefix:
+            prefix_tokens = (
+                self.tokenizer.encode(" " + prefix.strip())
+                if isinstance(prefix, str)
+                else list(prefix)
+            )
+            max_prefix_len = self.n_ctx // 2 - self.sample_len
+            prefix_tokens = prefix_tokens[-max_prefix_len:]
+            tokens += prefix_tokens
         if prompt:
             prompt_tokens = (
                 self.tokenizer.encode(" " + prompt.strip())
@@ -157,13 +169,15 @@ class DecodingTask:
         self,
         audio_features: np.ndarray,
         on_step: Callable[[np.ndarray, list[int]], None] | None = None,
-        prompts: Sequence | None = None,
+        windows: Sequence[DecodingOptions] | None = None,
     ) -> list[DecodingResult]:
-        """audio_features: [n_audio, n_audio_ctx, d] from backend.encode; prompts: one per window
-        (default: the options' prompt for all)."""
+        """audio_features: [n_audio, n_audio_ctx, d] from backend.encode; windows: each window's
+        own options, which differ from the task's only in the PER_WINDOW fields (default: the
+        task's for all)."""
         tokenizer = self.tokenizer
         n_audio = audio_features.shape[0]
-        prompts = [self.options.prompt] * n_audio if prompts is None else list(prompts)
+        windows = [self.options] * n_audio if windows is None else list(windows)
+        prompts = [w.prompt for w in windows]
         initial = [self._initial_tokens(p) for p in prompts]
         sample_begin = max(len(t) for t in initial)
         pad = np.array([sample_begin - len(t) for t in initial], np.int64)
@@ -202,7 +216,13 @@ class DecodingTask:
             )
         )
         final, no_speech_probs = self._main_loop(
-            session, decoder, tokens, pad, sot_index, self._logit_filters(sample_begin), on_step
+            session,
+            decoder,
+            tokens,
+            pad,
+            sot_index,
+            self._logit_filters(sample_begin, [w.end_not_before for w in windows]),
+            on_step,
         )
         no_speech_probs = no_speech_probs[:: self.n_group]
 
@@ -279,6 +299,9 @@ class DecodingTask:
                 rows = [k * group + g for k in keep for g in range(group)]
                 session.keep_windows(keep)
                 decoder.keep_windows(keep)
+                for logit_filter in logit_filters:
+                    if hasattr(logit_filter, "keep_windows"):
+                        logit_filter.keep_windows(keep)
                 tokens, sum_logprobs = tokens[rows], sum_logprobs[rows]
                 alive = [alive[k] for k in keep]
         for k, w in enumerate(alive):
@@ -314,15 +337,16 @@ def decode(
     audio_features: np.ndarray,
     options: DecodingOptions = DecodingOptions(),
     on_step: Callable[[np.ndarray, list[int]], None] | None = None,
-    prompts: Sequence | None = None,
+    windows: Sequence[DecodingOptions] | None = None,
     **overrides,
 ) -> list[DecodingResult]:
     """Decode each 30-s window of `audio_features` ([n_audio, n_audio_ctx, d]).
 
-    prompts: each window's own previous-text prompt (default: `options.prompt` for every window).
+    windows: each window's own options, which may differ from `options` only in the PER_WINDOW
+    fields (the previous-text prompt, ...; default: `options` for every window).
     on_step(tokens, windows) sees the token rows [rows, T] after each step and the windows (indices
     into `audio_features`) they belong to, `rows // len(windows)` each (for progress within a
     window)."""
     if overrides:
         options = replace(options, **overrides)
-    return DecodingTask(backend, tokenizer, options).run(audio_features, on_step, prompts)
+    return DecodingTask(backend, tokenizer, options).run(audio_features, on_step, windows)

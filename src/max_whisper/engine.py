@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .backends.base import Backend
-from .decoding import DecodingOptions, DecodingResult, decode, detect_language
+from .decoding import PER_WINDOW, DecodingOptions, DecodingResult, decode, detect_language
 from .tokenizer import Tokenizer
 
 DEFAULT_BATCH_SIZE = 8
@@ -126,9 +126,9 @@ class BatchingEngine:
         ]
 
     def _decode_key(self, options: DecodingOptions) -> tuple:
-        """Windows decode together when everything but the prompt is the same (and, on backends
-        that cannot pad rows, the prompt's length too)."""
-        key = repr(dataclasses.replace(options, prompt=None))
+        """Windows decode together when everything but their own fields (the prompt, ...) is the
+        same (and, on backends that cannot pad rows, the prompt's length too)."""
+        key = repr(dataclasses.replace(options, **dict.fromkeys(PER_WINDOW)))
         if self.ragged:
             return (key,)
         prompt = options.prompt
@@ -147,8 +147,8 @@ class BatchingEngine:
             self.backend,
             self.tokenizer,
             features,
-            dataclasses.replace(options, prompt=None),
-            prompts=[r.options.prompt for r in requests],
+            options,
+            windows=[r.options for r in requests],
             on_step=_each_window([r.on_step for r in requests]),
         )
         return results

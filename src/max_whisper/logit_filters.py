@@ -59,6 +59,32 @@ class SuppressBlank:
             logits[:, self.ids] = -np.inf
 
 
+class HoldEnd:
+    """A window's text does not end (EOT, or a blank) right after a segment that closes before the
+    window's own limit (a timestamp index, None: no limit); one limit per window, `group` rows
+    each. The rows follow the windows still in the batch (keep_windows)."""
+
+    def __init__(
+        self, tokenizer: Tokenizer, sample_begin: int, limits: Sequence[int | None], group: int
+    ):
+        self.ids = np.array(tokenizer.encode(" ") + [tokenizer.eot], dtype=np.intp)
+        self.ts_begin = tokenizer.timestamp_begin
+        self.sample_begin, self.group = sample_begin, group
+        self.limits = np.array([-1 if x is None else x for x in limits], dtype=np.int64)
+
+    def keep_windows(self, windows: list[int]) -> None:
+        self.limits = self.limits[windows]
+
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        if tokens.shape[1] - self.sample_begin < 2:
+            return
+        last_two = tokens[:, -2:]
+        closed = (last_two >= self.ts_begin).all(axis=1)
+        early = last_two[:, 1] - self.ts_begin < np.repeat(self.limits, self.group)
+        for k in np.nonzero(closed & early)[0]:
+            logits[k, self.ids] = -np.inf
+
+
 class SuppressTokens:
     def __init__(self, suppress_tokens: Sequence[int]):
         self.ids = np.array(list(suppress_tokens), dtype=np.intp)

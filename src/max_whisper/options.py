@@ -122,7 +122,10 @@ class TranscribeOptions:
         return dataclasses.replace(self, **changes)
 
     def window_options(
-        self, temperature: float, prompt: list[int] | None = None
+        self,
+        temperature: float,
+        prompt: list[int] | None = None,
+        end_not_before: float | None = None,
     ) -> DecodingOptions:
         """The decoding options of one window at one temperature of the fallback."""
         sampling = temperature > 0
@@ -141,6 +144,7 @@ class TranscribeOptions:
             suppress_blank=self.suppress_blank,
             without_timestamps=self.without_timestamps,
             max_initial_timestamp=self.max_initial_timestamp,
+            end_not_before=end_not_before,
         )
 
 

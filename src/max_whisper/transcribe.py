@@ -6,7 +6,6 @@ skipping, clip_timestamps and (optionally) word timestamps, on any backend.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 
@@ -15,13 +14,12 @@ import numpy as np
 from .audio import load_audio, pad_or_trim
 from .audio_stream import StreamedAudio, window_source
 from .backends.base import TranscriptionModel
-from .decoding import DecodingResult, compression_ratio
+from .decoding import DecodingResult
 from .dims import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from .engine import BatchingEngine, Decode, DetectLanguage, Encode, Stream
 from .options import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, TranscribeOptions
 
-RESUME_MIN_FRAMES = FRAMES_PER_SECOND  # 1 s: less is too little speech to decode on
-MAX_RESUMES = 3
+END_MARGIN = 1.0  # s: `speech_to_the_end` lets less than this end a window's text early
 
 
 def parse_clip_timestamps(
@@ -79,7 +77,7 @@ def transcription_stream(
     *,
     on_progress: Callable[[float, float], None] | None = None,
     on_segment: Callable[[dict], None] | None = None,
-    resume_stopped_windows: bool = False,
+    speech_to_the_end: bool = False,
 ) -> Stream:
     """openai-whisper's long-form loop over one recording, as a stream for the batching engine:
     it yields each window's Encode and Decode (and a DetectLanguage) and is sent the answers; it
@@ -87,9 +85,9 @@ def transcription_stream(
     word timestamps. With `vad_filter`, the loop runs over the speech alone (Silero VAD) and the
     times are mapped back to the recording's.
 
-    `resume_stopped_windows` (a chunk of speech that fits one window): a window whose text stops
-    at a timestamp well before the end of its audio is decoded on from there, on the same
-    encoder features, where the loop would slide a new window to that timestamp."""
+    `speech_to_the_end`: the audio is speech up to its end (a chunk cut at pauses), so a window's
+    text may not end at a segment that closes over END_MARGIN before the window's audio does
+    (where the loop would slide a whole new window to that segment's end for the rest)."""
     if options.vad_filter:
         from .vad import SpeechMap, VadOptions, speech_spans
 
@@ -133,10 +131,13 @@ def transcription_stream(
     seek_clips = parse_clip_timestamps(options.clip_timestamps, content_frames)
     punctuation = PREPEND_PUNCTUATIONS + APPEND_PUNCTUATIONS
 
-    def decode_with_fallback(features: np.ndarray, prompt: list[int], on_step) -> Stream:
+    def decode_with_fallback(
+        features: np.ndarray, prompt: list[int], on_step, end_not_before: float | None
+    ) -> Stream:
         result = None
         for t in options.temperatures:
-            result = yield Decode(features, options.window_options(t, prompt), on_step)
+            window = options.window_options(t, prompt, end_not_before)
+            result = yield Decode(features, window, on_step)
             needs_fallback = False
             if (
                 compression_ratio_threshold is not None
@@ -155,48 +156,6 @@ def transcription_stream(
             if not needs_fallback:
                 break
         return result
-
-    def rejected(result: DecodingResult) -> bool:
-        """What the fallback would not accept at the last temperature."""
-        return (
-            compression_ratio_threshold is not None
-            and result.compression_ratio > compression_ratio_threshold
-        ) or (logprob_threshold is not None and result.avg_logprob < logprob_threshold)
-
-    def decode_on(
-        features: np.ndarray, prompt: list[int], result: DecodingResult, segment_size: int
-    ) -> Stream:
-        """The window's text continued while it stops at two timestamps with at least
-        RESUME_MIN_FRAMES of audio after them (the decoder writes EOT there where it takes the
-        rest of the speech for the next window's)."""
-        for _ in range(MAX_RESUMES):
-            tokens = result.tokens
-            if len(tokens) < 2 or min(tokens[-2:]) < tokenizer.timestamp_begin:
-                break
-            stop = (tokens[-1] - tokenizer.timestamp_begin) * input_stride
-            if segment_size - stop < RESUME_MIN_FRAMES:
-                break
-            decode_options = options.window_options(result.temperature, prompt)
-            rest = yield Decode(
-                features, dataclasses.replace(decode_options, prefix=tokens, resume=True)
-            )
-            if not rest.tokens or rejected(rest):
-                break
-            result = joined(result, rest)
-        return result
-
-    def joined(first: DecodingResult, rest: DecodingResult) -> DecodingResult:
-        n_first, n_rest = len(first.tokens) + 1, len(rest.tokens) + 1  # each counted its EOT
-        tokens = first.tokens + rest.tokens
-        text = tokenizer.decode([t for t in tokens if t < tokenizer.eot]).strip()
-        return dataclasses.replace(
-            first,
-            tokens=tokens,
-            text=text,
-            avg_logprob=(first.avg_logprob * n_first + rest.avg_logprob * n_rest)
-            / (n_first + n_rest - 1),
-            compression_ratio=compression_ratio(text),
-        )
 
     input_stride = N_FRAMES // dims.n_audio_ctx  # mel frames per audio position: 2
     time_precision = input_stride * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp step: 0.02
@@ -279,6 +238,7 @@ def transcription_stream(
             features,
             prompt,
             window_progress(time_offset, segment_duration) if on_progress else None,
+            segment_duration - END_MARGIN if speech_to_the_end else None,
         )
         tokens = np.array(result.tokens, dtype=np.int64)
 
@@ -290,9 +250,6 @@ def transcription_stream(
                 seek += segment_size
                 report_progress(seek)
                 continue
-        if resume_stopped_windows and not options.prefix:
-            result = yield from decode_on(features, prompt, result, segment_size)
-            tokens = np.array(result.tokens, dtype=np.int64)
 
         previous_seek = seek
         current_segments: list[dict] = []
@@ -425,9 +382,7 @@ def transcribe_chunked(
     ]
     chunk_options = options.replace(vad_filter=False)
     streams = (
-        transcription_stream(
-            model, speech.collect(samples), chunk_options, resume_stopped_windows=True
-        )
+        transcription_stream(model, speech.collect(samples), chunk_options, speech_to_the_end=True)
         for speech in maps
     )
     results = dict(BatchingEngine(model.backend, model.tokenizer, batch_size).run(streams))
