@@ -134,9 +134,9 @@ def _session(path: str):
     except ImportError:
         raise VadUnavailable(_INSTALL) from None
     opts = onnxruntime.SessionOptions()
-    # the convolutional front end shares out over two threads (the probabilities stay the same);
-    # the recurrent part gains nothing from more
-    opts.intra_op_num_threads = min(2, os.cpu_count() or 1)
+    # one thread: MAX's workers spin-wait for a while after each graph run, and a second thread
+    # here would fight them for the cores whenever the VAD follows a transcription (README, VAD)
+    opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     return onnxruntime.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
