@@ -42,9 +42,9 @@ class DecodingOptions:
     suppress_blank: bool = True
     without_timestamps: bool = False
     max_initial_timestamp: float | None = 1.0
-    # a segment that closes before this time (s) is followed by more text, not by the end: a
-    # window that holds one stretch of speech ending there (the decoder may take the last
-    # sentences for the next window's)
+    # the text may not end right after a segment that closes before this time (s): for a window
+    # whose speech goes on to about there (the decoder may leave its last sentences for a next
+    # window, which a chunk of speech does not have)
     end_not_before: float | None = None
 
 

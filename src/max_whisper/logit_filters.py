@@ -81,8 +81,9 @@ class HoldEnd:
         last_two = tokens[:, -2:]
         closed = (last_two >= self.ts_begin).all(axis=1)
         early = last_two[:, 1] - self.ts_begin < np.repeat(self.limits, self.group)
-        for k in np.nonzero(closed & early)[0]:
-            logits[k, self.ids] = -np.inf
+        held = np.nonzero(closed & early)[0]
+        if held.size:
+            logits[np.ix_(held, self.ids)] = -np.inf
 
 
 class SuppressTokens:
