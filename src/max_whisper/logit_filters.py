@@ -47,11 +47,16 @@ def logsumexp(x: np.ndarray) -> float:
     return float(m + np.log(np.sum(np.exp(x - m))))
 
 
+def _blank_and_eot(tokenizer: Tokenizer) -> np.ndarray:
+    """The tokens that would end a text or leave it blank where more is due."""
+    return np.array(tokenizer.encode(" ") + [tokenizer.eot], dtype=np.intp)
+
+
 class SuppressBlank:
     """No blank or EOT as the first sampled token."""
 
     def __init__(self, tokenizer: Tokenizer, sample_begin: int):
-        self.ids = np.array(tokenizer.encode(" ") + [tokenizer.eot], dtype=np.intp)
+        self.ids = _blank_and_eot(tokenizer)
         self.sample_begin = sample_begin
 
     def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
@@ -67,7 +72,7 @@ class HoldEnd:
     def __init__(
         self, tokenizer: Tokenizer, sample_begin: int, limits: Sequence[int | None], group: int
     ):
-        self.ids = np.array(tokenizer.encode(" ") + [tokenizer.eot], dtype=np.intp)
+        self.ids = _blank_and_eot(tokenizer)
         self.ts_begin = tokenizer.timestamp_begin
         self.sample_begin, self.group = sample_begin, group
         self.limits = np.array([-1 if x is None else x for x in limits], dtype=np.int64)
