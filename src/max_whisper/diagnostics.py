@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .allocator import allocator_in_use, jemalloc_path
-from .cpu import cpu_flags, cpuinfo
+from .cpu import CPU_TARGET_ENV, cpu_flags, cpu_target, cpuinfo, host_flags
+from .errors import UsageError
 from .weights.registry import NAMED_MODELS
 
 # The final encoder features against PyTorch's: bounded loosely, because any two float32
@@ -176,7 +177,11 @@ def _version(dist: str) -> str | None:
 
 
 def cpu_info() -> dict[str, object]:
-    model, flags = platform.processor() or platform.machine(), cpu_flags()
+    model = platform.processor() or platform.machine()
+    try:
+        target, flags = cpu_target(), cpu_flags()
+    except UsageError as exc:  # the doctor reports a wrong $MAX_WHISPER_CPU_TARGET, never fails
+        target, flags = f"invalid: {exc}", host_flags()
     if model in ("", platform.machine()):
         model = cpuinfo().get("model name", model)
     interesting = [
@@ -193,11 +198,14 @@ def cpu_info() -> dict[str, object]:
     ]
     import os
 
-    return {
+    info: dict[str, object] = {
         "model": model,
         "cores": os.cpu_count(),
         "features": [f for f in interesting if f in flags],
     }
+    if target:
+        info["target"] = target
+    return info
 
 
 def _dir_size(path: Path) -> int:
@@ -256,6 +264,8 @@ def cmd_doctor(args) -> int:
         f"CPU             {cpu['model']}, {cpu['cores']} cores, "
         f"features: {' '.join(cpu['features']) or 'none'}"
     )
+    if "target" in cpu:
+        print(f"CPU target      {cpu['target']} (${CPU_TARGET_ENV})")
     hint = ""
     if report["allocator"] != "jemalloc" and (library := jemalloc_path()):
         hint = f" (LD_PRELOAD={library} for MAX's jemalloc)"

@@ -72,6 +72,7 @@ def environment(device: str, gpus: GpuInfo | None = None) -> dict:
         "cpu_model": cpu["model"],
         "cores": cpu["cores"],
         "cpu_features": cpu["features"],
+        "cpu_target": cpu.get("target"),
         "python": report["python"],
         "platform": report["platform"],
         "max": report["max"],

@@ -2,9 +2,10 @@
 
 A cold compile costs 30-190 s per graph on a small CPU; loading an exported .mef costs ~0.02 s.
 The key covers everything that changes the compiled code (graph kind, dims, dtype, MAX version,
-device, CPU model and flags, and a hash of the source files that build the graph, so that a
-changed builder can never load a stale file) and nothing about weight values: weights are fed at
-load time through the weights registry, so one file serves every model with the same dims.
+device, CPU model and flags, the x86-64 level asked for, and a hash of the source files that build
+the graph, so that a changed builder can never load a stale file) and nothing about weight values:
+weights are fed at load time through the weights registry, so one file serves every model with the
+same dims.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import IO
 from max.engine import CompiledModel, InferenceSession, Model, read
 from max.graph import Graph
 
-from ...cpu import cpuinfo
+from ...cpu import cpu_target, cpuinfo
 
 
 def source_hash(*files: str | os.PathLike) -> str:
@@ -73,6 +74,8 @@ def cache_key(session: InferenceSession, signature: Mapping) -> str:
         "devices": _device_identity(session),
         "cpu": _cpu_identity(),
     }
+    if target := cpu_target():
+        material["cpu_target"] = target
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[
         :32
     ]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from max.driver import CPU, Accelerator, Device, accelerator_count
+from max.driver import CPU, Accelerator, Device, accelerator_count, set_virtual_cpu_target
 from max.engine import InferenceSession
 from max.graph import DeviceRef
 
+from ...cpu import cpu_target
 from ...errors import MaxWhisperError, UsageError
 from .. import DEVICES
 from .custom_ops import kernel_library
@@ -49,6 +50,8 @@ class MaxRuntime:
     @classmethod
     def create(cls, device: str = "auto") -> MaxRuntime:
         driver_device, device_ref, label = select_device(device)
+        # the CPU kernels compiled from here on keep to $MAX_WHISPER_CPU_TARGET's level, if set
+        set_virtual_cpu_target(cpu_target() or "")
         # our Mojo kernels (custom_ops) run on the CPU only; a GPU graph never calls them
         extensions = [kernel_library()] if label == "cpu" else []
         session = InferenceSession(devices=[driver_device], custom_extensions=extensions)
