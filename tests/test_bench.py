@@ -15,6 +15,7 @@ ENVIRONMENT_KEYS = {
     "cpu_model",
     "cores",
     "cpu_features",
+    "isa_variables",
     "python",
     "platform",
     "max",

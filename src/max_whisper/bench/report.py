@@ -59,8 +59,9 @@ def markdown_table(doc: dict) -> str:
     lines += [
         "",
         f"{env['cpu_model']}, {env['cores']} cores "
-        f"({' '.join(env['cpu_features']) or 'no listed features'}); "
-        f"{versions}"
+        f"({' '.join(env['cpu_features']) or 'no listed features'}"
+        + "".join(f", {k}={v}" for k, v in (env.get("isa_variables") or {}).items())
+        + f"); {versions}"
         + (f"; every row on the {env['allocator']} allocator" if env.get("allocator") else "")
         + f". short: {len(audio['files'])} clips, {audio['seconds']:.1f} s of audio "
         f"(WER over the {audio['referenced']} with a reference, {settings['wer_normalizer']})"

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 
+from ..cpu import CPU_TARGET_ENV
 from .clips import (
     Clip,
     default_audio,
@@ -63,6 +64,17 @@ RESULT_KEYS = (
 )
 
 
+# the variables that hold each system's kernels to an older instruction set: ours (cpu), then
+# CTranslate2's, PyTorch's dispatch, MKL's and oneDNN's
+ISA_VARIABLES = (
+    CPU_TARGET_ENV,
+    "CT2_FORCE_CPU_ISA",
+    "ATEN_CPU_CAPABILITY",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "ONEDNN_MAX_CPU_ISA",
+)
+
+
 def environment(device: str, gpus: GpuInfo | None = None) -> dict:
     from ..diagnostics import _version, doctor_report
 
@@ -72,7 +84,8 @@ def environment(device: str, gpus: GpuInfo | None = None) -> dict:
         "cpu_model": cpu["model"],
         "cores": cpu["cores"],
         "cpu_features": cpu["features"],
-        "cpu_target": cpu.get("target"),
+        # instruction sets held back for a run (e.g. every row on its AVX2 code on an AVX-512 CPU)
+        "isa_variables": {name: os.environ[name] for name in ISA_VARIABLES if os.environ.get(name)},
         "python": report["python"],
         "platform": report["platform"],
         "max": report["max"],
