@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -187,14 +187,16 @@ def wait_for(predicate, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-def run_python(script: str, timeout: float) -> subprocess.CompletedProcess:
-    """`script` run by a child Python that imports this checkout's max_whisper; its stdout and
-    stderr as text."""
+def run_python(
+    script: str, timeout: float, args: Sequence[str] = (), **env: str
+) -> subprocess.CompletedProcess:
+    """`script` run by a child Python that imports this checkout's max_whisper, with `args` as its
+    sys.argv[1:] and `env` added to its environment; its stdout and stderr as text."""
     return subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
-        env=subprocess_env(),
+        env=subprocess_env(**env),
         timeout=timeout,
     )
 

@@ -25,6 +25,7 @@ from support import (
     TRANSCRIBED,
     requires_reference,
     requires_shared_audio,
+    run_python,
     subprocess_env,
 )
 
@@ -135,12 +136,11 @@ def test_the_avx2_level_gives_the_reference_tokens(reference, tmp_path):
     mels = tmp_path / "mels.npz"
     np.savez(mels, **{clip.name: reference.mel("tiny.en", clip) for clip in CLIPS})
 
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(mels), *(clip.name for clip in TRANSCRIBED)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(**{CPU_TARGET_ENV: level}),
+    result = run_python(
+        CHILD,
         timeout=900,  # the level's graphs compile the first time: minutes
+        args=[str(mels), *(clip.name for clip in TRANSCRIBED)],
+        **{CPU_TARGET_ENV: level},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     child = json.loads(result.stdout.strip().splitlines()[-1])

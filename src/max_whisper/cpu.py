@@ -60,7 +60,8 @@ def cpu_target() -> str | None:
         raise UsageError(
             f"{CPU_TARGET_ENV}={target!r}: choose one of {', '.join(X86_LEVELS)}, or leave it unset"
         )
-    if "sse2" not in host_flags() or not X86_LEVELS[target] <= host_flags():
+    host = host_flags()
+    if "sse2" not in host or not X86_LEVELS[target] <= host:
         raise UsageError(f"{CPU_TARGET_ENV}={target!r}: this CPU cannot run that level's code")
     return target
 
