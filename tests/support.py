@@ -201,6 +201,31 @@ def run_python(
     )
 
 
+def run_cli(
+    *args, timeout: float = 600, env: dict[str, str] | None = None, **kwargs
+) -> subprocess.CompletedProcess:
+    """`max-whisper ARGS` in a child process, from the repository root, with this checkout's
+    max_whisper (or `env`); stdout and stderr captured, as text unless text=False."""
+    kwargs.setdefault("text", True)
+    return subprocess.run(
+        [sys.executable, "-m", "max_whisper.cli", *map(str, args)],
+        capture_output=True,
+        timeout=timeout,
+        env=env if env is not None else subprocess_env(),
+        cwd=REPO_ROOT,
+        **kwargs,
+    )
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one line a failed command wrote on stderr: a non-zero exit, no traceback."""
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
 def interruptible() -> None:
     """Popen's preexec_fn for a child that a test interrupts: SIGINT back to its default, so that
     Python raises KeyboardInterrupt there even when this test run inherited SIGINT ignored (a

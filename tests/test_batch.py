@@ -24,6 +24,7 @@ from support import (
     interruptible,
     requires,
     requires_shared_audio,
+    run_cli,
     shared_clip,
     subprocess_env,
 )
@@ -137,14 +138,7 @@ def test_outputs_equal_transcribe_and_bad_files_are_recorded(corpus, local_run, 
     assert "Traceback" not in proc.stderr
 
     good = [p for p in sorted(corpus.rglob("*")) if p.is_file() and p.name not in BAD]
-    transcribed = subprocess.run(
-        [sys.executable, "-m", "max_whisper.cli", "transcribe", *map(str, good)]
-        + ["-f", "all", "-o", str(tmp_path), "--no-progress"],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        cwd=REPO_ROOT,
-    )
+    transcribed = run_cli("transcribe", *good, "-f", "all", "-o", tmp_path, "--no-progress")
     assert transcribed.returncode == 0, transcribed.stderr
     outputs = output_files(out)
     assert len(outputs) == 5 * len(good)

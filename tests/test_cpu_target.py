@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,10 +19,11 @@ from max_whisper.cpu import CPU_TARGET_ENV, X86_LEVELS, cpu_flags, cpu_target, h
 from max_whisper.errors import UsageError
 from support import (
     CLIPS,
-    REPO_ROOT,
     TRANSCRIBED,
+    one_error_line,
     requires_reference,
     requires_shared_audio,
+    run_cli,
     run_python,
     subprocess_env,
 )
@@ -70,17 +69,11 @@ def test_a_wrong_level_is_a_one_line_error(monkeypatch, tmp_path):
 
     audio = tmp_path / "a.wav"
     audio.write_bytes(b"")  # never read: the level is checked first
-    result = subprocess.run(
-        [sys.executable, "-m", "max_whisper", "transcribe", str(audio)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(**{CPU_TARGET_ENV: "skylake"}),
-        cwd=REPO_ROOT,
-        timeout=120,
+    result = run_cli(
+        "transcribe", audio, env=subprocess_env(**{CPU_TARGET_ENV: "skylake"}), timeout=120
     )
     assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and CPU_TARGET_ENV in lines[0], result.stderr
+    assert CPU_TARGET_ENV in one_error_line(result)
 
 
 @requires_x86

@@ -14,8 +14,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +21,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from support import SHARED_AUDIO, requires, requires_shared_audio, serving, subprocess_env, wer
+from support import (
+    SHARED_AUDIO,
+    one_error_line,
+    requires,
+    requires_shared_audio,
+    run_cli,
+    serving,
+    wer,
+)
 
 pytestmark = [requires_shared_audio, requires("onnxruntime", reason="the vad extra is missing")]
 
@@ -273,22 +279,8 @@ def test_cli_live_prints_the_utterances(speech, offline_wer):
     """`max-whisper live -` on raw PCM16 from a pipe: one line per utterance."""
     audio, reference = speech
     pcm = (audio * 32767).astype("<i2").tobytes()
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "max_whisper.cli",
-            "live",
-            "-",
-            "--model",
-            "tiny.en",
-            "--device",
-            "cpu",
-        ],
-        input=pcm,
-        capture_output=True,
-        env=subprocess_env(),
-        timeout=300,
+    run = run_cli(
+        "live", "-", "--model", "tiny.en", "--device", "cpu", input=pcm, text=False, timeout=300
     )
     assert run.returncode == 0, run.stderr.decode()
     lines = run.stdout.decode().splitlines()
@@ -302,15 +294,7 @@ def test_cli_live_errors_are_one_line(tmp_path):
         ["live", str(tmp_path / "absent.wav")],
         ["live", "x.wav", "--speed", "0"],
     ):
-        run = subprocess.run(
-            [sys.executable, "-m", "max_whisper.cli", *args],
-            capture_output=True,
-            text=True,
-            env=subprocess_env(),
-            timeout=120,
-        )
-        assert run.returncode != 0
-        assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+        one_error_line(run_cli(*args, timeout=120))
 
 
 # --- the demo page's microphone mode --------------------------------------------------------------

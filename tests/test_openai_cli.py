@@ -4,21 +4,11 @@ accepted."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from max_whisper.audio import load_audio
-from support import SAMPLE, requires_reference, shared_clip, subprocess_env
-
-CLI = [sys.executable, "-m", "max_whisper.cli", "transcribe"]
-
-
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=timeout, env=subprocess_env()
-    )
+from support import SAMPLE, requires_reference, run_cli, shared_clip
 
 
 @requires_reference
@@ -29,7 +19,7 @@ def test_default_segments_equal_openai_whisper_cli_defaults(models, tmp_path, na
     import whisper
 
     clip = shared_clip(name)
-    proc = run_cli(str(clip), "-f", "json", "-o", str(tmp_path), "--verbose", "False")
+    proc = run_cli("transcribe", str(clip), "-f", "json", "-o", str(tmp_path), "--verbose", "False")
     assert proc.returncode == 0, proc.stderr
     ours = json.loads((tmp_path / f"{clip.stem}.json").read_text())
     theirs = whisper.transcribe(
@@ -50,6 +40,7 @@ def test_default_segments_equal_openai_whisper_cli_defaults(models, tmp_path, na
 
 def test_openai_whisper_flags_are_accepted(tmp_path):
     proc = run_cli(
+        "transcribe",
         str(SAMPLE),
         "--fp16",
         "False",
@@ -92,16 +83,16 @@ def test_openai_whisper_flags_are_accepted(tmp_path):
 
 
 def test_device_cuda_is_gpu_and_bad_values_fail_in_one_line():
-    proc = run_cli(str(SAMPLE), "--device", "cuda", timeout=120)
+    proc = run_cli("transcribe", str(SAMPLE), "--device", "cuda", timeout=120)
     if proc.returncode == 0:  # a GPU here: cuda means it
         return
     assert "gpu" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    proc = run_cli(str(SAMPLE), "--device", "tpu", timeout=60)
+    proc = run_cli("transcribe", str(SAMPLE), "--device", "tpu", timeout=60)
     assert proc.returncode == 2 and "unknown device" in proc.stderr
 
 
 def test_english_only_model_warns_on_another_language():
-    proc = run_cli(str(SAMPLE), "--language", "de", "--verbose", "False", timeout=300)
+    proc = run_cli("transcribe", str(SAMPLE), "--language", "de", "--verbose", "False", timeout=300)
     assert proc.returncode == 0
     assert "English-only model but received 'de'; using English instead" in proc.stderr
     assert "quick brown fox" in proc.stdout

@@ -19,24 +19,9 @@ import pytest
 
 from max_whisper.errors import UsageError
 from max_whisper.options import MAX_BEAM_SIZE, MAX_BEST_OF, TranscribeOptions
-from support import interruptible
+from support import SAMPLE, interruptible, one_error_line, run_cli
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = REPO_ROOT / "samples" / "sample.wav"
 CLI = [sys.executable, "-m", "max_whisper.cli"]
-
-
-def run_cli(*args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs
-    )
-
-
-def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -116,12 +101,7 @@ def test_a_folder_is_transcribed_and_an_empty_one_is_named(tmp_path):
 
 def test_audio_from_standard_input(tmp_path):
     with open(SAMPLE, "rb") as stdin:
-        proc = subprocess.run(
-            [*CLI, "transcribe", "-", "-f", "txt", "-o", str(tmp_path)],
-            stdin=stdin,
-            capture_output=True,
-            timeout=300,
-        )
+        proc = run_cli("transcribe", "-", "-f", "txt", "-o", tmp_path, stdin=stdin, text=False)
     assert proc.returncode == 0, proc.stderr
     assert b"quick brown fox" in proc.stdout
     assert "quick brown fox" in (tmp_path / "stdin.txt").read_text()

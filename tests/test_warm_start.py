@@ -5,24 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from support import REPO_ROOT, SAMPLE, requires_reference, subprocess_env
-
-
-def _cli(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "max_whisper.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=REPO_ROOT,
-    )
+from support import SAMPLE, requires_reference, run_cli, subprocess_env
 
 
 def _stop_background(cache) -> None:
@@ -40,7 +27,7 @@ def test_first_run_uses_numpy_and_compiles_in_the_background(models, tmp_path):
     env = subprocess_env(MAX_WHISPER_CACHE=str(cache), XDG_CACHE_HOME=str(tmp_path / "xdg"))
     try:
         start = time.perf_counter()
-        done = _cli("transcribe", str(SAMPLE), "--verbose", "False", env=env)  # the text alone
+        done = run_cli("transcribe", str(SAMPLE), "--verbose", "False", env=env)  # the text alone
         seconds = time.perf_counter() - start
         assert done.returncode == 0, done.stderr
         assert "NumPy" in done.stderr and "compiling them in the background" in done.stderr
@@ -52,7 +39,7 @@ def test_first_run_uses_numpy_and_compiles_in_the_background(models, tmp_path):
         os.kill(pid, 0)  # the background compile outlived the command
         print(f"first run answered in {seconds:.1f} s")
         # a second run while the compile is under way does not start another one
-        again = _cli("transcribe", str(SAMPLE), env=env)
+        again = run_cli("transcribe", str(SAMPLE), env=env)
         assert again.returncode == 0 and "already under way" in again.stderr
         assert int((cache / "graphs" / "warmup.pid").read_text()) == pid
     finally:
@@ -64,16 +51,16 @@ def test_wait_for_compile_and_warm_cache_use_max(models):
     nothing about compiling, and `warmup` has nothing left to do."""
     models.get("tiny.en", "max")  # waits for (or does) the compile into the default cache
     env = subprocess_env()
-    done = _cli("transcribe", str(SAMPLE), env=env)
+    done = run_cli("transcribe", str(SAMPLE), env=env)
     assert done.returncode == 0, done.stderr
     assert "NumPy" not in done.stderr and "compiling" not in done.stderr
-    ready = _cli("warmup", "--model", "tiny.en", env=env)
+    ready = run_cli("warmup", "--model", "tiny.en", env=env)
     assert (
         ready.returncode == 0
         and "compiled and cached" in ready.stderr
         and "compiling" not in ready.stderr
     )
-    doctor = _cli("doctor", env=env)
+    doctor = run_cli("doctor", env=env)
     assert "graph cache" in doctor.stdout and "compiled graphs" in doctor.stdout
 
 
