@@ -47,6 +47,10 @@ def check_result(r: dict, backend: str) -> None:
     assert r["rtfx"] == pytest.approx(r["audio_s"] / r["wall_s_median"], rel=2e-3)
     assert r["encoder_ms_per_window"] > 0 and r["windows"] >= 1
     assert r["decoder_ms_per_token"] > 0 and r["tokens"] > 0
+    if backend in ("max", "max-batched", "reference"):  # in max's encoder, the reference's decoder
+        assert 0 < r["cross_kv_ms_per_window"] < r["encoder_ms_per_window"]
+    else:
+        assert r["cross_kv_ms_per_window"] is None
     assert isinstance(r["wer"], float) and 0.0 <= r["wer"] <= 1.0 and r["wer_clips"] == 1
     assert r["peak_rss_mb"] > 0 and r["load_s"] >= 0
     assert r["deterministic"] is True
@@ -153,6 +157,7 @@ def test_isolated_row_in_a_subprocess():
         )
         assert r["rtfx"] > 0 and 0.0 <= r["wer"] <= 1.0 and r["workload"] == "short"
     assert sequential["tokens"] > 0 and sequential["decoder_ms_per_token"] > 0
+    assert sequential["cross_kv_ms_per_window"] is None  # CTranslate2's: not timed apart
     assert (
         batched["backend"] == "faster-whisper-int8-batched"
         and batched["decoder_ms_per_token"] is None

@@ -25,13 +25,22 @@ def timed_pass(runner, clips: list[Clip]) -> list[Pass]:
     return [runner.transcribe(clip.samples) for clip in clips]
 
 
+def cross_kv_ms(runner, clips: list[Clip]) -> float | None:
+    """The runner's cross-attention K/V alone for one window of the first clip, where it has one
+    to time (our max and reference backends)."""
+    probe = getattr(runner, "cross_kv_ms", None)
+    return _r(probe(clips[0].path), 2) if probe is not None and clips else None
+
+
 def measure(runner, clips: list[Clip], repeats: int = 3, warmup: bool = True) -> dict:
     """Warm-up pass, then `repeats` timed passes over all clips. Texts come from the last pass."""
     if repeats < 1:
         raise BenchError("repeats must be at least 1")
     if warmup:
         timed_pass(runner, clips)
-    return summarize([timed_pass(runner, clips) for _ in range(repeats)], clips)
+    result = summarize([timed_pass(runner, clips) for _ in range(repeats)], clips)
+    result["cross_kv_ms_per_window"] = cross_kv_ms(runner, clips)
+    return result
 
 
 def summarize(passes: list[list[Pass]], clips: list[Clip]) -> dict:

@@ -18,6 +18,14 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
+def _encoder_cell(r: dict) -> str:
+    """ms a window, with the decoder's cross-attention K/V of one window (timed alone) in
+    parentheses where known: part of max's encoder time, of the reference's decoder time."""
+    cross = r.get("cross_kv_ms_per_window")
+    encoder = _fmt(r["encoder_ms_per_window"], 0)
+    return encoder if cross is None else f"{encoder} ({cross:.0f})"
+
+
 def markdown_table(doc: dict) -> str:
     env, settings, audio = doc["environment"], doc["settings"], doc["audio"]
     lines = [
@@ -38,7 +46,7 @@ def markdown_table(doc: dict) -> str:
         lines.append(
             f"| {r['backend']} | {r['model']} | {workload} | {_fmt(r['rtfx'], 1)} | {ratio} | "
             f"{_fmt(r['wall_s_median'], 2)} / "
-            f"{_fmt(r['wall_s_min'], 2)} | {_fmt(r['encoder_ms_per_window'], 0)} | "
+            f"{_fmt(r['wall_s_min'], 2)} | {_encoder_cell(r)} | "
             f"{_fmt(r['decoder_ms_per_token'], 1)} | {_fmt(r['tokens'], 0)} | "
             f"{_percent(r['wer'])} | {_fmt(r['peak_rss_mb'], 0)} | "
             f"{_fmt(r['warm_start_s'], 1)} | {_fmt(r.get('cold_compile_s'), 0)} |"
@@ -84,7 +92,13 @@ def markdown_table(doc: dict) -> str:
         + "; "
         f"peak RSS per {settings['isolation']}"
         + (f"; load average at start {load[0]:.1f}" if load else "")
-        + f". {doc['created']}.",
+        + f". {doc['created']}."
+        + (
+            " Encoder ms (in parentheses): a window's cross-attention K and V, timed alone; max "
+            "computes them in its encoder graph, the reference in its decoder's first step."
+            if any(r.get("cross_kv_ms_per_window") for r in doc["results"])
+            else ""
+        ),
     ]
     if doc.get("errors"):
         lines.append("")

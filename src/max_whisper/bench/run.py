@@ -48,6 +48,7 @@ RESULT_KEYS = (
     "wall_s_runs",
     "rtfx",
     "encoder_ms_per_window",
+    "cross_kv_ms_per_window",
     "windows",
     "decoder_ms_per_token",
     "tokens",

@@ -16,6 +16,8 @@ import numpy as np
 
 from .settings import BATCHED_SIZE, DecodeSettings, Row
 
+CROSS_KV_RUNS = 5  # timed after one untimed call
+
 
 @dataclass
 class PhaseTimes:
@@ -129,6 +131,21 @@ class WhisperRunner:
         # a shallow copy whose backend is timed: the loaded model itself stays untouched
         self._timed = copy.copy(self.model)
         self._timed.backend = TimedBackend(self.model.backend, self.times)
+
+    def cross_kv_ms(self, clip_path: str) -> float | None:
+        """Median ms of every decoder layer's cross-attention K and V of one window of `clip_path`,
+        computed alone (a share of `max`'s encoder time, of `reference`'s decoder time); None for
+        the other backends and off the CPU."""
+        from .clips import window_mel
+        from .stages import IdleGate, cross_kv_call, time_call
+
+        if self._timed is None:
+            self.load()
+        backend = self.model.backend
+        if backend.name not in ("max", "reference") or self.device != "cpu":
+            return None
+        features = backend.encode(window_mel(self.model.dims.n_mels, clip_path))
+        return time_call(cross_kv_call(backend, features), CROSS_KV_RUNS, IdleGate())["median"]
 
     def transcribe(self, samples: np.ndarray, settings: DecodeSettings | None = None) -> Pass:
         """One clip, under `settings` (default: the runner's own)."""

@@ -29,7 +29,7 @@ from typing import TextIO
 
 from ..processes import child_env
 from .clips import load_clips
-from .measure import peak_rss_mb, timed_pass
+from .measure import cross_kv_ms, peak_rss_mb, timed_pass
 from .runners import Pass, make_runner
 from .settings import MAX_BACKENDS, DecodeSettings, Row, _r
 
@@ -197,6 +197,7 @@ def serve_row(spec: dict, commands: TextIO, answers: TextIO) -> int:
         runner, loaded = _load_row(spec)
         clips = load_clips(spec["audio"])
         timed_pass(runner, clips)  # the warm-up
+        loaded["cross_kv_ms_per_window"] = cross_kv_ms(runner, clips)
     except Exception as exc:
         answer(_failure(exc))
         return 1
